@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` and `make test`. Both build the venv when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEMO   := demo
+DB     := $(DEMO)/kvtrace.duckdb
+
+.PHONY: demo test venv lint typecheck pytest clean
+
+$(BIN)/kvtrace: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/kvtrace
+
+demo: venv
+	bash scripts/demo.sh
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) $(DEMO)

@@ -1,0 +1,1 @@
+"""kvtrace replay layer."""
