@@ -1,0 +1,42 @@
+"""The layers' arrows point one way (house style): the headless core never pulls in the UI or torch.
+
+Each module is imported in a fresh interpreter, so an import made by another test cannot hide a
+forbidden dependency.
+"""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = ("streamlit", "plotly", "torch")
+HEADLESS_PACKAGES = ("ingest", "analytics", "simulator")
+
+
+def _modules(package: str) -> list[str]:
+    names = [package]
+    for info in pkgutil.walk_packages([str(ROOT / package)], prefix=f"{package}."):
+        names.append(info.name)
+    return names
+
+
+@pytest.mark.parametrize("package", HEADLESS_PACKAGES)
+def test_headless_layers_import_no_ui_or_torch(package: str) -> None:
+    if not (ROOT / package / "__init__.py").exists():
+        pytest.fail(f"package {package}/ is missing")
+    modules = _modules(package)
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"{package} imports {out.stdout.strip()}"
+
