@@ -1,0 +1,199 @@
+"""What the receiver checks before it acknowledges a batch, shared by the gRPC and HTTP transports.
+
+The receiver does not ingest (that is `ingest.ingest_payload`, run later by the store writer); it
+only makes sure a batch is worth spooling and tells the exporter the truth about it:
+
+- the request body is decompressed under a hard byte limit (a gzip bomb is refused);
+- the payload must decode as an OTLP ExportTraceServiceRequest (protobuf or JSON), else 400;
+- spans whose ids the store would refuse (the rules of `ingest.decode.normalise_trace_id` and
+  `normalise_span_id`: trace id 16 bytes, or SGLang's 8, non-zero; span id 8 non-zero bytes; hex
+  or base64 in JSON) are rejected and removed before spooling, and reported as a partial success
+  with their count and the first few span positions. Everything spooled was accepted.
+
+Checks deeper than ids (timestamps, attribute values) happen in `ingest.ingest_payload` after
+the acknowledgement; a span refused there goes to the store's quarantine table with its reason
+and is counted in the receiver's `rejected_after_ack`, so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from ingest.decode import normalise_span_id, normalise_trace_id
+from ingest.errors import RecordError
+from ingest.receiver.spool import KIND_JSON, KIND_PROTOBUF
+
+_MAX_EXAMPLES = 3
+_ZERO_TRACE = bytes(16)
+_ZERO_SPAN = bytes(8)
+
+
+class ReceiverRefusal(Exception):
+    """A request the receiver refuses as a whole; `status` is the HTTP status it maps to."""
+
+    status = 400
+
+
+class MalformedPayload(ReceiverRefusal):
+    """The payload (or its compression) cannot be decoded: 400, not retryable."""
+
+    status = 400
+
+
+class PayloadTooLarge(ReceiverRefusal):
+    """The request body or its decompressed form is over the configured limit: 413."""
+
+    status = 413
+
+
+class UnsupportedMediaType(ReceiverRefusal):
+    """Content-Type or Content-Encoding that OTLP/HTTP does not define: 415."""
+
+    status = 415
+
+
+@dataclass(frozen=True)
+class CheckedBatch:
+    """A decoded request: the bytes to spool and what to tell the exporter."""
+
+    kind: int
+    payload: bytes  # what gets spooled: the original bytes, minus rejected spans if any
+    accepted_spans: int
+    rejected_spans: int
+    message: str  # empty on full success
+
+
+def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
+    """Undo Content-Encoding (identity, gzip, deflate) without ever holding more than `max_bytes`."""
+    enc = (encoding or "identity").strip().lower()
+    if enc in ("", "identity"):
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"request body is {len(body)} bytes, limit {max_bytes}")
+        return body
+    if enc in ("gzip", "x-gzip"):
+        wbits = 31
+    elif enc == "deflate":
+        # HTTP "deflate" is the zlib format; a few clients send raw deflate, so sniff the header.
+        wbits = 15 if len(body) >= 2 and (body[0] & 0x0F) == 8 and ((body[0] << 8) | body[1]) % 31 == 0 else -15
+    else:
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported (use gzip, deflate or none)")
+    out = bytearray()
+    rest = body
+    try:
+        while rest:
+            d = zlib.decompressobj(wbits)
+            out += d.decompress(rest, max_bytes + 1 - len(out))
+            if len(out) > max_bytes or d.unconsumed_tail:
+                raise PayloadTooLarge(f"decompressed request is over the limit of {max_bytes} bytes")
+            if not d.eof:
+                raise MalformedPayload(f"truncated {enc} stream")
+            rest = d.unused_data  # a gzip body may hold several members
+    except zlib.error as exc:
+        raise MalformedPayload(f"invalid {enc} stream: {exc}") from exc
+    return bytes(out)
+
+
+def _id_problem(trace_id: object, span_id: object) -> str | None:
+    """Why the store would refuse these ids, or None. Fast path for the common well-formed bytes."""
+    if (
+        isinstance(trace_id, bytes) and isinstance(span_id, bytes) and len(trace_id) == 16 and len(span_id) == 8
+        and trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN
+    ):
+        return None
+    if not trace_id:
+        return "trace id is missing"
+    if not span_id:
+        return "span id is missing"
+    try:
+        normalise_trace_id(trace_id)
+        normalise_span_id(span_id)
+    except RecordError as exc:
+        return str(exc)
+    return None
+
+
+def _message(rejected: int, examples: list[str]) -> str:
+    if not rejected:
+        return ""
+    more = "" if rejected <= len(examples) else f"; and {rejected - len(examples)} more"
+    return f"{rejected} span(s) rejected: " + "; ".join(examples) + more
+
+
+def check_protobuf(payload: bytes) -> CheckedBatch:
+    """Decode an OTLP/protobuf ExportTraceServiceRequest; drop and report spans with invalid ids."""
+    try:
+        request = ExportTraceServiceRequest.FromString(payload)
+    except DecodeError as exc:
+        raise MalformedPayload(f"undecodable OTLP protobuf ExportTraceServiceRequest: {exc}") from exc
+    accepted = rejected = 0
+    examples: list[str] = []
+    for r, resource_spans in enumerate(request.resource_spans):
+        for s, scope_spans in enumerate(resource_spans.scope_spans):
+            spans = scope_spans.spans
+            bad: list[int] = []
+            for i, span in enumerate(spans):
+                problem = _id_problem(span.trace_id, span.span_id)
+                if problem is not None:
+                    bad.append(i)
+                    if len(examples) < _MAX_EXAMPLES:
+                        examples.append(f"resource_spans[{r}].scope_spans[{s}].spans[{i}] {span.name!r}: {problem}")
+            rejected += len(bad)
+            accepted += len(spans) - len(bad)
+            for i in reversed(bad):
+                del spans[i]
+    if rejected:
+        payload = request.SerializeToString()
+    return CheckedBatch(KIND_PROTOBUF, payload, accepted, rejected, _message(rejected, examples))
+
+
+def _list_field(obj: dict[str, Any], camel: str, snake: str, where: str) -> list[Any]:
+    value = obj.get(camel, obj.get(snake, []))
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise MalformedPayload(f"OTLP/JSON {where}.{camel} must be an array")
+    return value
+
+
+def check_json(payload: bytes) -> CheckedBatch:
+    """Decode an OTLP/JSON ExportTraceServiceRequest; drop and report spans with invalid ids."""
+    try:
+        request = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedPayload(f"undecodable OTLP/JSON: {exc}") from exc
+    if not isinstance(request, dict):
+        raise MalformedPayload("OTLP/JSON ExportTraceServiceRequest must be an object")
+    accepted = rejected = 0
+    examples: list[str] = []
+    for r, resource_spans in enumerate(_list_field(request, "resourceSpans", "resource_spans", "request")):
+        where_r = f"resourceSpans[{r}]"
+        if not isinstance(resource_spans, dict):
+            raise MalformedPayload(f"OTLP/JSON {where_r} must be an object")
+        for s, scope_spans in enumerate(_list_field(resource_spans, "scopeSpans", "scope_spans", where_r)):
+            where_s = f"{where_r}.scopeSpans[{s}]"
+            if not isinstance(scope_spans, dict):
+                raise MalformedPayload(f"OTLP/JSON {where_s} must be an object")
+            spans = _list_field(scope_spans, "spans", "spans", where_s)
+            kept = []
+            for i, span in enumerate(spans):
+                if not isinstance(span, dict):
+                    raise MalformedPayload(f"OTLP/JSON {where_s}.spans[{i}] must be an object")
+                problem = _id_problem(span.get("traceId", span.get("trace_id")), span.get("spanId", span.get("span_id")))
+                if problem is None:
+                    kept.append(span)
+                    continue
+                rejected += 1
+                if len(examples) < _MAX_EXAMPLES:
+                    examples.append(f"{where_s}.spans[{i}] {span.get('name')!r}: {problem}")
+            accepted += len(kept)
+            if len(kept) != len(spans):
+                scope_spans["spans"] = kept
+    if rejected:
+        payload = orjson.dumps(request)
+    return CheckedBatch(KIND_JSON, payload, accepted, rejected, _message(rejected, examples))

@@ -1,0 +1,104 @@
+"""`Receiver`: the spool, the store writer and both OTLP transports, started and stopped together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ingest.receiver.front import Front, Limits
+from ingest.receiver.grpc_transport import start_grpc_server
+from ingest.receiver.http_transport import OtlpHttpServer
+from ingest.receiver.spool import Spool
+from ingest.receiver.store_writer import StoreWriter
+
+log = logging.getLogger(__name__)
+
+
+def default_spool_dir(db_path: Path) -> Path:
+    """The spool lives beside the store: `kvtrace.duckdb` -> `kvtrace.duckdb.spool/`."""
+    return db_path.with_name(db_path.name + ".spool")
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    """Where to listen and store, and every limit. Port None disables that transport; 0 picks one."""
+
+    db_path: Path
+    host: str = "127.0.0.1"
+    grpc_port: int | None = 4317
+    http_port: int | None = 4318
+    token: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    spool_dir: Path | None = None
+    store_hold_s: float = 5.0
+    store_release_s: float = 1.0
+    grpc_workers: int = 8
+
+
+class Receiver:
+    """A running OTLP receiver (see the package docstring for the durability contract)."""
+
+    def __init__(self, config: ReceiverConfig) -> None:
+        from ingest import ingest_payload, open_store  # the ingest library owns decoding and the store
+
+        self.config = config
+        self.spool = Spool(config.spool_dir or default_spool_dir(config.db_path),
+                           max_bytes=config.limits.max_spool_bytes)
+        self.front = Front(self.spool, config.limits, config.token)
+        self.writer = StoreWriter(self.spool, config.db_path, open_store=open_store, ingest_payload=ingest_payload,
+                                  hold_s=config.store_hold_s, release_s=config.store_release_s)
+        self._grpc: Any = None
+        self._http: OtlpHttpServer | None = None
+        self._http_thread: threading.Thread | None = None
+        self.grpc_port: int | None = None
+        self.http_port: int | None = None
+
+    def start(self) -> None:
+        """Replay what the spool holds into the store (in the background) and start listening."""
+        backlog = self.spool.backlog_bytes()
+        if backlog:
+            log.info("spool holds %d bytes from a previous run; storing them", backlog)
+        self.writer.start()
+        cfg = self.config
+        try:
+            if cfg.grpc_port is not None:
+                self._grpc, self.grpc_port = start_grpc_server(self.front, cfg.host, cfg.grpc_port, cfg.grpc_workers)
+            if cfg.http_port is not None:
+                self._http = OtlpHttpServer((cfg.host, cfg.http_port), self.front, self.status)
+                self.http_port = self._http.server_address[1]
+                self._http_thread = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.2},
+                                                     name="otlp-http", daemon=True)
+                self._http_thread.start()
+        except BaseException:
+            self.stop(drain_timeout_s=0)
+            raise
+
+    def status(self) -> dict[str, Any]:
+        """Counters for `GET /status`, the periodic log line and the bench."""
+        front = self.front.snapshot()
+        writer = self.writer.snapshot()
+        return {
+            "requests": front.requests,
+            "accepted_spans": front.accepted_spans,
+            "rejected_spans": front.rejected_spans,
+            "refused_requests": front.refused,
+            "spool_backlog_bytes": self.spool.backlog_bytes(),
+            "store_holds_lock": self.writer.holds_store(),
+            **{f"store_{k}": v for k, v in asdict(writer).items()},
+        }
+
+    def stop(self, drain_timeout_s: float = 30.0) -> bool:
+        """Stop listening, store what is spooled (up to the timeout); True when nothing is left."""
+        if self._grpc is not None:
+            self._grpc.stop(grace=2.0).wait()
+            self._grpc = None
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+        drained = self.writer.stop(drain_timeout_s) if self.writer.running() else False
+        self.spool.close()
+        return drained

@@ -1,0 +1,307 @@
+"""Write-ahead spool: the receiver's durability boundary.
+
+A batch is acknowledged to the exporter only once its bytes are in the spool and fsync'd. The
+spool is a directory of append-only segment files, `seg-<id>.wal`, each a sequence of frames:
+
+    magic b"KVS1" | u32 payload length | u32 crc32(kind byte + payload) | u8 kind | payload
+
+`kind` is the payload format (protobuf or JSON). Concurrent appenders share one fsync (group
+commit): each waits until the file is synced past its own frame, so N requests arriving together
+cost one fsync, not N.
+
+A single reader (the store writer) consumes frames in order from a cursor (segment, offset) that
+is persisted in `cursor.json` after each store commit. The cursor is written without fsync on
+purpose: if it is lost in a crash the reader replays frames that are already stored, and the
+store's span-level dedup on (trace_id, span_id) makes that replay harmless. Segments wholly
+before the cursor are deleted.
+
+Only the newest segment can end in a torn frame (the process died mid-write, before the fsync,
+so that batch was never acknowledged); opening the spool truncates it. A bad frame anywhere
+else is corruption: that segment is moved to `corrupt/` and reported, never skipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"KVS1"
+_HEADER = struct.Struct("<4sIIB")
+HEADER_SIZE = _HEADER.size
+KIND_PROTOBUF = 0
+KIND_JSON = 1
+KIND_NAMES = {KIND_PROTOBUF: "protobuf", KIND_JSON: "json"}
+
+
+class SpoolError(Exception):
+    """The spool cannot be used (bad directory, corrupt cursor)."""
+
+
+class SpoolFull(Exception):
+    """Accepting this batch would take the spool past its byte limit: the client must retry later."""
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """A place in the spool: segment id and byte offset inside that segment."""
+
+    segment: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One spooled batch, as read back."""
+
+    kind: int
+    payload: bytes
+    start: Position
+    end: Position
+
+
+def _segment_name(segment: int) -> str:
+    return f"seg-{segment:012d}.wal"
+
+
+def _frame_bytes(kind: int, payload: bytes) -> bytes:
+    crc = zlib.crc32(payload, zlib.crc32(bytes((kind,))))
+    return _HEADER.pack(MAGIC, len(payload), crc, kind) + payload
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def scan_frames(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+    """Yield (start, end, kind, payload) for each valid frame of `data`; stop at the first bad one."""
+    pos = 0
+    size = len(data)
+    while pos + HEADER_SIZE <= size:
+        magic, length, crc, kind = _HEADER.unpack_from(data, pos)
+        end = pos + HEADER_SIZE + length
+        if magic != MAGIC or end > size or kind not in KIND_NAMES:
+            return
+        payload = data[pos + HEADER_SIZE : end]
+        if zlib.crc32(payload, zlib.crc32(bytes((kind,)))) != crc:
+            return
+        yield pos, end, kind, payload
+        pos = end
+
+
+class Spool:
+    """Append-only, fsync'd, segmented write-ahead log of OTLP batches (see module docstring)."""
+
+    def __init__(self, directory: Path, *, max_bytes: int, segment_bytes: int = 64 << 20) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "corrupt").mkdir(exist_ok=True)
+        self._append_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._state = threading.Condition()
+        self._cursor = self._load_cursor()
+        self._repair_tail()
+        existing = self._segments()
+        self._active = (existing[-1] + 1) if existing else max(1, self._cursor.segment)
+        self._sizes: dict[int, int] = {seg: (directory / _segment_name(seg)).stat().st_size for seg in existing}
+        self._sizes[self._active] = 0
+        self._fd = self._open_segment(self._active)
+        self._written = 0  # bytes written to the active segment
+        self._synced = 0  # bytes of the active segment known to be on disk
+        self._durable = Position(self._active, 0)  # readers see frames before this point
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _segments(self) -> list[int]:
+        ids = []
+        for path in self.directory.glob("seg-*.wal"):
+            try:
+                ids.append(int(path.stem.split("-", 1)[1]))
+            except ValueError:
+                continue
+        return sorted(ids)
+
+    def _open_segment(self, segment: int) -> int:
+        fd = os.open(self.directory / _segment_name(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        _fsync_dir(self.directory)
+        return fd
+
+    def _load_cursor(self) -> Position:
+        path = self.directory / "cursor.json"
+        if not path.exists():
+            return Position(0, 0)
+        try:
+            raw = json.loads(path.read_text())
+            return Position(int(raw["segment"]), int(raw["offset"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SpoolError(f"{path}: unreadable spool cursor ({exc}); fix or delete it") from exc
+
+    def _repair_tail(self) -> None:
+        """Truncate a torn frame at the end of the newest segment (an unacknowledged write)."""
+        segments = self._segments()
+        if not segments:
+            return
+        path = self.directory / _segment_name(segments[-1])
+        data = path.read_bytes()
+        good = 0
+        for _start, end, _kind, _payload in scan_frames(data):
+            good = end
+        if good < len(data):
+            log.warning("spool: truncating %d torn bytes at the end of %s (never acknowledged)", len(data) - good, path)
+            with path.open("r+b") as fh:
+                fh.truncate(good)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    # -- appending (request threads) -------------------------------------------------------------
+
+    def backlog_bytes(self) -> int:
+        """Bytes spooled but not yet consumed by the reader."""
+        with self._state:
+            total = 0
+            for seg, size in self._sizes.items():
+                if seg > self._cursor.segment:
+                    total += size
+                elif seg == self._cursor.segment:
+                    total += max(0, size - self._cursor.offset)
+            return total
+
+    def append(self, kind: int, payload: bytes) -> Position:
+        """Write one batch and return once it is fsync'd. Raises SpoolFull past `max_bytes`."""
+        frame = _frame_bytes(kind, payload)
+        with self._append_lock:
+            if self.backlog_bytes() + len(frame) > self.max_bytes:
+                raise SpoolFull(f"spool holds {self.backlog_bytes()} bytes, limit {self.max_bytes}")
+            if self._written and self._written + len(frame) > self.segment_bytes:
+                self._rotate()
+            os.write(self._fd, frame)
+            self._written += len(frame)
+            segment, end = self._active, self._written
+            with self._state:
+                self._sizes[segment] = end
+        self._sync_to(segment, end)
+        return Position(segment, end)
+
+    def _sync_to(self, segment: int, end: int) -> None:
+        """Group commit: one fsync covers every frame written before it started."""
+        with self._sync_lock:
+            with self._state:
+                if self._durable >= Position(segment, end):
+                    return
+            with self._append_lock:
+                target = Position(self._active, self._written)
+                # dup: a concurrent rotation may close the segment's descriptor while we fsync.
+                dup = os.dup(self._fd) if self._active == segment else -1
+            if dup >= 0:
+                try:
+                    os.fsync(dup)
+                finally:
+                    os.close(dup)
+            with self._state:
+                if target > self._durable:
+                    self._durable = target
+                self._state.notify_all()
+
+    def _rotate(self) -> None:
+        """Seal the active segment (fsync, close) and start the next; caller holds the append lock."""
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._active += 1
+        self._fd = self._open_segment(self._active)
+        self._written = 0
+        with self._state:
+            # Everything in the sealed segment is on disk now.
+            self._sizes[self._active] = 0
+            self._durable = Position(self._active, 0)
+            self._state.notify_all()
+
+    # -- reading (the single store writer) -------------------------------------------------------
+
+    @property
+    def cursor(self) -> Position:
+        with self._state:
+            return self._cursor
+
+    def wait_for_data(self, timeout: float) -> bool:
+        """Block until there is something past the cursor (or `timeout`); return whether there is."""
+        with self._state:
+            return self._state.wait_for(lambda: self._durable > self._cursor_normalised(), timeout)
+
+    def _cursor_normalised(self) -> Position:
+        # A cursor at the end of a sealed segment equals the start of the next one.
+        cur = self._cursor
+        if cur.segment < self._active and cur.offset >= self._sizes.get(cur.segment, 0):
+            nxt = min((s for s in self._sizes if s > cur.segment), default=self._active)
+            return Position(nxt, 0)
+        return cur
+
+    def read_frames(self, max_bytes: int) -> list[Frame]:
+        """Frames after the cursor, up to about `max_bytes` of payload (at least one if any)."""
+        frames: list[Frame] = []
+        total = 0
+        with self._state:
+            pos = self._cursor_normalised()
+            durable = self._durable
+        while pos < durable:
+            path = self.directory / _segment_name(pos.segment)
+            with path.open("rb") as fh:
+                fh.seek(pos.offset)
+                data = fh.read(durable.offset - pos.offset) if pos.segment == durable.segment else fh.read()
+            consumed = 0
+            for start, end, kind, payload in scan_frames(data):
+                frames.append(Frame(kind, payload, Position(pos.segment, pos.offset + start),
+                                    Position(pos.segment, pos.offset + end)))
+                total += len(payload)
+                consumed = end
+                if total >= max_bytes:
+                    return frames
+            if consumed < len(data):
+                self._quarantine_segment(pos.segment, pos.offset + consumed)
+                return frames
+            if pos.segment == durable.segment:
+                break
+            with self._state:
+                pos = Position(min((s for s in self._sizes if s > pos.segment), default=self._active), 0)
+        return frames
+
+    def _quarantine_segment(self, segment: int, bad_offset: int) -> None:
+        src = self.directory / _segment_name(segment)
+        dst = self.directory / "corrupt" / _segment_name(segment)
+        log.error("spool: corrupt frame in %s at byte %d; segment moved to %s, later segments continue",
+                  src, bad_offset, dst)
+        os.replace(src, dst)
+        with self._state:
+            self._sizes.pop(segment, None)
+
+    def commit(self, position: Position) -> None:
+        """Record that everything before `position` is in the store; delete consumed segments."""
+        with self._state:
+            self._cursor = position
+            done = [s for s in self._sizes if s < position.segment]
+            for seg in done:
+                del self._sizes[seg]
+        tmp = self.directory / "cursor.json.tmp"
+        tmp.write_text(json.dumps({"segment": position.segment, "offset": position.offset}))
+        os.replace(tmp, self.directory / "cursor.json")
+        for seg in done:
+            (self.directory / _segment_name(seg)).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with self._append_lock:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
