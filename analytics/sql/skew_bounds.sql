@@ -1,0 +1,60 @@
+-- analysis: skew_bounds
+-- description: Bounds on the clock offset between each prefill host and decode host, from the
+--   causal pairs of the conventions (decode_bootstrap end -> kv.transfer start; kv.transfer end ->
+--   decode_transferred end, same bootstrap_room).
+-- returns: one row per (prefill_host, decode_host): offset_lo_ns, offset_hi_ns (offset = prefill
+--   clock minus decode clock at one instant; NULL = no evidence on that side), offset_est_ns (the
+--   midpoint, or the bound nearest 0 when one-sided), n_lower_pairs, n_upper_pairs, consistent
+--   (false when the evidence contradicts itself: lo > hi).
+WITH transfers AS (
+    SELECT bootstrap_room, clock_host AS prefill_host, start_ns, end_ns, status_code
+    FROM kv_events
+    WHERE op = 'transfer' AND bootstrap_room IS NOT NULL
+),
+stage_ends AS (
+    SELECT bootstrap_room, name, host_name AS decode_host, max(end_ns) AS end_ns
+    FROM request_stages
+    WHERE name IN ('decode_bootstrap', 'decode_transferred') AND bootstrap_room IS NOT NULL
+    GROUP BY ALL
+),
+-- bootstrap end (decode) <= transfer start (prefill)  =>  offset <= start - bootstrap_end
+upper_pairs AS (
+    SELECT t.prefill_host, s.decode_host, t.start_ns - s.end_ns AS bound_ns
+    FROM transfers t JOIN stage_ends s USING (bootstrap_room)
+    WHERE s.name = 'decode_bootstrap' AND t.prefill_host <> s.decode_host
+),
+-- transfer end (prefill) <= transferred end (decode)  =>  offset >= end - transferred_end
+lower_pairs AS (
+    SELECT t.prefill_host, s.decode_host, t.end_ns - s.end_ns AS bound_ns
+    FROM transfers t JOIN stage_ends s USING (bootstrap_room)
+    WHERE s.name = 'decode_transferred' AND coalesce(t.status_code, 0) <> 2 AND t.prefill_host <> s.decode_host
+),
+upper AS (
+    SELECT prefill_host, decode_host, min(bound_ns) AS offset_hi_ns, count(*) AS n_upper_pairs
+    FROM upper_pairs GROUP BY ALL
+),
+lower AS (
+    SELECT prefill_host, decode_host, max(bound_ns) AS offset_lo_ns, count(*) AS n_lower_pairs
+    FROM lower_pairs GROUP BY ALL
+),
+bounds AS (
+    SELECT prefill_host, decode_host, l.offset_lo_ns, u.offset_hi_ns,
+           coalesce(l.n_lower_pairs, 0) AS n_lower_pairs, coalesce(u.n_upper_pairs, 0) AS n_upper_pairs
+    FROM lower l FULL OUTER JOIN upper u USING (prefill_host, decode_host)
+)
+SELECT
+    prefill_host,
+    decode_host,
+    offset_lo_ns,
+    offset_hi_ns,
+    CAST(CASE
+        WHEN offset_lo_ns IS NOT NULL AND offset_hi_ns IS NOT NULL THEN (offset_lo_ns + offset_hi_ns) // 2
+        WHEN offset_lo_ns IS NOT NULL THEN greatest(offset_lo_ns, 0)
+        WHEN offset_hi_ns IS NOT NULL THEN least(offset_hi_ns, 0)
+        ELSE 0
+    END AS BIGINT) AS offset_est_ns,
+    n_lower_pairs,
+    n_upper_pairs,
+    coalesce(offset_lo_ns <= offset_hi_ns, true) AS consistent
+FROM bounds
+ORDER BY prefill_host, decode_host
