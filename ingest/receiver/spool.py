@@ -270,9 +270,11 @@ class Spool:
                 if total >= max_bytes:
                     return frames
             if consumed < len(data):
+                if pos.segment == durable.segment:
+                    # Appends still go to this file; stop here, loudly, rather than skip anything.
+                    raise SpoolError(f"corrupt frame in the active spool segment {path} at byte {pos.offset + consumed}")
                 self._quarantine_segment(pos.segment, pos.offset + consumed)
-                return frames
-            if pos.segment == durable.segment:
+            elif pos.segment == durable.segment:
                 break
             with self._state:
                 pos = Position(min((s for s in self._sizes if s > pos.segment), default=self._active), 0)

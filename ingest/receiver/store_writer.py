@@ -36,7 +36,7 @@ from typing import Any
 import duckdb
 
 from ingest.errors import IngestError, PayloadError
-from ingest.receiver.spool import KIND_JSON, KIND_NAMES, KIND_PROTOBUF, Frame, Spool
+from ingest.receiver.spool import KIND_JSON, KIND_NAMES, KIND_PROTOBUF, Frame, Spool, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class StoreWriter:
                 backoff = 0.05
             try:
                 self._drain_once()
-            except (duckdb.Error, IngestError, OSError) as exc:
+            except (duckdb.Error, IngestError, SpoolError, OSError) as exc:
                 # Store trouble (disk full, lock lost...): keep the frames, close, retry later.
                 log.error("store writer: %s; frames stay in the spool and are retried", exc)
                 with self._lock:

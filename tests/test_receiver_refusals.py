@@ -1,0 +1,209 @@
+"""What the receiver refuses, and how it says so (OTLP/HTTP statuses, gRPC codes), over real sockets.
+
+Every refused request must leave the spool, which is the only way into the store, untouched.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import orjson
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from ingest.receiver.front import Front, Limits
+from ingest.receiver.grpc_transport import start_grpc_server
+from ingest.receiver.http_transport import OtlpHttpServer
+from ingest.receiver.spool import Spool
+
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+@dataclass
+class Servers:
+    front: Front
+    spool: Spool
+    grpc_port: int
+    http_port: int
+
+    def spooled(self) -> list[bytes]:
+        return [f.payload for f in self.spool.read_frames(1 << 30)]
+
+    def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
+        try:
+            conn.request("POST", "/v1/traces", body=body, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def grpc_export(self, body: bytes, metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {TOKEN}"),),
+                    compression: grpc.Compression = grpc.Compression.NoCompression) -> bytes:
+        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}", compression=compression) as channel:
+            call = channel.unary_unary(EXPORT)
+            return bytes(call(body, metadata=metadata, timeout=10))
+
+
+def _servers(tmp_path: Path, limits: Limits) -> Iterator[Servers]:
+    spool = Spool(tmp_path / "spool", max_bytes=limits.max_spool_bytes)
+    front = Front(spool, limits, TOKEN)
+    grpc_server, grpc_port = start_grpc_server(front, "127.0.0.1", 0, workers=2)
+    http_server = OtlpHttpServer(("127.0.0.1", 0), front, lambda: {})
+    thread = threading.Thread(target=http_server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield Servers(front, spool, grpc_port, http_server.server_address[1])
+    finally:
+        http_server.shutdown()
+        http_server.server_close()
+        grpc_server.stop(0).wait()
+        spool.close()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    yield from _servers(tmp_path, Limits(max_request_bytes=64 << 10, max_decompressed_bytes=256 << 10))
+
+
+def _request(n: int, *, bad_ids: int = 0) -> ExportTraceServiceRequest:
+    spans = [
+        trace_pb2.Span(trace_id=bytes(range(1, 17)), span_id=(i + 1).to_bytes(8, "big"), name=f"s{i}")
+        for i in range(n)
+    ]
+    spans += [trace_pb2.Span(trace_id=bytes(16), span_id=(900 + i).to_bytes(8, "big"), name=f"zero{i}")
+              for i in range(bad_ids)]
+    return ExportTraceServiceRequest(
+        resource_spans=[trace_pb2.ResourceSpans(scope_spans=[trace_pb2.ScopeSpans(spans=spans)])]
+    )
+
+
+PROTO = {"Content-Type": "application/x-protobuf", **AUTH}
+
+
+def test_http_without_or_with_a_wrong_token_is_401(servers: Servers) -> None:
+    body = _request(3).SerializeToString()
+    for headers in ({"Content-Type": "application/x-protobuf"},
+                    {"Content-Type": "application/x-protobuf", "Authorization": "Bearer nope"}):
+        status, resp_headers, _ = servers.post(body, headers)
+        assert (status, resp_headers["www-authenticate"]) == (401, "Bearer")
+    assert servers.spooled() == []
+
+
+def test_grpc_without_the_token_is_unauthenticated(servers: Servers) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        servers.grpc_export(_request(3).SerializeToString(), metadata=())
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert servers.spooled() == []
+
+
+def test_undecodable_payloads_are_400_and_invalid_argument(servers: Servers) -> None:
+    garbage = b"\xff\xff\xff\xff not a protobuf"
+    status, _, body = servers.post(garbage, PROTO)
+    assert status == 400
+    assert "undecodable OTLP protobuf" in status_pb2.Status.FromString(body).message
+    status, _, body = servers.post(b'{"resourceSpans": [', {"Content-Type": "application/json", **AUTH})
+    assert status == 400
+    assert orjson.loads(body)["message"].startswith("undecodable OTLP/JSON")
+    status, _, _ = servers.post(b"\x1f\x8b\x08\x00garbage", {**PROTO, "Content-Encoding": "gzip"})
+    assert status == 400
+    with pytest.raises(grpc.RpcError) as err:
+        servers.grpc_export(garbage)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert servers.spooled() == []
+
+
+def test_over_size_and_gzip_bombs_are_413(servers: Servers) -> None:
+    status, headers, _ = servers.post(b"\x00" * (65 << 10), PROTO)
+    assert (status, headers["connection"]) == (413, "close")
+    bomb = gzip.compress(b"\x00" * (8 << 20))  # 8 MiB of zeros in ~8 KiB
+    assert len(bomb) < 64 << 10
+    status, _, body = servers.post(bomb, {**PROTO, "Content-Encoding": "gzip"})
+    assert status == 413
+    assert "decompressed request is over the limit" in status_pb2.Status.FromString(body).message
+    # gRPC: the decompressed-size limit is grpc.max_receive_message_length.
+    with pytest.raises(grpc.RpcError) as err:
+        servers.grpc_export(b"\x0a\x80\x80\x20" + bytes(512 << 10), compression=grpc.Compression.Gzip)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert servers.spooled() == []
+    assert servers.front.snapshot().refused == {"too_large": 2}
+
+
+def test_unknown_media_type_or_encoding_is_415(servers: Servers) -> None:
+    body = _request(1).SerializeToString()
+    assert servers.post(body, {"Content-Type": "text/plain", **AUTH})[0] == 415
+    assert servers.post(body, {**PROTO, "Content-Encoding": "br"})[0] == 415
+    assert servers.spooled() == []
+
+
+def test_invalid_span_ids_get_a_partial_success_and_are_not_spooled(servers: Servers) -> None:
+    status, headers, body = servers.post(_request(3, bad_ids=2).SerializeToString(), PROTO)
+    assert (status, headers["content-type"]) == (200, "application/x-protobuf")
+    response = ExportTraceServiceResponse.FromString(body)
+    assert response.partial_success.rejected_spans == 2
+    assert response.partial_success.error_message.startswith(
+        "2 span(s) rejected: resource_spans[0].scope_spans[0].spans[3] 'zero0': trace id is all zeros"
+    )
+    grpc_response = ExportTraceServiceResponse.FromString(
+        servers.grpc_export(_request(3, bad_ids=1).SerializeToString())
+    )
+    assert grpc_response.partial_success.rejected_spans == 1
+    spooled = [ExportTraceServiceRequest.FromString(p) for p in servers.spooled()]
+    assert [[s.name for s in r.resource_spans[0].scope_spans[0].spans] for r in spooled] == [
+        ["s0", "s1", "s2"], ["s0", "s1", "s2"]
+    ]
+
+
+def test_json_partial_success_is_answered_in_json(servers: Servers) -> None:
+    doc = {"resourceSpans": [{"scopeSpans": [{"spans": [
+        {"traceId": "0102030405060708090a0b0c0d0e0f10", "spanId": "0000000000000001", "name": "ok"},
+        {"traceId": "0102030405060708090a0b0c0d0e0f10", "spanId": "nothex", "name": "bad"},
+    ]}]}]}
+    status, _, body = servers.post(orjson.dumps(doc), {"Content-Type": "application/json", **AUTH})
+    assert status == 200
+    partial = orjson.loads(body)["partialSuccess"]
+    assert partial["rejectedSpans"] in ("1", 1)
+    assert "resourceSpans[0].scopeSpans[0].spans[1] 'bad'" in partial["errorMessage"]
+    assert [[s["name"] for s in orjson.loads(p)["resourceSpans"][0]["scopeSpans"][0]["spans"]]
+            for p in servers.spooled()] == [["ok"]]
+
+
+def test_a_full_spool_answers_429_and_resource_exhausted_with_a_retry_delay(tmp_path: Path) -> None:
+    for servers in _servers(tmp_path, Limits(max_spool_bytes=1000, retry_after_s=3)):
+        body = _request(20).SerializeToString()
+        assert servers.post(body, PROTO)[0] == 200  # fills most of the spool
+        status, headers, _ = servers.post(body, PROTO)
+        assert (status, headers["retry-after"]) == (429, "3")
+        with pytest.raises(grpc.RpcError) as err:
+            servers.grpc_export(body)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        trailers = dict(err.value.trailing_metadata())
+        assert error_details_pb2.RetryInfo.FromString(trailers["google.rpc.retryinfo-bin"]).retry_delay.seconds == 3
+        rich = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+        detail = error_details_pb2.RetryInfo()
+        assert rich.details[0].Unpack(detail) and detail.retry_delay.seconds == 3
+        assert len(servers.spooled()) == 1
+
+
+def test_the_memory_budget_answers_503_and_unavailable(tmp_path: Path) -> None:
+    for servers in _servers(tmp_path, Limits(max_inflight_bytes=100, retry_after_s=2)):
+        body = _request(20).SerializeToString()
+        status, headers, _ = servers.post(body, PROTO)
+        assert (status, headers["retry-after"]) == (503, "2")
+        with pytest.raises(grpc.RpcError) as err:
+            servers.grpc_export(body)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert servers.spooled() == []
