@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from replay.plan import Edge, Op, Plan, recorded_edges
 
@@ -17,13 +18,16 @@ S = 1_000_000_000  # ns per second
 MS = 1_000_000
 
 
-def _finish(ops: list[Op], num_layers: int, **kw: object) -> Plan:
+def _finish(ops: list[Op], num_layers: int, **kw: Any) -> Plan:
     edges = tuple(recorded_edges(ops))
-    return Plan(ops=tuple(ops), num_layers=num_layers, edges=edges, **kw)  # type: ignore[arg-type]
+    return Plan(ops=tuple(ops), num_layers=num_layers, edges=edges, **kw)
 
 
 def pr35049_plan(num_layers: int = 2) -> Plan:
-    t = lambda s: round(s * S)  # noqa: E731 - seconds on decode's clock, as the PR's log gives them
+
+    def t(seconds: float) -> int:  # seconds on decode's clock, as the PR's log gives them
+        return round(seconds * S)
+
     decode, prefill = "decode:decode-0/0", "prefill:prefill-0"
     ops = [
         Op(0, "alloc", decode, "A", "kv", tuple(range(14, 45)), t(878.79), t(878.79)),
@@ -78,7 +82,7 @@ def synthetic_plan(n_ops: int, seed: int = 0, num_layers: int = 2, pages_per_req
     while len(ops) < n_ops:
         rid = f"r{k:04d}"
         t += rng.randint(60, 140) * 1000
-        for ft, pg in sorted(p for p in pending if p[0] <= t):
+        for _ft, pg in sorted(p for p in pending if p[0] <= t):
             free_list[:0] = list(pg)
         pending = [p for p in pending if p[0] > t]
         if len(free_list) < pages_per_req:
