@@ -35,12 +35,19 @@ def write(table: pa.Table, path: Path, fmt: Format) -> None:
     elif fmt == "jsonl":
         path.write_bytes(to_jsonl(table))
     else:
-        flat = table
-        for i, field in enumerate(table.schema):
-            if pa.types.is_list(field.type):
-                joined = [";".join(str(v) for v in (cell or [])) for cell in table.column(i).to_pylist()]
-                flat = flat.set_column(i, field.name, pa.array(joined, pa.string()))
-        pacsv.write_csv(flat, path)
+        path.write_bytes(to_csv(table))
+
+
+def to_csv(table: pa.Table) -> bytes:
+    """CSV with list columns joined by ';'."""
+    flat = table
+    for i, field in enumerate(table.schema):
+        if pa.types.is_list(field.type):
+            joined = [";".join(str(v) for v in (cell or [])) for cell in table.column(i).to_pylist()]
+            flat = flat.set_column(i, field.name, pa.array(joined, pa.string()))
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(flat, sink)
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def to_jsonl(table: pa.Table) -> bytes:

@@ -1,0 +1,154 @@
+"""`kvtrace analyses / query / analyze / findings / report`: the analytics layer at the terminal."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from analytics import findings as findings_mod
+from analytics import runner
+from analytics.errors import AnalyticsError
+from analytics.materialise import analyze as analyze_store
+from analytics.registry import default_registry
+from app.options import db_option
+
+
+def _fail(exc: AnalyticsError) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+@click.command("analyses")
+def analyses_command() -> None:
+    """List the registered SQL analyses (validated at start-up) with their descriptions.
+
+    Example:
+
+        kvtrace analyses
+    """
+    try:
+        registry = default_registry()
+    except AnalyticsError as exc:
+        raise _fail(exc) from exc
+    for analysis in registry:
+        click.echo(click.style(analysis.name, bold=True) + f"  ({analysis.path.name})")
+        click.echo(f"    {analysis.description}")
+        for param in analysis.params:
+            click.echo(f"    ${param.name} {param.sql_type} = {param.default}: {param.description}")
+        if analysis.requires:
+            click.echo(f"    requires: {', '.join(analysis.requires)}")
+
+
+@click.command("query")
+@db_option
+@click.argument("sql")
+@click.option("--max-rows", type=click.IntRange(min=1), default=1000, show_default=True, help="Rows shown at most.")
+@click.option("--analyses/--no-analyses", "with_analyses", default=False,
+              help="Compute the analyses first so the query can read them by name (findings, ...).")
+def query_command(db: str, sql: str, max_rows: int, with_analyses: bool) -> None:
+    """Run one read-only SELECT against the store and print the rows as CSV.
+
+    Example:
+
+        kvtrace query --db demo/kvtrace.duckdb "SELECT op, count(*) FROM kv_events GROUP BY op"
+    """
+    import pyarrow.csv as pacsv
+
+    try:
+        con = runner.connect(db, read_only=True)
+        try:
+            if with_analyses:
+                runner.compute(con)
+            table = runner.read_only_query(con, sql, max_rows=max_rows)
+        finally:
+            con.close()
+    except AnalyticsError as exc:
+        raise _fail(exc) from exc
+    pacsv.write_csv(table, sys.stdout.buffer)
+
+
+@click.command("analyze")
+@db_option
+def analyze_command(db: str) -> None:
+    """Compute every analysis and store its result table in the store (findings, request_anomalies, ...).
+
+    Example:
+
+        kvtrace analyze --db demo/kvtrace.duckdb
+    """
+    try:
+        con = runner.connect(db, read_only=False)
+        try:
+            with click.progressbar(length=1, label="analysing", file=sys.stderr) as bar:
+                summary = analyze_store(con)
+                bar.update(1)
+        finally:
+            con.close()
+    except AnalyticsError as exc:
+        raise _fail(exc) from exc
+    for table, rows in summary.rows.items():
+        click.echo(f"{table:<26} {rows:>9} rows")
+    click.echo(f"analysed in {summary.seconds:.2f} s")
+
+
+@click.command("findings")
+@db_option
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet", "csv"]), default="jsonl", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output file [default: stdout for jsonl and csv].")
+def findings_command(db: str, fmt: str, out: Path | None) -> None:
+    """Write the race findings (conventions' "Findings" fields plus extras), computed from the store.
+
+    Example:
+
+        kvtrace findings --db demo/kvtrace.duckdb --format parquet --out findings.parquet
+    """
+    if fmt == "parquet" and out is None:
+        raise click.ClickException("--format parquet needs --out FILE")
+    try:
+        con = runner.connect(db, read_only=True)
+        try:
+            table = findings_mod.compute(con)
+        finally:
+            con.close()
+    except AnalyticsError as exc:
+        raise _fail(exc) from exc
+    if out is not None:
+        findings_mod.write(table, out, fmt)  # type: ignore[arg-type]
+        click.echo(f"{table.num_rows} findings -> {out}", err=True)
+    elif fmt == "jsonl":
+        sys.stdout.buffer.write(findings_mod.to_jsonl(table))
+    else:
+        sys.stdout.buffer.write(findings_mod.to_csv(table))
+
+
+@click.command("report")
+@db_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for report.html, summary.md, findings.parquet and findings.jsonl.")
+@click.option("--labels", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Simulator ground truth (labels.json): adds finding accuracy and the monitor evaluation.")
+def report_command(db: str, out_dir: Path, labels: Path | None) -> None:
+    """Write a self-contained HTML report, a Markdown summary and the findings; print the verdict.
+
+    Example:
+
+        kvtrace report --db demo/kvtrace.duckdb --out demo/report
+    """
+    from app.report.build import build_report
+
+    try:
+        con = runner.connect(db, read_only=True)
+        try:
+            files = build_report(con, out_dir, labels)
+        finally:
+            con.close()
+    except AnalyticsError as exc:
+        raise _fail(exc) from exc
+    click.echo(files.verdict)
+    click.echo(f"report: {files.html}\nsummary: {files.markdown}\nfindings: {files.findings_parquet}, "
+               f"{files.findings_jsonl}", err=True)
+
+
+commands: list[click.Command] = [analyses_command, query_command, analyze_command, findings_command, report_command]

@@ -1,0 +1,100 @@
+"""Plotly figures of the report, one small function per chart; each takes a pyarrow table."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import pyarrow as pa
+
+_LAYOUT = {"template": "plotly_white", "height": 380, "margin": {"l": 60, "r": 20, "t": 50, "b": 50}}
+
+
+def _rows(table: pa.Table) -> list[dict[str, object]]:
+    return list(table.to_pylist())
+
+
+def anomaly_rate_by_version(rates: pa.Table) -> go.Figure:
+    rows = _rows(rates)
+    fig = go.Figure(go.Bar(
+        x=[str(r["service_version"]) for r in rows], y=[r["per_10k"] for r in rows],
+        text=[f"{r['anomalies']} / {r['requests']}" for r in rows], textposition="outside",
+    ))
+    fig.update_layout(title="Anomalous outputs per 10,000 requests, by service.version",
+                      yaxis_title="per 10k", **_LAYOUT)
+    return fig
+
+
+def findings_timeline(findings: pa.Table) -> go.Figure:
+    """Each finding's unsafe window as a horizontal segment, one row per (instance, rank, pool)."""
+    fig = go.Figure()
+    rows = _rows(findings)
+    t0 = min((int(str(r["window_start_ns"])) for r in rows), default=0)
+    for kind in sorted({str(r["kind"]) for r in rows}):
+        xs: list[float | None] = []
+        ys: list[str | None] = []
+        texts: list[str | None] = []
+        for r in rows:
+            if r["kind"] != kind:
+                continue
+            lane = f"{r['instance']} r{r['tp_rank']} {r['kv_pool']}"
+            label = f"{r['finding_id']} {r['confidence']} victim={r['victim_rid']}"
+            xs += [(int(str(r["window_start_ns"])) - t0) / 1e9, (int(str(r["window_end_ns"])) - t0) / 1e9, None]
+            ys += [lane, lane, None]
+            texts += [label, label, None]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=kind, text=texts,
+                                 hoverinfo="text+x", line={"width": 6}))
+    fig.update_layout(title="Unsafe windows (decode-instance clock, s from the first finding)",
+                      xaxis_title="seconds", **_LAYOUT)
+    return fig
+
+
+def relative_risk(risk: pa.Table) -> go.Figure:
+    rows = [r for r in _rows(risk) if r["relative_risk"] is not None]
+    fig = go.Figure(go.Bar(x=[str(r["exposure"]) for r in rows], y=[r["relative_risk"] for r in rows],
+                           text=[f"{r['exposed_anomalous']}/{r['exposed']} vs {r['unexposed_anomalous']}/{r['unexposed']}"
+                                 for r in rows], textposition="outside"))
+    fig.update_layout(title="Relative risk of an anomalous output: victims of a finding vs the rest",
+                      yaxis_title="relative risk", yaxis_type="log", **_LAYOUT)
+    return fig
+
+
+def attribution(attr: pa.Table, top: int = 15) -> go.Figure:
+    rows = _rows(attr)[:top][::-1]
+    fig = go.Figure(go.Bar(
+        x=[r["difference"] for r in rows], y=[f"{r['attribute']}={r['value']}" for r in rows], orientation="h",
+        text=[f"{float(str(r['share_anomalous'])):.0%} of anomalous vs {float(str(r['share_normal'])):.0%} of normal"
+              for r in rows],
+    ))
+    fig.update_layout(title="What sets anomalous requests apart (share among anomalous - share among normal)",
+                      xaxis_title="difference in share", **{**_LAYOUT, "height": 480, "margin": {"l": 220}})
+    return fig
+
+
+def version_comparison(cmp: pa.Table, metric: str, title: str) -> go.Figure:
+    rows = _rows(cmp)
+    fig = go.Figure()
+    for version in dict.fromkeys(str(r["service_version"]) for r in rows):
+        sel = [r for r in rows if str(r["service_version"]) == version]
+        fig.add_trace(go.Bar(name=version, x=[r["context_bucket"] for r in sel], y=[r[metric] for r in sel]))
+    fig.update_layout(title=title, xaxis_title="context length", barmode="group", **_LAYOUT)
+    return fig
+
+
+def symptom_delay(linkage: pa.Table) -> go.Figure:
+    delays = [int(str(r["delay_ns"])) / 1e6 for r in _rows(linkage) if r["delay_ns"] is not None]
+    fig = go.Figure(go.Histogram(x=delays, nbinsx=30))
+    fig.update_layout(title="Delay from the unsafe window's start to the first abnormal speculative step",
+                      xaxis_title="ms", yaxis_title="anomalous victims", **_LAYOUT)
+    return fig
+
+
+def monitor_sweep(sweep: pa.Table) -> go.Figure:
+    rows = _rows(sweep)
+    fig = go.Figure()
+    for rate in sorted({float(str(r["high_accept_rate"])) for r in rows}):
+        sel = [r for r in rows if float(str(r["high_accept_rate"])) == rate]
+        fig.add_trace(go.Scatter(x=[r["recall"] for r in sel], y=[r["precision"] for r in sel],
+                                 mode="lines+markers", name=f"rate > {rate}",
+                                 text=[f"accept length < {r['low_accept_length']}" for r in sel]))
+    fig.update_layout(title="Online abort rule against the ground truth: precision vs recall per threshold",
+                      xaxis_title="recall", yaxis_title="precision", **_LAYOUT)
+    return fig
