@@ -1,1 +1,34 @@
-"""kvtrace ingest layer."""
+"""kvtrace ingest layer: OTLP trace files and live OTLP payloads -> the embedded DuckDB store.
+
+Public API (stable; the live receiver and the CLI use only this):
+
+- `open_store(path, read_only=False) -> duckdb.DuckDBPyConnection`
+  Opens the store, creating it and applying `ingest/schema.sql` (idempotent) unless read-only.
+- `ingest_paths(paths, db_path, progress=True) -> IngestSummary`
+  Files, directories and globs of OTLP JSON / JSON lines / protobuf (optionally gzip or zstd).
+  Each file is one transaction; committed unchanged files are skipped on re-run.
+- `ingest_payload(con, payload, fmt, source) -> BatchResult`
+  One OTLP ExportTraceServiceRequest / TracesData body (`fmt` "json" or "protobuf"), already
+  decompressed, stored in one transaction. `BatchResult.accepted` counts valid spans (new or
+  already stored: idempotent on (trace_id, span_id)), `.new_spans` the newly stored ones,
+  `.rejected` the malformed records (quarantined under `source`), `.reasons` one line each.
+  Raises `PayloadError` when the payload as a whole is undecodable.
+- `export_parquet(db_path, out_dir)`: hive-partitioned Parquet copy (service, day).
+
+Errors: `IngestError` (and its subclass `PayloadError`). Nothing here imports a UI library.
+"""
+
+from ingest.errors import IngestError, PayloadError
+from ingest.pipeline import BatchResult, FileResult, IngestSummary, ingest_paths, ingest_payload
+from ingest.store import open_store
+
+__all__ = [
+    "BatchResult",
+    "FileResult",
+    "IngestError",
+    "IngestSummary",
+    "PayloadError",
+    "ingest_paths",
+    "ingest_payload",
+    "open_store",
+]

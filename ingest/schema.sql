@@ -172,3 +172,47 @@ CREATE TABLE IF NOT EXISTS feedback (
     label     VARCHAR,                        -- garbled / repetition / ok
     time_ns   BIGINT
 );
+
+-- ---------------------------------------------------------------------------------------------
+-- Added by ingest/ (bookkeeping; analyses do not read these).
+
+CREATE SEQUENCE IF NOT EXISTS ingested_files_seq START 1;
+
+-- One row per file (or live payload source) whose ingest committed. A file is skipped on re-run
+-- when (path, size_bytes, mtime_ns) match a committed row; otherwise it is read again and the
+-- dedup on (trace_id, span_id) keeps the store free of doubles.
+CREATE TABLE IF NOT EXISTS ingested_files (
+    file_id        INTEGER PRIMARY KEY,
+    path           VARCHAR NOT NULL,
+    size_bytes     BIGINT,
+    mtime_ns       BIGINT,
+    format         VARCHAR,                   -- otlp-jsonl / otlp-json / otlp-proto / otlp-proto-delimited
+    compression    VARCHAR,                   -- none / gzip / zstd
+    spans_read     BIGINT,                    -- valid spans decoded
+    spans_new      BIGINT,                    -- of which not already stored
+    quarantined    BIGINT,                    -- records sent to quarantine
+    ingested_at    TIMESTAMP
+);
+
+-- Records that could not be stored: a bad JSON line, an undecodable protobuf frame, a span with
+-- missing or malformed ids or wrongly typed fields. Every good record of the same file is kept.
+CREATE TABLE IF NOT EXISTS quarantine (
+    source       VARCHAR NOT NULL,            -- file path, or the live source's name
+    line         BIGINT,                      -- 1-based line (JSON lines), else NULL
+    byte_offset  BIGINT,                      -- offset of the record in the decompressed stream
+    span_id      VARCHAR,                     -- the span's id as given, when it had one
+    reason       VARCHAR NOT NULL,
+    raw          BLOB,                        -- the record's bytes, at most 4 KiB
+    raw_bytes    BIGINT,                      -- the record's full length
+    quarantined_at TIMESTAMP
+);
+
+-- Spans whose normalised rows wait for a relative in a later batch or file: a forward.read whose
+-- parent forward is not stored yet ('read'), a stage slice whose rid-carrying ancestor is not
+-- stored yet ('stage'). Each batch re-derives the rows of pending spans of the traces it touches.
+CREATE TABLE IF NOT EXISTS ingest_pending (
+    trace_id        VARCHAR NOT NULL,
+    span_id         VARCHAR NOT NULL,
+    parent_span_id  VARCHAR,
+    kind            VARCHAR NOT NULL
+);

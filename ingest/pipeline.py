@@ -1,0 +1,390 @@
+"""Ingest: trace files or live OTLP payloads -> the DuckDB store, loss-free and idempotent.
+
+Flow of one file: records (sources) -> spans decoded into a column-wise staging batch (decode)
+-> every `batch_spans` spans the batch is handed to DuckDB as Arrow tables and merged by the SQL
+files in ingest/sql/ (dedup anti-join, then set-based normalisation) -> the file's transaction
+commits once, with its ingested_files row. A crash before the commit leaves the store as it
+was; a re-run skips committed files and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import orjson
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+from tqdm import tqdm
+
+from ingest.decode import (
+    Position,
+    StagingBatch,
+    add_json_traces,
+    add_proto_resource_spans,
+)
+from ingest.errors import IngestError, PayloadError
+from ingest.sources import (
+    Record,
+    decompress_bytes,
+    expand_paths,
+    file_identity,
+    iter_json_records,
+    iter_proto_records,
+    open_decompressed,
+    sniff_format,
+)
+from ingest.store import open_store
+
+DEFAULT_BATCH_SPANS = 50_000
+
+
+@dataclass
+class BatchResult:
+    """Outcome of one merged batch or live payload."""
+
+    accepted: int = 0        # valid spans decoded (stored now or already stored)
+    new_spans: int = 0       # of which newly stored
+    rejected: int = 0        # records quarantined (malformed spans, lines, frames)
+    reasons: list[str] = field(default_factory=list)  # one per rejected record, in order
+
+    def add(self, other: BatchResult) -> None:
+        self.accepted += other.accepted
+        self.new_spans += other.new_spans
+        self.rejected += other.rejected
+        self.reasons.extend(other.reasons)
+
+
+@dataclass
+class FileResult:
+    path: str
+    skipped: bool
+    format: str
+    compression: str
+    result: BatchResult
+
+
+@dataclass
+class IngestSummary:
+    """What one `ingest_paths` run did, plus what the stored spans of its files span."""
+
+    db_path: str
+    files: list[FileResult] = field(default_factory=list)
+    seconds: float = 0.0
+    traces: int = 0
+    services: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+    start_ns: int | None = None
+    end_ns: int | None = None
+    store_spans: int = 0
+
+    @property
+    def files_ingested(self) -> int:
+        return sum(not f.skipped for f in self.files)
+
+    @property
+    def files_skipped(self) -> int:
+        return sum(f.skipped for f in self.files)
+
+    @property
+    def spans_read(self) -> int:
+        return sum(f.result.accepted for f in self.files)
+
+    @property
+    def spans_new(self) -> int:
+        return sum(f.result.new_spans for f in self.files)
+
+    @property
+    def quarantined(self) -> int:
+        return sum(f.result.rejected for f in self.files)
+
+
+# ------------------------------------------------------------------------------------ SQL steps
+
+
+@cache
+def _sql(name: str) -> str:
+    return resources.files("ingest").joinpath("sql", f"{name}.sql").read_text(encoding="utf-8")
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, query: str) -> int:
+    rows = con.execute(query).fetchall()
+    row = rows[0] if rows else None
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def merge_batch(
+    con: duckdb.DuckDBPyConnection, batch: StagingBatch, file_id: int | None, source: str
+) -> BatchResult:
+    """Store one staging batch inside the caller's open transaction: raw tables, normalised
+    tables (re-deriving rows of earlier spans whose relative arrived now) and quarantine rows."""
+    spans, events, links, quarantine = batch.tables()
+    result = BatchResult(accepted=batch.n_spans, rejected=batch.n_quarantined)
+    result.reasons.extend(batch.quarantine["reason"])
+    if quarantine.num_rows:
+        con.register("stage_quarantine", quarantine)
+        con.execute(
+            "INSERT INTO quarantine BY NAME SELECT ? AS source, line, byte_offset, span_id, reason, "
+            "raw, raw_bytes, now()::TIMESTAMP AS quarantined_at FROM stage_quarantine",
+            [source],
+        )
+        con.unregister("stage_quarantine")
+    if not spans.num_rows:
+        return result
+    con.register("stage_spans", spans)
+    con.register("stage_events", events)
+    con.register("stage_links", links)
+    try:
+        con.execute("SET VARIABLE file_id = ?", [file_id])
+        con.execute(_sql("merge_spans"))
+        result.new_spans = _scalar(con, "SELECT count(*) FROM new_spans")
+        if result.new_spans:
+            _normalise(con)
+    finally:
+        for name in ("stage_spans", "stage_events", "stage_links"):
+            con.unregister(name)
+    return result
+
+
+def _normalise(con: duckdb.DuckDBPyConnection) -> None:
+    """Derive the normalised tables from `new_spans` (see the headers of ingest/sql/*.sql)."""
+    con.execute(_sql("normalise_requests"))
+    con.execute(_sql("normalise_kv_events"))
+    con.execute(_sql("normalise_aborts_feedback"))
+
+    con.execute(_sql("read_targets"))
+    if _scalar(con, "SELECT count(*) FROM read_pending_now"):
+        con.execute(_sql("read_targets_pending"))
+    con.execute(_sql("read_parents"))
+    if _scalar(con, "SELECT count(*) FROM read_orphans"):
+        con.execute(_sql("read_parents_stored"))
+    con.execute(_sql("normalise_reads"))
+
+    con.execute(_sql("stage_targets"))
+    if _scalar(con, "SELECT count(*) FROM stage_pending_now"):
+        con.execute(_sql("stage_targets_pending"))
+    con.execute(_sql("stage_universe_batch"))
+    con.execute(_sql("stage_walk"))
+    if _scalar(con, "SELECT count(*) FROM stage_targets WHERE was_pending") or _scalar(
+        con, "SELECT count(*) FROM stage_walk_out WHERE NOT resolved"
+    ):
+        con.execute(_sql("stage_universe_stored"))
+        con.execute(_sql("stage_walk"))
+    con.execute(_sql("normalise_stages"))
+
+
+# ------------------------------------------------------------------------------------- decoding
+
+
+def _decode_record(batch: StagingBatch, rec: Record) -> None:
+    if rec.kind == "bad":
+        batch.quarantine_record(rec.pos, rec.reason, rec.data)
+    elif rec.kind == "json":
+        try:
+            obj = orjson.loads(rec.data)
+        except orjson.JSONDecodeError as exc:
+            batch.quarantine_record(rec.pos, f"invalid JSON: {exc}", rec.data)
+            return
+        add_json_traces(batch, obj, rec.pos, rec.data)
+    else:
+        try:
+            rs = trace_pb2.ResourceSpans.FromString(rec.data)
+        except DecodeError as exc:
+            batch.quarantine_record(rec.pos, f"undecodable protobuf ResourceSpans: {exc}", rec.data)
+            return
+        add_proto_resource_spans(batch, rs, rec.pos)
+
+
+def _batches(records: Iterable[Record], batch_spans: int) -> Iterator[StagingBatch]:
+    batch = StagingBatch()
+    for rec in records:
+        _decode_record(batch, rec)
+        if batch.n_spans >= batch_spans:
+            yield batch
+            batch = StagingBatch()
+    if batch.n_spans or batch.n_quarantined:
+        yield batch
+
+
+# ---------------------------------------------------------------------------------------- files
+
+
+def ingest_file(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    batch_spans: int = DEFAULT_BATCH_SPANS,
+    bar: tqdm[None] | None = None,
+) -> FileResult:
+    """Ingest one file in one transaction; skip it when it is already committed unchanged."""
+    ident, size, mtime_ns = file_identity(path)
+    done = con.execute(
+        "SELECT format, compression FROM ingested_files WHERE path = ? AND size_bytes = ? AND mtime_ns = ?",
+        [ident, size, mtime_ns],
+    ).fetchall()
+    if done:
+        if bar is not None:
+            bar.update(size)
+        return FileResult(ident, True, str(done[0][0]), str(done[0][1]), BatchResult())
+    stream, compression = open_decompressed(path)
+    raw_file = stream.raw
+    total = BatchResult()
+    fmt = "unknown"
+    with stream:
+        kind = sniff_format(stream)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("DELETE FROM quarantine WHERE source = ?", [ident])
+            file_id = _scalar(con, "SELECT nextval('ingested_files_seq')")
+            if kind == "json":
+                records: Iterable[Record] = iter_json_records(stream)
+            elif kind == "protobuf":
+                records = iter_proto_records(stream)
+            else:
+                records = ()
+            last_pos = 0
+            for batch in _batches(records, batch_spans):
+                total.add(merge_batch(con, batch, file_id, ident))
+                if bar is not None:
+                    pos = _raw_position(raw_file, size)
+                    bar.update(pos - last_pos)
+                    last_pos = pos
+            fmt = _format_name(kind, records)
+            con.execute(
+                "INSERT INTO ingested_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+                [file_id, ident, size, mtime_ns, fmt, compression, total.accepted, total.new_spans, total.rejected],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    if bar is not None:
+        bar.update(size - last_pos)
+    return FileResult(ident, False, fmt, compression, total)
+
+
+def _raw_position(raw: object, size: int) -> int:
+    tell = getattr(raw, "tell", None)
+    try:
+        return min(int(tell()), size) if tell else 0
+    except (OSError, ValueError):
+        return 0
+
+
+def _format_name(kind: str, records: Iterable[Record]) -> str:
+    return {"json": "otlp-json", "protobuf": "otlp-proto"}.get(kind, kind)
+
+
+def ingest_paths(
+    paths: Iterable[str | Path],
+    db_path: str | Path,
+    progress: bool = True,
+    batch_spans: int = DEFAULT_BATCH_SPANS,
+) -> IngestSummary:
+    """Ingest files, directories and globs into the store at `db_path`; each file commits alone.
+
+    Already committed, unchanged files are skipped; changed or partly ingested ones are read
+    again, and the (trace_id, span_id) dedup keeps every span exactly once.
+    """
+    files = expand_paths(paths)
+    t0 = time.perf_counter()
+    summary = IngestSummary(db_path=str(db_path))
+    con = open_store(db_path)
+    try:
+        total_bytes = sum(f.stat().st_size for f in files)
+        with tqdm(
+            total=total_bytes, unit="B", unit_scale=True, desc="ingest", disable=not progress, leave=False
+        ) as bar:
+            for f in files:
+                summary.files.append(ingest_file(con, f, batch_spans, bar))
+        summary.seconds = time.perf_counter() - t0
+        _describe(con, summary)
+    finally:
+        con.close()
+    return summary
+
+
+def _describe(con: duckdb.DuckDBPyConnection, summary: IngestSummary) -> None:
+    paths = [f.path for f in summary.files]
+    rows = con.execute(
+        """
+        SELECT count(DISTINCT s.trace_id), list(DISTINCT s.service_name ORDER BY s.service_name),
+               list(DISTINCT s.host_name ORDER BY s.host_name), min(s.start_ns), max(s.end_ns)
+        FROM spans AS s
+        WHERE s.file_id IN (SELECT file_id FROM ingested_files WHERE list_contains(?, path))
+        """,
+        [paths],
+    ).fetchall()
+    row = rows[0] if rows else None
+    if row:
+        summary.traces = int(row[0] or 0)
+        summary.services = [s for s in (row[1] or []) if s is not None]
+        summary.hosts = [h for h in (row[2] or []) if h is not None]
+        summary.start_ns, summary.end_ns = row[3], row[4]
+    summary.store_spans = _scalar(con, "SELECT count(*) FROM spans")
+
+
+# ----------------------------------------------------------------------------------- live OTLP
+
+
+def ingest_payload(
+    con: duckdb.DuckDBPyConnection,
+    payload: bytes,
+    fmt: Literal["json", "protobuf"],
+    source: str,
+) -> BatchResult:
+    """Store one OTLP ExportTraceServiceRequest / TracesData payload atomically (one transaction).
+
+    `payload` is the request body, already decompressed (gzip/zstd magic is also accepted).
+    Idempotent on (trace_id, span_id): a retried payload adds nothing. Malformed spans are
+    rejected (and quarantined under `source`) while the rest is stored; the result counts both,
+    with one reason per rejected record. Raises PayloadError when the payload as a whole cannot
+    be decoded. `con` comes from open_store(); use it from one thread at a time.
+    """
+    data = decompress_bytes(payload)
+    batch = StagingBatch()
+    pos = Position(None, 0)
+    if fmt == "json":
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise PayloadError(f"{source}: payload is not JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise PayloadError(f"{source}: payload is not an OTLP JSON object")
+        add_json_traces(batch, obj, pos, data)
+    elif fmt == "protobuf":
+        try:
+            request = trace_service_pb2.ExportTraceServiceRequest.FromString(data)
+        except DecodeError as exc:
+            raise PayloadError(f"{source}: payload is not an OTLP protobuf message: {exc}") from None
+        for rs in request.resource_spans:
+            add_proto_resource_spans(batch, rs, pos)
+    else:
+        raise PayloadError(f"{source}: unknown payload format {fmt!r}")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        result = merge_batch(con, batch, None, source)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return result
+
+
+__all__ = [
+    "BatchResult",
+    "FileResult",
+    "IngestError",
+    "IngestSummary",
+    "PayloadError",
+    "ingest_file",
+    "ingest_paths",
+    "ingest_payload",
+    "merge_batch",
+]

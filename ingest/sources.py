@@ -1,0 +1,257 @@
+"""Trace files -> a stream of OTLP records, with their positions, in bounded memory.
+
+Handles: paths, directories (recursively) and globs; gzip and zstd (by magic bytes, not by
+name); OTLP JSON as one document per file or as JSON lines (the collector's file exporter);
+OTLP protobuf as one `TracesData` / `ExportTraceServiceRequest` message or a length-delimited
+stream of them. A protobuf message is read one top-level `ResourceSpans` frame at a time, so a
+file's size never decides memory; only a single-document (not lines) JSON file is read whole.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import orjson
+import zstandard
+
+from ingest.decode import Position
+from ingest.errors import IngestError
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+MAX_FRAME = 1 << 30  # a larger length prefix is corruption, not data
+_TRACE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".pb", ".bin", ".proto", ".otlp", ".protobuf")
+_COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
+
+RecordKind = Literal["json", "proto_rs", "bad"]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One unit of a file: a JSON document/line, a protobuf ResourceSpans frame, or a bad span
+    of bytes (`reason` says why)."""
+
+    kind: RecordKind
+    pos: Position
+    data: bytes
+    reason: str = ""
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named by `paths` (files, directories searched recursively, globs), sorted, unique.
+
+    In directories only trace-like files are taken (.json/.jsonl/.pb/... optionally .gz/.zst);
+    a file named explicitly is always taken. Raises IngestError for a path that matches nothing.
+    """
+    found: dict[Path, None] = {}
+    for raw in paths:
+        p = Path(raw)
+        if p.is_file():
+            found[p] = None
+        elif p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and _looks_like_traces(f):
+                    found[f] = None
+        else:
+            matches = sorted(glob.glob(str(raw), recursive=True))
+            files = [Path(m) for m in matches if Path(m).is_file()]
+            if not files:
+                raise IngestError(f"no such file, directory or glob match: {raw}")
+            for f in files:
+                found[f] = None
+    return list(found)
+
+
+def _looks_like_traces(f: Path) -> bool:
+    name = f.name.lower()
+    for suffix in _COMPRESSED_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name.endswith(_TRACE_SUFFIXES)
+
+
+def open_decompressed(path: Path) -> tuple[io.BufferedReader, str]:
+    """Open `path` for reading its decompressed bytes; returns the stream and the compression."""
+    raw = open(path, "rb")  # noqa: SIM115 (closed by the returned stream)
+    head = raw.read(4)
+    raw.seek(0)
+    if head.startswith(GZIP_MAGIC):
+        return io.BufferedReader(gzip.GzipFile(fileobj=raw), buffer_size=1 << 20), "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
+        return io.BufferedReader(reader, buffer_size=1 << 20), "zstd"
+    return io.BufferedReader(raw, buffer_size=1 << 20), "none"
+
+
+def decompress_bytes(data: bytes) -> bytes:
+    """Decompress an in-memory payload when it starts with gzip or zstd magic."""
+    if data.startswith(GZIP_MAGIC):
+        return gzip.decompress(data)
+    if data.startswith(ZSTD_MAGIC):
+        out: bytes = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        return out
+    return data
+
+
+def sniff_format(stream: io.BufferedReader) -> str:
+    """'json' when the first non-blank byte opens a JSON value, else 'protobuf'."""
+    head = stream.peek(4096)[:4096].lstrip()
+    if not head:
+        return "empty"
+    return "json" if head[:1] in (b"{", b"[") else "protobuf"
+
+
+# ----------------------------------------------------------------------------------------- JSON
+
+
+def iter_json_records(stream: BinaryIO) -> Iterator[Record]:
+    """JSON lines (one record per non-blank line), or one multi-line JSON document.
+
+    The first non-blank line decides: if it parses on its own the file is JSON lines; if not,
+    the rest is read and parsed as one document, and if that fails too it is treated as JSON
+    lines after all, so that its bad lines are quarantined one by one.
+    """
+    offset = 0
+    first: tuple[int, int, bytes] | None = None
+    for line_no, line in enumerate(stream, start=1):
+        if line.strip():
+            first = (line_no, offset, line)
+            break
+        offset += len(line)
+    if first is None:
+        return
+    first_line_no, first_offset, first_line = first
+    try:
+        orjson.loads(first_line)
+        lines_mode = True
+    except orjson.JSONDecodeError:
+        lines_mode = False
+    if lines_mode:
+        yield Record("json", Position(first_line_no, first_offset), _strip_eol(first_line))
+        yield from _json_lines(stream, first_line_no + 1, first_offset + len(first_line))
+        return
+    rest = first_line + stream.read()
+    try:
+        orjson.loads(rest)
+    except orjson.JSONDecodeError:
+        yield from _json_lines(io.BytesIO(rest), first_line_no, first_offset)
+        return
+    yield Record("json", Position(first_line_no, first_offset), rest)
+
+
+def _json_lines(stream: BinaryIO, line_no: int, offset: int) -> Iterator[Record]:
+    for line in stream:
+        if line.strip():
+            yield Record("json", Position(line_no, offset), _strip_eol(line))
+        line_no += 1
+        offset += len(line)
+
+
+def _strip_eol(line: bytes) -> bytes:
+    return line.rstrip(b"\r\n")
+
+
+# ------------------------------------------------------------------------------------- protobuf
+
+
+def _varint(stream: BinaryIO) -> tuple[int, int] | None:
+    """Read a base-128 varint; (value, bytes used), None at a clean EOF. Raises ValueError."""
+    value = shift = used = 0
+    while True:
+        b = stream.read(1)
+        if not b:
+            if used == 0:
+                return None
+            raise ValueError("truncated varint")
+        used += 1
+        value |= (b[0] & 0x7F) << shift
+        if b[0] < 0x80:
+            return value, used
+        shift += 7
+        if used >= 10:
+            raise ValueError("varint longer than 10 bytes")
+
+
+def iter_proto_records(stream: io.BufferedReader) -> Iterator[Record]:
+    """ResourceSpans frames of one TracesData message, or of a length-delimited stream of them.
+
+    A TracesData message is a run of (tag 0x0A, length, ResourceSpans) frames; a delimited stream
+    starts with a length instead. A frame whose length or tag is corrupt cannot be resynchronised:
+    the rest of the message (of the file, for a single message) is quarantined from there.
+    """
+    head = stream.peek(1)[:1]
+    if head == b"\x0a":
+        yield from _resource_frames(stream, 0, None)
+        return
+    offset = 0
+    while True:
+        try:
+            got = _varint(stream)
+        except ValueError as exc:
+            yield _bad_rest(stream, offset, f"length prefix: {exc}")
+            return
+        if got is None:
+            return
+        length, used = got
+        if length > MAX_FRAME:
+            yield _bad_rest(stream, offset, f"length prefix {length} is too large")
+            return
+        message = stream.read(length)
+        if len(message) < length:
+            yield Record("bad", Position(None, offset), message, f"message truncated: {len(message)} of {length} bytes")
+            return
+        yield from _resource_frames(io.BytesIO(message), offset + used, length)
+        offset += used + length
+
+
+def _resource_frames(stream: BinaryIO, base: int, size: int | None) -> Iterator[Record]:
+    offset = 0
+    while size is None or offset < size:
+        start = base + offset
+        try:
+            got = _varint(stream)
+        except ValueError as exc:
+            yield _bad_rest(stream, start, f"field tag: {exc}")
+            return
+        if got is None:
+            return
+        tag, used = got
+        if tag != 0x0A:
+            yield _bad_rest(stream, start, f"unexpected field tag {tag} (expected resource_spans)")
+            return
+        try:
+            got = _varint(stream)
+        except ValueError as exc:
+            yield _bad_rest(stream, start, f"frame length: {exc}")
+            return
+        if got is None or got[0] > MAX_FRAME:
+            yield _bad_rest(stream, start, "frame length missing or too large")
+            return
+        length, used2 = got
+        data = stream.read(length)
+        if len(data) < length:
+            yield Record("bad", Position(None, start), data, f"frame truncated: {len(data)} of {length} bytes")
+            return
+        yield Record("proto_rs", Position(None, start), data)
+        offset += used + used2 + length
+
+
+def _bad_rest(stream: BinaryIO, offset: int, reason: str) -> Record:
+    """Quarantine what is left of a stream that cannot be resynchronised (bounded read)."""
+    data = stream.read(4096)
+    rest = len(data)
+    while chunk := stream.read(1 << 20):
+        rest += len(chunk)
+    return Record("bad", Position(None, offset), data, f"{reason}; {rest} bytes from here not decodable")
+
+
+def file_identity(path: Path) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return str(path.resolve()), st.st_size, st.st_mtime_ns

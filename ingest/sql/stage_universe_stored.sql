@@ -1,0 +1,15 @@
+-- stage_universe_stored: second walk, over every stored span of the traces whose stage slices
+-- the first walk left unresolved (their ancestors came in earlier batches or files) and of the
+-- pending slices. Reads: spans, stage_targets, stage_walk_out. Returns nothing; replaces
+-- stage_universe and stage_walk_in. Run only when there is something to resolve.
+CREATE OR REPLACE TEMP TABLE stage_walk_in AS
+SELECT t.*
+FROM stage_targets AS t
+WHERE t.was_pending
+   OR EXISTS (SELECT 1 FROM stage_walk_out AS o
+              WHERE o.trace_id = t.trace_id AND o.span_id = t.span_id AND NOT o.resolved);
+
+CREATE OR REPLACE TEMP TABLE stage_universe AS
+SELECT s.trace_id, s.span_id, s.parent_span_id, s.rid, s.attributes->>'$.bootstrap_room' AS room
+FROM spans AS s
+SEMI JOIN (SELECT DISTINCT trace_id FROM stage_walk_in) AS w ON w.trace_id = s.trace_id;
