@@ -13,6 +13,7 @@ import click
 # Each module defines `commands: list[click.Command]`. Add a feature by adding its module here.
 COMMAND_MODULES: tuple[str, ...] = (
     "app.commands.serve",
+    "app.commands.ingest",
     "app.commands.analytics",
 )
 
