@@ -85,12 +85,12 @@ def run(
 ) -> pa.Table:
     """Compute one analysis (and its requirements) and return its rows."""
     compute(con, [name], params, registry)
-    return con.execute(f"SELECT * FROM temp.main.{name}").to_arrow_table()
+    return con.sql(f"SELECT * FROM temp.main.{name}").to_arrow_table()
 
 
 def computed(con: duckdb.DuckDBPyConnection, name: str) -> pa.Table:
     """Rows of an analysis computed earlier on this connection."""
-    return con.execute(f"SELECT * FROM temp.main.{name}").to_arrow_table()
+    return con.sql(f"SELECT * FROM temp.main.{name}").to_arrow_table()
 
 
 def read_only_query(con: duckdb.DuckDBPyConnection, sql: str, *, max_rows: int = 10_000) -> pa.Table:

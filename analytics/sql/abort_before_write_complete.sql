@@ -2,25 +2,27 @@
 -- description: Bug 1 (SGLang #24527, PR #35049): a transfer into decode pages whose request was
 --   released and whose pages were allocated to another request before the write completed.
 --   Victim = the request that received the pages; pages = the intersection; window = reuse ..
---   write end, on the decode instance's clock.
+--   write end (or the victim's own release of the pages, if earlier), on the decode clock.
 -- returns: one row per (transfer, reusing alloc), in the findings columns (finding_id, kind,
 --   instance, tp_rank, kv_pool, pages, layers, culprit_rid, victim_rid, window_start_ns,
 --   window_end_ns, confidence, evidence_span_ids) plus window_end_raw_ns (prefill clock),
 --   window_end_earliest_ns, window_end_latest_ns, skew_bounded, free_seen, service_version,
 --   transfer_span_id, release_span_id.
--- requires: early_releases
+-- requires: early_releases, kv_ownership
 WITH allocs AS (
     SELECT span_id, rid, instance_id, tp_rank, kv_pool, page_ids, page_lo, page_hi, start_ns
     FROM kv_events WHERE op = 'alloc' AND rid IS NOT NULL
 ),
 reuses AS (
     SELECT e.*, a.span_id AS reuse_span_id, a.rid AS reuse_rid, a.start_ns AS reuse_ns,
-           sorted_intersection(e.released_pages, a.page_ids) AS pages
+           sorted_intersection(e.released_pages, a.page_ids) AS pages,
+           coalesce(o.owned_until_ns, 9223372036854775807) AS victim_release_ns
     FROM early_releases e
     JOIN allocs a
       ON a.instance_id = e.instance_id AND a.tp_rank = e.tp_rank AND a.kv_pool = e.kv_pool
      AND a.start_ns >= e.release_ns
      AND a.start_ns < coalesce(e.end_latest_ns, 9223372036854775807)
+    LEFT JOIN kv_ownership o ON o.alloc_span_id = a.span_id
     WHERE a.rid <> e.rid
       AND page_set_overlap(e.page_lo, e.page_hi, e.released_pages, a.page_lo, a.page_hi, a.page_ids)
 )
@@ -35,7 +37,7 @@ SELECT
     rid AS culprit_rid,
     reuse_rid AS victim_rid,
     reuse_ns AS window_start_ns,
-    greatest(end_est_ns, reuse_ns) AS window_end_ns,
+    least(greatest(end_est_ns, reuse_ns), victim_release_ns) AS window_end_ns,
     CASE WHEN skew_bounded AND free_seen AND reuse_ns < end_earliest_ns THEN 'certain' ELSE 'possible' END AS confidence,
     list_concat([span_id, release_span_id, reuse_span_id], list_filter(abort_span_ids, lambda s: s <> release_span_id))
         AS evidence_span_ids,
