@@ -91,7 +91,10 @@ class Receiver:
         }
 
     def stop(self, drain_timeout_s: float = 30.0) -> bool:
-        """Stop listening, store what is spooled (up to the timeout); True when nothing is left."""
+        """Stop listening, store what is spooled (up to the timeout); True when nothing is left.
+
+        Calling it again is harmless and reports whether the spool is empty.
+        """
         if self._grpc is not None:
             self._grpc.stop(grace=2.0).wait()
             self._grpc = None
@@ -99,6 +102,6 @@ class Receiver:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
-        drained = self.writer.stop(drain_timeout_s) if self.writer.running() else False
+        drained = self.writer.stop(drain_timeout_s) if self.writer.running() else self.spool.backlog_bytes() == 0
         self.spool.close()
         return drained

@@ -304,6 +304,7 @@ class Spool:
 
     def close(self) -> None:
         with self._append_lock:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+            if self._fd >= 0:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1

@@ -31,19 +31,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import duckdb
 
 from ingest.errors import IngestError, PayloadError
-from ingest.receiver.spool import KIND_JSON, KIND_NAMES, KIND_PROTOBUF, Frame, Spool, SpoolError
+from ingest.pipeline import BatchResult
+from ingest.receiver.spool import KIND_JSON, KIND_PROTOBUF, Frame, Spool, SpoolError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class WriterStats:
-    stored_spans: int = 0  # accepted by ingest_payload (new or already present)
+    stored_spans: int = 0  # accepted by ingest_payload (new, or already present from a retry)
+    new_spans: int = 0  # of which newly stored
     rejected_after_ack: int = 0  # refused by ingest after the receiver acknowledged them (quarantined)
     failed_frames: int = 0  # frames ingest could not decode at all (kept in <spool>/rejected/)
     transactions: int = 0
@@ -67,11 +69,6 @@ def _group_frames(frames: list[Frame], max_merge_bytes: int) -> list[list[Frame]
     return groups
 
 
-def _result_counts(result: Any) -> tuple[int, int]:
-    """(accepted, rejected) spans from ingest's BatchResult."""
-    return int(result.accepted), int(result.rejected)
-
-
 class StoreWriter:
     """Background thread that moves spooled batches into the DuckDB store (see module docstring)."""
 
@@ -81,7 +78,7 @@ class StoreWriter:
         db_path: Path,
         *,
         open_store: Callable[[Path], duckdb.DuckDBPyConnection],
-        ingest_payload: Callable[[duckdb.DuckDBPyConnection, bytes, str, str], Any],
+        ingest_payload: Callable[[duckdb.DuckDBPyConnection, bytes, Literal["json", "protobuf"], str], BatchResult],
         hold_s: float = 5.0,
         release_s: float = 1.0,
         read_bytes: int = 32 << 20,
@@ -189,7 +186,7 @@ class StoreWriter:
             self.spool.commit(group[-1].end)
 
     def _ingest_group(self, con: duckdb.DuckDBPyConnection, group: list[Frame]) -> None:
-        fmt = KIND_NAMES[group[0].kind]
+        fmt: Literal["json", "protobuf"] = "json" if group[0].kind == KIND_JSON else "protobuf"
         source = f"otlp-receiver:{group[0].start.segment:012d}:{group[0].start.offset}"
         payload = group[0].payload if len(group) == 1 else b"".join(f.payload for f in group)
         try:
@@ -201,14 +198,14 @@ class StoreWriter:
                 return
             self._keep_rejected(group[0], exc)
             return
-        accepted, rejected = _result_counts(result)
         with self._lock:
-            self.stats.stored_spans += accepted
-            self.stats.rejected_after_ack += rejected
+            self.stats.stored_spans += result.accepted
+            self.stats.new_spans += result.new_spans
+            self.stats.rejected_after_ack += result.rejected
             self.stats.transactions += 1
-        if rejected:
-            log.warning("store writer: ingest refused %d acknowledged span(s) from %s (see the quarantine table)",
-                        rejected, source)
+        if result.rejected:
+            log.warning("store writer: ingest refused %d acknowledged record(s) from %s (in the quarantine table): %s",
+                        result.rejected, source, "; ".join(result.reasons[:3]))
 
     def _keep_rejected(self, frame: Frame, exc: Exception) -> None:
         name = f"{frame.start.segment:012d}-{frame.start.offset}"

@@ -1,0 +1,245 @@
+"""The receiver end to end: real opentelemetry-sdk OTLP exporters in, the DuckDB store out.
+
+Includes the durability test: a real `kvtrace serve` subprocess killed with SIGKILL under load,
+restarted, keeps every acknowledged span, stores no span twice, and refusals never touch the store.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import orjson
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from ingest import open_store
+from ingest.receiver import Receiver, ReceiverConfig
+
+Key = tuple[str, str, str]  # (trace_id, span_id, name)
+
+
+def make_spans(n: int, prefix: str) -> list[ReadableSpan]:
+    """Real SDK spans: a `decode Req` root per request with a `kv.alloc` child."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "sglang-decode",
+                                                        "service.instance.id": "decode-0"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("kvtrace-test")
+    for i in range(n // 2):
+        rid = f"{prefix}{i:06d}"
+        with tracer.start_as_current_span(f"decode Req {rid[:8]}", attributes={"rid": rid}):
+            with tracer.start_as_current_span("kv.alloc", attributes={"rid": rid, "tp_rank": 0, "kv.pool": "kv",
+                                                                        "kv.page_ids": [i, i + 1]}):
+                pass
+    provider.shutdown()
+    return list(memory.get_finished_spans())
+
+
+def keys(spans: Sequence[ReadableSpan]) -> set[Key]:
+    return {(f"{s.context.trace_id:032x}", f"{s.context.span_id:016x}", s.name) for s in spans}
+
+
+def stored(db: Path) -> tuple[set[Key], int]:
+    if not db.exists():
+        return set(), 0
+    con = open_store(db, read_only=True)
+    try:
+        rows = con.execute("SELECT trace_id, span_id, name FROM spans").fetchall()
+    finally:
+        con.close()
+    return {(r[0], r[1], r[2]) for r in rows}, len(rows)
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    rx = Receiver(ReceiverConfig(db_path=tmp_path / "kv.duckdb", grpc_port=0, http_port=0, store_release_s=0.05))
+    rx.start()
+    yield rx
+    rx.stop(drain_timeout_s=10)
+
+
+def test_grpc_and_http_exporters_store_every_span_once(receiver: Receiver) -> None:
+    spans = make_spans(600, "req")
+    grpc_exporter = GrpcExporter(endpoint=f"127.0.0.1:{receiver.grpc_port}", insecure=True, compression=None)
+    http_exporter = HttpExporter(endpoint=f"http://127.0.0.1:{receiver.http_port}/v1/traces",
+                                 compression=HttpCompression.Gzip)
+    assert grpc_exporter.export(spans[:300]) == SpanExportResult.SUCCESS
+    assert http_exporter.export(spans[300:]) == SpanExportResult.SUCCESS
+    # A client retrying a batch it already sent (its ack was lost) must not store it twice.
+    assert http_exporter.export(spans[300:400]) == SpanExportResult.SUCCESS
+    grpc_exporter.shutdown()
+    http_exporter.shutdown()
+    assert receiver.stop(drain_timeout_s=10)
+    got, rows = stored(receiver.config.db_path)
+    assert got == keys(spans)
+    assert rows == 600
+    status = receiver.status()
+    assert (status["accepted_spans"], status["store_stored_spans"], status["store_new_spans"]) == (700, 700, 600)
+
+
+def test_otlp_json_over_http_is_stored(receiver: Receiver) -> None:
+    doc = {"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "svc"}}]},
+                              "scopeSpans": [{"spans": [
+        {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "json-span",
+         "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000000001000"}]}]}]}
+    body = gzip.compress(orjson.dumps(doc))
+    conn = http.client.HTTPConnection("127.0.0.1", receiver.http_port, timeout=10)
+    conn.request("POST", "/v1/traces", body=body,
+                 headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    resp = conn.getresponse()
+    assert (resp.status, resp.getheader("Content-Type"), orjson.loads(resp.read())) == (200, "application/json", {})
+    conn.close()
+    assert receiver.stop(drain_timeout_s=10)
+    assert stored(receiver.config.db_path) == (
+        {("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174", "json-span")}, 1
+    )
+
+
+def test_refused_requests_leave_the_store_untouched_and_readers_get_in(tmp_path: Path) -> None:
+    rx = Receiver(ReceiverConfig(db_path=tmp_path / "kv.duckdb", grpc_port=0, http_port=0, token="t0k",
+                                 store_release_s=0.05))
+    rx.start()
+    try:
+        good = make_spans(20, "good")
+        ok = HttpExporter(endpoint=f"http://127.0.0.1:{rx.http_port}/v1/traces", headers={"Authorization": "Bearer t0k"})
+        assert ok.export(good) == SpanExportResult.SUCCESS
+        deadline = time.monotonic() + 10
+        while rx.status()["store_new_spans"] < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # While the receiver runs and is idle, a reader (kvtrace report, the app's snapshot) gets in.
+        deadline = time.monotonic() + 5
+        while rx.writer.holds_store() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        before = stored(rx.config.db_path)
+        assert before == (keys(good), 20)
+
+        anonymous = HttpExporter(endpoint=f"http://127.0.0.1:{rx.http_port}/v1/traces")
+        assert anonymous.export(make_spans(10, "anon")) == SpanExportResult.FAILURE
+        wrong = GrpcExporter(endpoint=f"127.0.0.1:{rx.grpc_port}", insecure=True, headers={"authorization": "Bearer x"})
+        assert wrong.export(make_spans(10, "wrong")) == SpanExportResult.FAILURE
+        for body, headers in ((b"\x0a\xff\xff\xff\xff\x0f", {}),
+                              (gzip.compress(b"\x00" * (80 << 20)), {"Content-Encoding": "gzip"})):
+            conn = http.client.HTTPConnection("127.0.0.1", rx.http_port, timeout=10)
+            conn.request("POST", "/v1/traces", body=body,
+                         headers={"Content-Type": "application/x-protobuf", "Authorization": "Bearer t0k", **headers})
+            assert conn.getresponse().status in (400, 413)
+            conn.close()
+        assert rx.status()["refused_requests"] == {"unauthenticated": 2, "malformed": 1, "too_large": 1}
+    finally:
+        assert rx.stop(drain_timeout_s=10)
+    assert stored(rx.config.db_path) == before
+
+
+# -------------------------------------------------------------------------- kill -9 under load
+
+
+def _start_serve(db: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Start a real `kvtrace serve` on free ports; its stderr goes to `serve.log` beside the store."""
+    log_path = db.parent / "serve.log"
+    started_before = log_path.read_text().count("listening on") if log_path.exists() else 0
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from app.cli import main; main()", "serve", "--db", str(db),
+             "--grpc-port", "0", "--http-port", "0", "--store-release", "0.05", "--status-interval", "0"],
+            stderr=log, cwd=Path(__file__).resolve().parents[1],
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        ports = re.findall(r"OTLP/gRPC [\d.]+:(\d+), OTLP/HTTP http://[\d.]+:(\d+)/", log_path.read_text())
+        if len(ports) > started_before:
+            return proc, int(ports[-1][0]), int(ports[-1][1])
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"kvtrace serve did not start:\n{log_path.read_text()}")
+
+
+@pytest.mark.slow
+def test_sigkill_under_load_then_restart_keeps_exactly_the_acknowledged_spans(tmp_path: Path) -> None:
+    db = tmp_path / "kv.duckdb"
+    proc, grpc_port, http_port = _start_serve(db)
+    batches = [make_spans(200, f"b{i:03d}") for i in range(60)]
+    acked: list[int] = []
+    failed: list[int] = []  # in flight when the receiver died: the exporter saw an error
+    lock = threading.Lock()
+    killed = threading.Event()
+
+    def load(indices: range, make_exporter: Callable[[], SpanExporter]) -> None:
+        exporter = make_exporter()
+        for i in indices:
+            if killed.is_set():
+                break
+            result = exporter.export(batches[i])
+            with lock:
+                (acked if result == SpanExportResult.SUCCESS else failed).append(i)
+        exporter.shutdown()
+
+    threads = [
+        threading.Thread(target=load, args=(range(0, 30), lambda: GrpcExporter(
+            endpoint=f"127.0.0.1:{grpc_port}", insecure=True, timeout=1))),
+        threading.Thread(target=load, args=(range(30, 60), lambda: HttpExporter(
+            endpoint=f"http://127.0.0.1:{http_port}/v1/traces", timeout=1))),
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while len(acked) < 12 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    killed.set()
+    proc.wait()
+    for t in threads:
+        t.join()
+    assert 12 <= len(acked) < 60, "the kill must land in the middle of the load"
+    unsent = sorted(set(range(60)) - set(acked) - set(failed))
+
+    proc, grpc_port, http_port = _start_serve(db)  # the spool is replayed into the store
+    try:
+        got, rows = _wait_for_store(proc, db, {k for i in acked for k in keys(batches[i])})
+        acked_keys = {k for i in acked for k in keys(batches[i])}
+        assert acked_keys <= got  # every acknowledged span survived the kill
+        # Beyond them, at most the batches that were in flight (spooled, ack lost) -- whole batches.
+        extra = got - acked_keys
+        assert extra == {k for i in failed for k in keys(batches[i]) if k in extra}
+        assert rows == len(got)
+        # The exporters retry what failed and send the rest: then everything is there exactly once.
+        retry = HttpExporter(endpoint=f"http://127.0.0.1:{http_port}/v1/traces")
+        for i in failed + unsent:
+            assert retry.export(batches[i]) == SpanExportResult.SUCCESS
+        retry.shutdown()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    got, rows = stored(db)
+    assert got == {k for b in batches for k in keys(b)}
+    assert rows == 60 * 200
+
+
+def _wait_for_store(proc: subprocess.Popen[bytes], db: Path, want: set[Key]) -> tuple[set[Key], int]:
+    """Read the store while `kvtrace serve` runs (between writer spells) until `want` is in it."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            got, rows = stored(db)
+            if want <= got or time.monotonic() > deadline:
+                return got, rows
+        except Exception:  # the writer holds the file right now; a reader retries
+            if time.monotonic() > deadline:
+                raise
+        assert proc.poll() is None
+        time.sleep(0.1)
