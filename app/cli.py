@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "app.commands.serve",
     "app.commands.ingest",
     "app.commands.analytics",
+    "app.commands.app",
 )
 
 

@@ -111,10 +111,17 @@ def run_query(
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_rows: int = DEFAULT_MAX_ROWS,
+    prelude: str | None = None,
 ) -> QueryResult:
-    """Run one guarded read-only query on its own cursor, with a timeout and a row cap (layer 5)."""
+    """Run one guarded read-only query on its own cursor, with a timeout and a row cap (layer 5).
+
+    `prelude` is trusted SQL of the app itself (the analyses' temporary macros), run on the fresh
+    cursor before the query: temporary macros live per connection, and a cursor is one.
+    """
     check_read_only_sql(sql)
     cur = con.cursor()
+    if prelude:
+        cur.execute(prelude)
     timer = threading.Timer(timeout_s, cur.interrupt)
     timer.daemon = True
     started = time.perf_counter()

@@ -39,21 +39,26 @@ import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pandas as pd
 
+from analytics.registry import MACROS_SQL
 from app.safe_sql import (
     DEFAULT_MAX_ROWS,
     DEFAULT_TIMEOUT_S,
     QueryResult,
+    QueryTimeout,
     StoreUnavailable,
     open_read_only,
     run_query,
 )
+
+T = TypeVar("T")
 
 # Internal data queries aggregate in SQL; this cap only guards against a runaway page.
 INTERNAL_MAX_ROWS = 200_000
@@ -137,6 +142,7 @@ class Store:
         self._checked_at = 0.0
         self._seq = 0
         self._tables: frozenset[str] = frozenset()
+        self._prelude = MACROS_SQL.read_text(encoding="utf-8")
         self._first_open(first_open_wait_s)
 
     # -- public -------------------------------------------------------------------------------
@@ -146,7 +152,30 @@ class Store:
     ) -> QueryResult:
         """One guarded read-only query (the SQL console's path)."""
         self.refresh()
-        return run_query(self._connection(), sql, params, timeout_s=self.timeout_s, max_rows=max_rows)
+        return run_query(
+            self._connection(), sql, params, timeout_s=self.timeout_s, max_rows=max_rows, prelude=self._prelude
+        )
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run trusted library code (an analytics function) on a fresh cursor of the snapshot.
+
+        The cursor has every connection-level guard of `app.safe_sql` (read-only, no external
+        access, locked configuration) and the same timeout; only the statement guard is skipped,
+        since the SQL is ours (it may create temporary views, e.g. to read materialised results).
+        """
+        self.refresh()
+        cur = self._connection().cursor()
+        timer = threading.Timer(self.timeout_s, cur.interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            cur.execute(self._prelude)
+            return fn(cur, *args)
+        except duckdb.InterruptException as exc:
+            raise QueryTimeout(f"interrupted after the {self.timeout_s:g} s limit") from exc
+        finally:
+            timer.cancel()
+            cur.close()
 
     def frame(self, sql: str, params: dict[str, Any] | list[Any] | None = None) -> pd.DataFrame:
         """Rows of an internal (already aggregated) query, through the same guard."""

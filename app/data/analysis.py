@@ -1,0 +1,108 @@
+"""Results of `kvtrace analyze` read for the Overview and Requests pages (rates, verdict, thresholds)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import duckdb
+import pandas as pd
+
+from analytics.registry import default_registry
+from analytics.summary import Summary, summarise
+from app.data.common import require
+from app.store import Store
+
+BUCKETS = {"10min": 600, "1h": 3600, "1d": 86400}
+
+
+# The materialised results that analytics.summary.summarise reads (it reads temp.main.<name>).
+_SUMMARY_INPUTS = ("findings", "anomaly_linkage", "request_anomalies", "anomaly_rate_by_version")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The report's verdict sentence (analytics.summary) and the per-version rates behind it."""
+
+    headline: str
+    rates: pd.DataFrame
+    findings_by_kind: dict[str, int]
+
+
+def verdict(store: Store) -> Verdict:
+    """The verdict of `analytics.summary.summarise`, computed from the stored analysis results."""
+    for table in _SUMMARY_INPUTS:
+        require(store, table)
+    summary = store.call(_summarise_stored)
+    rates = pd.DataFrame(
+        [(r.version, r.requests, r.anomalies, round(r.per_10k, 2)) for r in summary.rates],
+        columns=["service_version", "requests", "anomalies", "per_10k"],
+    )
+    return Verdict(headline=summary.verdict, rates=rates, findings_by_kind=dict(summary.findings_by_kind))
+
+
+def _summarise_stored(cur: duckdb.DuckDBPyConnection) -> Summary:
+    for table in _SUMMARY_INPUTS:
+        cur.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM main.{table}")
+    return summarise(cur)
+
+
+def anomaly_rate(store: Store, bucket: str = "1h") -> pd.DataFrame:
+    """Anomaly rate per 10,000 finished requests per time bucket and version (from `request_anomalies`)."""
+    require(store, "request_anomalies")
+    seconds = BUCKETS[bucket]
+    return store.frame(
+        """
+        SELECT to_timestamp((start_ns // ($s * 1000000000)) * $s) AS bucket,
+               coalesce(service_version, '(none)') AS service_version,
+               count(*) AS requests,
+               count(*) FILTER (WHERE anomaly <> 'ok') AS anomalies,
+               1e4 * count(*) FILTER (WHERE anomaly <> 'ok') / count(*) AS per_10k
+        FROM request_anomalies
+        WHERE start_ns IS NOT NULL
+        GROUP BY ALL
+        ORDER BY bucket, service_version
+        """,
+        {"s": seconds},
+    )
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The speculative-acceptance detector's parameters, as the last `analyze` run used them."""
+
+    min_accept_length: float | None
+    max_accept_rate: float | None
+    min_tokens: int | None
+    window_steps: int | None
+    source: str
+
+    def describe(self) -> str:
+        return (f"Detector ({self.source}): over a window of {self.window_steps} steps, garbled when the accept "
+                f"length < {self.min_accept_length} once past {self.min_tokens} output tokens; repetition "
+                f"when the accept rate > {self.max_accept_rate}.")
+
+
+def detector_thresholds(store: Store) -> Thresholds:
+    """Defaults from the analysis's own header, overridden by the params of the last analyze run."""
+    params = {p.name: p.default for p in default_registry().get("spec_step_detector").params}
+    source = "defaults of spec_step_detector.sql"
+    if store.has_table("analysis_runs"):
+        last = store.scalar("SELECT params FROM analysis_runs ORDER BY run_at DESC LIMIT 1")
+        if last is not None and not pd.isna(last):
+            overrides = json.loads(last) if isinstance(last, str) else dict(last)
+            params.update({k: v for k, v in overrides.items() if k in params})
+            source = "as the last `kvtrace analyze` ran it"
+
+    def num(key: str) -> float | None:
+        value = params.get(key)
+        return None if value is None else float(value)
+
+    min_tokens, window = num("min_tokens"), num("window_steps")
+    return Thresholds(
+        min_accept_length=num("low_accept_length"),
+        max_accept_rate=num("high_accept_rate"),
+        min_tokens=None if min_tokens is None else int(min_tokens),
+        window_steps=None if window is None else int(window),
+        source=source,
+    )

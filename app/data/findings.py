@@ -1,0 +1,170 @@
+"""Findings page: the filterable findings table and one finding's timeline on raw and corrected clocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from app.data.common import require
+from app.store import Store
+
+MAX_READS = 300
+
+
+def filter_options(store: Store) -> dict[str, list[str]]:
+    """Distinct values for the page's filters."""
+    require(store, "findings")
+    frame = store.frame(
+        """
+        SELECT 'kind' AS f, kind AS v FROM findings UNION
+        SELECT 'confidence', confidence FROM findings UNION
+        SELECT 'instance', instance FROM findings UNION
+        SELECT 'kv_pool', kv_pool FROM findings UNION
+        SELECT 'service_version', coalesce(service_version, '(none)') FROM findings
+        ORDER BY 1, 2
+        """
+    )
+    return {str(k): [str(v) for v in g["v"] if v is not None] for k, g in frame.groupby("f")}
+
+
+def list_findings(
+    store: Store,
+    kinds: tuple[str, ...] = (),
+    confidences: tuple[str, ...] = (),
+    instances: tuple[str, ...] = (),
+    rid: str = "",
+    limit: int = 1000,
+) -> pd.DataFrame:
+    """Findings matching every non-empty filter (an empty filter keeps all), newest window first."""
+    require(store, "findings")
+    return store.frame(
+        """
+        SELECT finding_id, kind, confidence, instance, tp_rank, kv_pool, len(pages) AS n_pages,
+               list_min(pages) AS page_lo, list_max(pages) AS page_hi, culprit_rid, victim_rid,
+               (window_end_ns - window_start_ns) / 1e6 AS window_ms,
+               to_timestamp(window_start_ns / 1e9) AS window_start, service_version, layers
+        FROM findings
+        WHERE (len($kinds) = 0 OR list_contains($kinds, kind))
+          AND (len($conf) = 0 OR list_contains($conf, confidence))
+          AND (len($inst) = 0 OR list_contains($inst, instance))
+          AND ($rid = '' OR culprit_rid = $rid OR victim_rid = $rid)
+        ORDER BY window_start_ns DESC, finding_id
+        LIMIT $limit
+        """,
+        {"kinds": list(kinds), "conf": list(confidences), "inst": list(instances), "rid": rid.strip(),
+         "limit": limit},
+    )
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """One finding and its evidence as drawable intervals.
+
+    `events`: one row per (event, contiguous page run): label, who (culprit / victim), op, rid,
+    span_id, page_lo, page_hi, clock_host, x0_raw_ms, x1_raw_ms, x0_ms, x1_ms (corrected onto the
+    clock of the finding's instance), all relative to the window start.
+    """
+
+    finding: dict[str, Any]
+    events: pd.DataFrame
+    window_ms: tuple[float, float]
+    window_raw_ms: tuple[float, float]
+    corrected_hosts: dict[str, float]  # clock host -> offset (ms) removed to reach the instance's clock
+
+
+def timeline(store: Store, finding_id: str) -> Timeline:
+    """The culprit's write or load, the abort, the free, the reuse, and the victim's accesses."""
+    require(store, "findings")
+    require(store, "kv_events")
+    found = store.frame("SELECT * FROM findings WHERE finding_id = $id", {"id": finding_id})
+    if found.empty:
+        raise KeyError(f"no finding {finding_id}")
+    f = found.iloc[0].to_dict()
+    ws, we = int(f["window_start_ns"]), int(f["window_end_ns"])
+    pad = max(we - ws, 5_000_000) * 2
+    skew = "skew_bounds" if store.has_table("skew_bounds") else None
+    events = store.frame(
+        f"""
+        WITH f AS (SELECT * FROM findings WHERE finding_id = $id),
+        instance_host AS (
+            SELECT any_value(host_name) AS host FROM requests, f WHERE requests.instance_id = f.instance
+        ),
+        ev AS (
+            SELECT e.op, e.rid, e.span_id, e.page_ids, e.start_ns, e.end_ns, e.clock_host, e.free_mode,
+                   e.free_reason, e.status_code,
+                   CASE WHEN e.rid = f.culprit_rid THEN 'culprit' ELSE 'victim' END AS who
+            FROM kv_events e, f
+            WHERE e.instance_id = f.instance AND e.tp_rank = f.tp_rank AND e.kv_pool = f.kv_pool
+              AND e.rid IN (f.culprit_rid, f.victim_rid)
+              AND (e.op = 'read' OR list_has_any(e.page_ids, f.pages))
+        ),
+        reads AS (
+            SELECT * FROM ev WHERE op = 'read' AND end_ns >= $lo AND start_ns <= $hi
+            ORDER BY start_ns LIMIT {MAX_READS}
+        ),
+        aborts AS (
+            SELECT 'abort' AS op, a.rid, a.span_id, NULL::INTEGER[] AS page_ids, a.time_ns AS start_ns,
+                   a.time_ns AS end_ns, a.host_name AS clock_host, NULL AS free_mode, a.abort_reason AS free_reason,
+                   NULL::TINYINT AS status_code,
+                   CASE WHEN a.rid = f.culprit_rid THEN 'culprit' ELSE 'victim' END AS who
+            FROM aborts a, f WHERE a.rid IN (f.culprit_rid, f.victim_rid)
+        ),
+        picked AS (
+            SELECT * FROM ev WHERE op <> 'read' UNION ALL BY NAME SELECT * FROM reads
+            UNION ALL BY NAME SELECT * FROM aborts
+        )
+        SELECT p.*, coalesce(p.clock_host = (SELECT host FROM instance_host), true) AS on_instance_clock,
+               {"coalesce(b.offset_est_ns, 0)" if skew else "0"} AS offset_ns,
+               {"b.offset_est_ns IS NOT NULL" if skew else "false"} AS skew_known
+        FROM picked p
+        {"LEFT JOIN skew_bounds b ON b.prefill_host = p.clock_host AND b.decode_host = (SELECT host FROM instance_host)" if skew else ""}
+        ORDER BY p.start_ns
+        """,
+        {"id": finding_id, "lo": ws - pad, "hi": we + pad},
+    )
+    pages = sorted(int(p) for p in f["pages"])
+    rows = []
+    corrected: dict[str, float] = {}
+    for e in events.itertuples(index=False):
+        offset = 0 if e.on_instance_clock else int(e.offset_ns)
+        if not e.on_instance_clock and e.skew_known:
+            corrected[str(e.clock_host)] = offset / 1e6
+        runs = _runs(pages) if e.op in ("read", "abort") or e.page_ids is None else _runs(sorted(e.page_ids))
+        for lo, hi in runs:
+            rows.append({
+                "label": _label(e), "who": e.who, "op": e.op, "rid": e.rid, "span_id": e.span_id,
+                "page_lo": lo, "page_hi": hi, "clock_host": e.clock_host,
+                "x0_raw_ms": (e.start_ns - ws) / 1e6, "x1_raw_ms": (e.end_ns - ws) / 1e6,
+                "x0_ms": (e.start_ns - offset - ws) / 1e6, "x1_ms": (e.end_ns - offset - ws) / 1e6,
+            })
+    frame = pd.DataFrame(rows, columns=["label", "who", "op", "rid", "span_id", "page_lo", "page_hi",
+                                        "clock_host", "x0_raw_ms", "x1_raw_ms", "x0_ms", "x1_ms"])
+    raw_end = f.get("window_end_raw_ns")
+    raw_end_ns = we if raw_end is None or pd.isna(raw_end) else int(raw_end)
+    return Timeline(
+        finding=f, events=frame, window_ms=(0.0, (we - ws) / 1e6),
+        window_raw_ms=(0.0, (raw_end_ns - ws) / 1e6), corrected_hosts=corrected,
+    )
+
+
+def _label(e: Any) -> str:
+    op = str(e.op)
+    text = {"transfer": "KV write (transfer)", "load": "HiCache load", "alloc": "alloc", "free": "free",
+            "read": "read", "abort": "abort"}.get(op, op)
+    mode = e.free_mode
+    if op == "free" and isinstance(mode, str):
+        text += f" ({mode})"
+    return f"{e.who} {e.rid}: {text} on {e.clock_host}"
+
+
+def _runs(pages: list[int]) -> list[tuple[int, int]]:
+    """Contiguous runs of sorted page ids: [1,2,3,7,8] -> [(1,3),(7,8)]."""
+    runs: list[tuple[int, int]] = []
+    for p in pages:
+        if runs and p == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], p)
+        else:
+            runs.append((p, p))
+    return runs

@@ -1,0 +1,77 @@
+"""Ingest page: the files ingested so far, the quarantine, and uploads through the ingest library."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from app.data.common import INGEST_HINT, require
+from app.store import Store
+from ingest import IngestSummary, ingest_paths
+
+QUARANTINE_ROWS = 500
+
+
+def files(store: Store) -> pd.DataFrame:
+    require(store, "ingested_files", INGEST_HINT)
+    return store.frame(
+        """
+        SELECT file_id, path, format, compression, spans_read, spans_new, quarantined, size_bytes, ingested_at
+        FROM ingested_files ORDER BY file_id DESC LIMIT 1000
+        """
+    )
+
+
+def quarantine(store: Store) -> pd.DataFrame:
+    """The latest quarantined records with a readable preview of their bytes."""
+    require(store, "quarantine", INGEST_HINT)
+    return store.frame(
+        """
+        SELECT source, line, byte_offset, span_id, reason,
+               left(decode(raw), 200) AS preview, raw_bytes, quarantined_at
+        FROM quarantine ORDER BY quarantined_at DESC, source, line LIMIT $cap
+        """,
+        {"cap": QUARANTINE_ROWS},
+    )
+
+
+def quarantine_by_reason(store: Store) -> pd.DataFrame:
+    require(store, "quarantine", INGEST_HINT)
+    return store.frame(
+        "SELECT reason, count(*) AS records, count(DISTINCT source) AS files FROM quarantine GROUP BY reason ORDER BY records DESC"
+    )
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def save_uploads(uploads: Iterable[tuple[str, bytes]], folder: Path | None = None) -> list[Path]:
+    """Write uploaded (name, bytes) pairs to a private folder, names sanitised; returns the paths."""
+    target = folder or Path(tempfile.mkdtemp(prefix="kvtrace-upload-"))
+    paths = []
+    for name, data in uploads:
+        safe = _SAFE_NAME.sub("_", Path(name).name).lstrip(".") or "upload"
+        path = target / safe
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def ingest_uploads(db: Path, paths: list[Path]) -> IngestSummary:
+    """Ingest `paths` into the store at `db` with the ingest library: the app's only write path.
+
+    Raises `IngestError`, e.g. when another process holds the store for writing (DuckDB allows
+    one writer process).
+    """
+    return ingest_paths(paths, db, progress=False)
+
+
+def describe(summary: IngestSummary) -> str:
+    """One line for a person: what the upload stored."""
+    return (f"{summary.files_ingested} file(s) ingested ({summary.files_skipped} unchanged, skipped): "
+            f"{summary.spans_read:,} spans read, {summary.spans_new:,} new, {summary.quarantined:,} quarantined; "
+            f"the store now holds {summary.store_spans:,} spans")

@@ -1,0 +1,58 @@
+"""Findings: a filterable table; the chosen finding's timeline on raw and skew-corrected clocks."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import charts
+from app.data import findings
+from app.ui import cached, ns_to_text, section
+
+st.title("Findings")
+
+with section():
+    options = cached(findings.filter_options)
+    c1, c2, c3, c4 = st.columns([2, 1, 2, 2])
+    kinds = c1.multiselect("kind", options.get("kind", []), key="findings_kind")
+    confidence = c2.multiselect("confidence", options.get("confidence", []), key="findings_confidence")
+    instances = c3.multiselect("instance", options.get("instance", []), key="findings_instance")
+    rid = c4.text_input("culprit or victim rid", key="findings_rid")
+    table = cached(findings.list_findings, tuple(kinds), tuple(confidence), tuple(instances), rid)
+    st.caption(f"{len(table)} finding(s)")
+    st.dataframe(table, hide_index=True, key="findings_table", height=300)
+
+    if not table.empty:
+        ids = list(table["finding_id"])
+        wanted = st.query_params.get("finding")
+        picked = st.selectbox(
+            "finding", ids, index=ids.index(wanted) if wanted in ids else 0, key="findings_pick",
+            format_func=lambda i: f"{i} · {table.set_index('finding_id').at[i, 'kind']}",
+        )
+        st.query_params["finding"] = picked
+        tl = cached(findings.timeline, picked)
+        f = tl.finding
+        st.subheader(f"{f['kind']} on {f['instance']} rank {f['tp_rank']} pool {f['kv_pool']}")
+        m = st.columns(4)
+        m[0].metric("confidence", str(f["confidence"]))
+        m[1].metric("pages", len(f["pages"]))
+        m[2].metric("unsafe window", f"{tl.window_ms[1]:.3f} ms")
+        m[3].metric("victim", str(f["victim_rid"] or "-"))
+        st.caption(f"culprit `{f['culprit_rid']}`, window starts {ns_to_text(f['window_start_ns'])} UTC "
+                   f"(clock of {f['instance']}); evidence spans: {', '.join(map(str, f['evidence_span_ids']))}")
+        clock = st.radio("clock", ["skew-corrected", "raw"], horizontal=True, key="findings_clock",
+                         help="raw: each span on its emitting host's clock; skew-corrected: prefill-host "
+                              "times moved onto the decode instance's clock by the estimated offset.")
+        events = tl.events.copy()
+        if clock == "raw":
+            events["x0_ms"], events["x1_ms"] = events["x0_raw_ms"], events["x1_raw_ms"]
+            window, label = tl.window_raw_ms, "raw clocks: each host its own"
+        else:
+            window, label = tl.window_ms, f"clock of {f['instance']}"
+        if events.empty:
+            st.info("no KV events of the culprit or the victim on these pages")
+        else:
+            st.plotly_chart(charts.finding_timeline(events, label, window), key="findings_timeline")
+        if tl.corrected_hosts:
+            st.caption("corrected: " + ", ".join(f"{h} shifted by {-ms:+.3f} ms" for h, ms in tl.corrected_hosts.items()))
+        with st.expander("events"):
+            st.dataframe(tl.events, hide_index=True, key="findings_events")

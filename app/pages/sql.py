@@ -1,0 +1,33 @@
+"""SQL: a read-only console over the store, with the analyses as ready examples."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.data import sql_console
+from app.safe_sql import QueryError
+from app.ui import cached, section, store
+
+st.title("SQL console")
+st.caption("Read-only: one SELECT or EXPLAIN at a time, no file, network or extension access, "
+           f"a time limit and at most {sql_console.CONSOLE_MAX_ROWS:,} rows shown.")
+
+with section():
+    examples = cached(sql_console.examples)
+    titles = [e.title for e in examples]
+    choice = st.selectbox("examples", titles, index=0, key="sql_example")
+    example = examples[titles.index(choice)]
+    st.caption(example.description)
+    if st.session_state.get("sql_loaded") != choice:
+        st.session_state["sql_query"] = example.sql
+        st.session_state["sql_loaded"] = choice
+    sql = st.text_area("query", key="sql_query", height=220)
+    if st.button("Run", key="sql_run", type="primary"):
+        try:
+            result = sql_console.run_console(store(), sql)
+        except QueryError as exc:
+            st.error(str(exc))
+        else:
+            note = f" (first {result.max_rows:,} shown)" if result.truncated else ""
+            st.success(f"{len(result.frame):,} row(s){note} in {result.elapsed_s * 1000:.0f} ms")
+            st.dataframe(result.frame, hide_index=True, key="sql_result")

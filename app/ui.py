@@ -1,0 +1,96 @@
+"""Streamlit glue shared by the pages: the store resource, cached data calls, error sections.
+
+Pages stay thin: they call `cached(data_function, ...)` and draw. Cache keys include the store
+snapshot's version, so every cache follows a refresh after an ingest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import streamlit as st
+
+from app.data.common import MissingTable
+from app.options import DEFAULT_DB
+from app.safe_sql import QueryError, StoreUnavailable
+from app.store import Store
+
+T = TypeVar("T")
+
+DB_ENV = "KVTRACE_DB"
+
+
+def db_path() -> Path:
+    return Path(os.environ.get(DB_ENV, DEFAULT_DB)).resolve()
+
+
+@st.cache_resource(show_spinner=False)
+def _open_store(db: str) -> Store:
+    return Store(db)
+
+
+def store() -> Store:
+    """The process-wide snapshot store for the configured DB (raises StoreUnavailable)."""
+    return _open_store(str(db_path()))
+
+
+@st.cache_data(show_spinner=False, max_entries=1024, ttl=6 * 3600)
+def _cached_call(_fn: Callable[..., Any], name: str, db: str, version: str, args: tuple[Any, ...]) -> Any:
+    return _fn(_open_store(db), *args)
+
+
+def cached(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(store, *args)`, cached per (function, store version, args)."""
+    s = store()
+    result: T = _cached_call(fn, f"{fn.__module__}.{fn.__qualname__}", str(s.source), s.version, args)
+    return result
+
+
+@contextlib.contextmanager
+def section() -> Iterator[None]:
+    """Show a missing table or a refused query as a message instead of a traceback."""
+    try:
+        yield
+    except MissingTable as exc:
+        st.info(f"{exc}", icon=":material/info:")
+    except StoreUnavailable as exc:
+        st.error(str(exc))
+    except QueryError as exc:
+        st.error(f"query failed: {exc}")
+
+
+def sidebar_status() -> None:
+    """Which store, how old the snapshot is, and whether an ingest is writing to it now."""
+    with st.sidebar:
+        st.caption(f"store: `{db_path()}`")
+        try:
+            status = store().status()
+        except StoreUnavailable as exc:
+            st.error(str(exc))
+            return
+        st.caption(f"snapshot age: {_age(status.age_s)}", help="The app reads a private copy of the store, "
+                   "refreshed when the file changes and no ingest is writing to it.")
+        if status.writer_pid is not None:
+            st.warning(f"ingest in progress (process {status.writer_pid}): showing the last snapshot", icon="⏳")
+        elif status.stale:
+            st.info("the store changed: the next query refreshes the snapshot")
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def ns_to_text(ns: int | float | None) -> str:
+    import pandas as pd
+
+    if ns is None or pd.isna(ns):
+        return "-"
+    return str(pd.Timestamp(int(ns), unit="ns", tz="UTC").strftime("%Y-%m-%d %H:%M:%S.%f")[:-3])
