@@ -43,10 +43,12 @@ def make_spans(n: int, prefix: str) -> list[ReadableSpan]:
     tracer = provider.get_tracer("kvtrace-test")
     for i in range(n // 2):
         rid = f"{prefix}{i:06d}"
-        with tracer.start_as_current_span(f"decode Req {rid[:8]}", attributes={"rid": rid}):
-            with tracer.start_as_current_span("kv.alloc", attributes={"rid": rid, "tp_rank": 0, "kv.pool": "kv",
-                                                                        "kv.page_ids": [i, i + 1]}):
-                pass
+        with (
+            tracer.start_as_current_span(f"decode Req {rid[:8]}", attributes={"rid": rid}),
+            tracer.start_as_current_span("kv.alloc", attributes={"rid": rid, "tp_rank": 0, "kv.pool": "kv",
+                                                                 "kv.page_ids": [i, i + 1]}),
+        ):
+            pass
     provider.shutdown()
     return list(memory.get_finished_spans())
 
