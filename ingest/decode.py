@@ -196,6 +196,8 @@ def _id_bytes(value: object, what: str, sizes: tuple[int, ...]) -> bytes:
         if len(value) in sizes:
             return value
         raise RecordError(f"{what} has {len(value)} bytes, expected {' or '.join(map(str, sizes))}")
+    if value is None:
+        raise RecordError(f"{what} is missing")
     if not isinstance(value, str):
         raise RecordError(f"{what} is {type(value).__name__}, expected a string")
     if not value:
