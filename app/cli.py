@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "app.commands.ingest",
     "app.commands.analytics",
     "app.commands.app",
+    "app.commands.simulate",
 )
 
 

@@ -1,0 +1,107 @@
+"""`kvtrace simulate`: write a simulated PD/HiCache cluster's OTLP traces and their ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from simulator.config import SCENARIOS, SimulatorError
+from simulator.labels import summarize
+from simulator.model import RunResult
+from simulator.otlp_sdk import FORMATS
+
+# (option, knob field, type, help). Unset options keep the scenario's preset (docs/simulator.md).
+_KNOB_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
+    ("--requests", "requests", click.IntRange(1), "Requests to issue, all phases together."),
+    ("--concurrency", "concurrency", click.IntRange(1), "Agent sessions in the closed loop (requests in flight)."),
+    ("--prefill", "prefill", click.IntRange(1), "Prefill instances, one host each."),
+    ("--decode", "decode", click.IntRange(1), "Decode instances, one host each."),
+    ("--tp", "tp", click.IntRange(1), "TP ranks per instance (each with its own kv / index_k pools)."),
+    ("--layers", "layers", click.IntRange(1), "Transformer layers (length of the per-layer offset arrays)."),
+    ("--pools", "pools", str, "KV pools: 'kv,index_k' (sparse attention, both bugs) or 'kv'."),
+    ("--mean-context", "mean_context", click.IntRange(1), "Mean prompt length in tokens (log-normal, long tail)."),
+    ("--max-context", "max_context", click.IntRange(1), "Prompt length cap in tokens."),
+    ("--mean-output", "mean_output_tokens", click.IntRange(1), "Mean completion length in tokens."),
+    ("--think-time-s", "think_time_s", click.FloatRange(0), "Mean pause of a session between requests."),
+    ("--l2-hit-prob", "l2_hit_prob", click.FloatRange(0, 1), "Chance a cached prefix is in host memory (HiCache load)."),
+    ("--clock-skew-ms", "clock_skew_ms", click.FloatRange(0), "Std dev of each host's clock offset (0 = in sync)."),
+    ("--transfer-timeout-s", "transfer_timeout_s", click.FloatRange(0, min_open=True),
+     "Bug 1 rate knob: decode aborts a transfer in flight this long."),
+    ("--rdma-stall-rate", "rdma_stall_rate", click.FloatRange(0),
+     "Bug 1 rate knob: RDMA stall hazard per transfer-second per other active transfer."),
+    ("--rdma-stall-min-s", "rdma_stall_min_s", click.FloatRange(0, min_open=True),
+     "Bug 1 rate knob: shortest RDMA stall (Pareto scale)."),
+    ("--rdma-gbps", "rdma_gbps", click.FloatRange(0, min_open=True), "NIC bandwidth of a prefill rank (Gbit/s)."),
+    ("--hicache-stall-rate", "hicache_stall_rate", click.FloatRange(0),
+     "Bug 2 rate knob: host->GPU load stall hazard per load-second per other active DMA stream."),
+    ("--hicache-stall-min-ms", "hicache_stall_min_ms", click.FloatRange(0, min_open=True),
+     "Bug 2 rate knob: shortest load stall (Pareto scale)."),
+    ("--pcie-gbps", "pcie_gbps", click.FloatRange(0, min_open=True), "Host->GPU load bandwidth of a rank (Gbit/s)."),
+    ("--feedback-prob", "feedback_prob", click.FloatRange(0, 1), "Chance a bad output gets a `feedback` span."),
+    ("--completion-chars", "completion_chars", click.IntRange(0), "Cut gen_ai.completion to this many characters (0 = omit)."),
+    ("--decode-trace-ms", "decode_trace_ms", click.FloatRange(0), "Period of traced decode `forward` steps (0 = none)."),
+)
+
+
+def _knob_options(func: Any) -> Any:
+    for flag, _field, kind, text in reversed(_KNOB_OPTIONS):
+        func = click.option(flag, _field, type=kind, default=None, help=text)(func)
+    return func
+
+
+@click.command(name="simulate")
+@click.option("--scenario", type=click.Choice(SCENARIOS), default="mixed", show_default=True,
+              help="Named scenario: its preset knobs and which builds (service.version) run.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; the same seed gives identical bytes.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output directory for <instance>.otlp.jsonl (or .otlp.pb) and labels.json. Required "
+                   "unless --labels-only is given without it.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True,
+              help="json: OTLP JSON lines as a Collector file exporter writes; protobuf: length-delimited TracesData.")
+@click.option("--fast", is_flag=True, help="Encode OTLP JSON directly (same bytes as the SDK path, several times faster).")
+@click.option("--labels-only", is_flag=True,
+              help="Statistics mode: run the model, write only labels.json (if --out) and the summary.")
+@_knob_options
+def simulate_command(scenario: str, seed: int, out: Path | None, fmt: str, fast: bool, labels_only: bool,
+                     **knobs: Any) -> None:
+    """Simulate a PD-disaggregated SGLang cluster with HiCache and write its OTLP traces + labels.
+
+    Spans go through the real opentelemetry-sdk (one TracerProvider per instance) into one file
+    per instance; the ground truth (injected races, every request's true output state) goes to
+    labels.json beside them. Prints requests, spans and the true anomaly rate per service.version.
+
+    Example:
+
+        kvtrace simulate --scenario mixed --seed 7 --requests 3000 --out traces/
+    """
+    from simulator.runner import simulate
+
+    if fast and labels_only:
+        raise click.ClickException("--fast and --labels-only exclude each other")
+    if out is None and not labels_only:
+        raise click.ClickException("--out is required (or use --labels-only)")
+    if knobs.get("pools") is not None:
+        knobs["pools"] = tuple(p.strip() for p in knobs["pools"].split(",") if p.strip())
+    mode = "labels-only" if labels_only else "fast" if fast else "sdk"
+    try:
+        result = simulate(scenario, seed, out, knobs, fmt, mode)
+    except SimulatorError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(render_summary(result))
+    if out is not None:
+        click.echo(f"wrote {out}/ (labels: {out}/labels.json)")
+
+
+def render_summary(result: RunResult) -> str:
+    rows = summarize(result)
+    head = f"{'service.version':<16} {'requests':>9} {'spans':>10} {'aborted':>8} {'races':>7} {'anomalies':>9} {'per 10k':>8}"
+    lines = [f"scenario {result.scenario}, seed {result.seed}", head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.version:<16} {r.requests:>9} {r.spans:>10} {r.aborted:>8} {r.races:>7} "
+                     f"{r.anomalies:>9} {r.rate_per_10k:>8.2f}")
+    return "\n".join(lines)
+
+
+commands: list[click.Command] = [simulate_command]
