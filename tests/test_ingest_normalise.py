@@ -21,16 +21,19 @@ RAW = ("spans", "span_events", "span_links", "resources")
 RID = "a1b2c3d4e5f60718"
 
 
-def table_rows(db: Path, table: str, exclude: tuple[str, ...] = ()) -> list[tuple[Any, ...]]:
+def snapshot(db: Path, tables: tuple[str, ...] = NORMALISED + RAW) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of `tables` (file_id left out: it depends on the order files came in), sorted."""
     con = open_store(db, read_only=True)
     try:
-        cols = [c for (c,) in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
-            [table]).fetchall() if c not in exclude]
-        rows = con.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
+        out = {}
+        for table in tables:
+            cols = [c for (c,) in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+                [table]).fetchall() if c != "file_id"]
+            out[table] = sorted(con.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall(), key=repr)
     finally:
         con.close()
-    return sorted(rows, key=repr)
+    return out
 
 
 def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -151,8 +154,7 @@ def test_children_before_parents_across_files(tmp_path: Path, pd_store: Path, ba
     assert query(db, "SELECT count(*) FROM kv_events WHERE op = 'read'") == [(0,)]
     assert query(db, "SELECT count(*) FROM request_stages WHERE rid IS NULL") == [(2,)]
     ingest_paths([tmp_path / "2-parents.jsonl"], db, progress=False, batch_spans=batch_spans)
-    for table in NORMALISED + RAW:
-        assert table_rows(db, table, exclude=("file_id",)) == table_rows(pd_store, table, exclude=("file_id",)), table
+    assert snapshot(db) == snapshot(pd_store)
     assert query(db, "SELECT count(*) FROM ingest_pending") == [(0,)]
 
 
@@ -169,5 +171,4 @@ def test_reingest_and_overlap_store_no_duplicates(tmp_path: Path, pd_store: Path
     (tmp_path / "b.jsonl").write_bytes(json_lines(spans))
     third = ingest_paths([tmp_path / "b.jsonl"], db, progress=False)
     assert (third.spans_read, third.spans_new) == (14, 0)
-    for table in NORMALISED + RAW:
-        assert table_rows(db, table, exclude=("file_id",)) == table_rows(pd_store, table, exclude=("file_id",)), table
+    assert snapshot(db) == snapshot(pd_store)

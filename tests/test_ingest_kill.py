@@ -1,0 +1,56 @@
+"""A real `kvtrace ingest` process killed with SIGKILL mid-ingest leaves a consistent store, and a
+re-run completes the job with exactly the spans of an uninterrupted ingest."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ingest_otlp_builders import json_lines, pd_request_spans
+from test_ingest_normalise import query, snapshot
+
+from ingest import ingest_paths
+
+KVTRACE = str(Path(sys.executable).with_name("kvtrace"))
+
+
+@pytest.mark.slow
+def test_sigkill_mid_ingest_then_rerun_gives_exact_counts(tmp_path: Path) -> None:
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    for f in range(6):
+        spans = [s for r in range(20) for s in pd_request_spans(seed=1000 * f + r, rid=f"rid-{f:02d}-{r:04d}")]
+        (traces / f"part-{f}.jsonl").write_bytes(json_lines(spans, per_line=3))
+    reference = tmp_path / "ref.duckdb"
+    ref = ingest_paths([traces], reference, progress=False)
+    assert ref.spans_new == 6 * 20 * 14
+
+    db = tmp_path / "killed.duckdb"
+    proc = subprocess.Popen(
+        [KVTRACE, "ingest", str(traces), "--db", str(db), "--batch-spans", "7", "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    wal = Path(str(db) + ".wal")
+    while not (wal.exists() and wal.stat().st_size > 200_000) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.02)
+    assert proc.poll() is None, "ingest finished before it could be killed; give it more work"
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+
+    # consistent: only whole files are stored, and they are exactly what their rows say
+    files, stored = query(db, "SELECT count(*), coalesce(sum(spans_new), 0) FROM ingested_files")[0]
+    assert files < 6
+    assert query(db, "SELECT count(*) FROM spans") == [(stored,)]
+    assert query(db, "SELECT count(*) FROM spans WHERE file_id NOT IN (SELECT file_id FROM ingested_files)") == [(0,)]
+
+    rerun = ingest_paths([traces], db, progress=False)
+    assert (rerun.files_skipped, rerun.files_ingested) == (files, 6 - files)
+    assert query(db, "SELECT count(*), count(DISTINCT (trace_id, span_id)) FROM spans") == [(1680, 1680)]
+    assert snapshot(db) == snapshot(reference)
