@@ -55,7 +55,8 @@ def encode_span(rec: SpanRecord) -> dict[str, Any]:
     if rec.links:
         span["links"] = [{"traceId": f"{t:032x}", "spanId": f"{s:016x}", "flags": _FLAGS} for t, s in rec.links]
     if rec.status_code == STATUS_ERROR:
-        span["status"] = {"code": STATUS_ERROR, "message": rec.status_message} if rec.status_message else {
+        # Status fields in proto order: message (2) before code (3)
+        span["status"] = {"message": rec.status_message, "code": STATUS_ERROR} if rec.status_message else {
             "code": STATUS_ERROR}
     else:
         span["status"] = {}
@@ -130,8 +131,9 @@ def write_spans(out_dir: str | Path, n_spans: int, seed: int = 0, scenario: str 
                 **knob_overrides: Any) -> FastStats:
     """Write at least `n_spans` spans of `scenario` (default knobs: short contexts) + labels.json.
 
-    New requests stop once n_spans spans are written; requests in flight then finish, so the
-    count overshoots by at most a few spans per concurrent session. Knob overrides (e.g.
+    Each phase stops issuing requests once its spans so far plus the expected spans of the
+    requests in flight reach its share of n_spans; those then finish, so the count lands within
+    about a percent of n_spans (a few hundred spans over or under for small n). Knob overrides (e.g.
     `mean_context=8192`) go to `simulator.config.Knobs`.
     """
     from simulator.config import scenario_knobs
@@ -140,7 +142,7 @@ def write_spans(out_dir: str | Path, n_spans: int, seed: int = 0, scenario: str 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    defaults: dict[str, Any] = {"mean_context": 4096, "max_context": 32_768, "layers": 16,
+    defaults: dict[str, Any] = {"mean_context": 1024, "max_context": 16_384, "layers": 16,
                                 "concurrency": 64, "requests": 10**9}
     defaults.update(knob_overrides)
     knobs = replace(scenario_knobs(scenario), **defaults)

@@ -150,6 +150,7 @@ class ClusterModel:
         self._in_flight = 0
         self._phase_budget: int | None = None
         self._phase_first_span = 0
+        self._phase_first_request = 0
         self.seed = seed
         self.scenario = scenario
         self.sink = sink
@@ -218,6 +219,7 @@ class ClusterModel:
         self.phase = phase
         self._to_issue = n_requests
         self._phase_first_span = self._emitted
+        self._phase_first_request = len(self.requests)
         for s in range(min(self.k.concurrency, n_requests)):
             self._at(t0 + self.rng.uniform(0.0, 2.0), self._arrive, s)
         last = t0
@@ -235,7 +237,7 @@ class ClusterModel:
         return int(min(k.max_context, max(k.min_context, self.rng.lognormvariate(mu, k.context_sigma))))
 
     def _arrive(self, session: int) -> None:
-        if self._phase_budget is not None and self._emitted - self._phase_first_span >= self._phase_budget:
+        if self._phase_budget is not None and self._over_budget():
             self._to_issue = 0
         if self._to_issue <= 0:
             return
@@ -262,6 +264,14 @@ class ClusterModel:
         req.decode.outstanding += 1
         self._at(self.now + rng.uniform(0.002, 0.006), self._prealloc, req)
         self._at(self.now + rng.uniform(0.001, 0.003), self._enqueue_prefill, req)
+
+    def _over_budget(self) -> bool:
+        """Fast path: will this phase's spans, counting those of requests in flight, reach its budget?"""
+        assert self._phase_budget is not None
+        done = self._emitted - self._phase_first_span
+        finished = len(self.requests) - self._phase_first_request - self._in_flight
+        per_request = done / finished if finished > 0 else 45.0
+        return done + per_request * self._in_flight >= self._phase_budget
 
     def _load_per_instance(self) -> float:
         """Requests in flight per instance: what congestion (fabric, host memory) scales with."""
@@ -529,7 +539,8 @@ class ClusterModel:
         room = f"{req.room:016x}"
         root = self._emit(p, v, trace, None, f"prefill Req {req.rid[:8]}", ns(req.t_enqueue),
                           ns(req.tx_end) + 200_000, {"rid": req.rid, "bootstrap_room": room})
-        boot = self._emit(p, v, trace, root, "prefill_bootstrap", ns(req.t_enqueue), ns(req.t_prealloc + 0.0002),
+        boot = self._emit(p, v, trace, root, "prefill_bootstrap", ns(req.t_enqueue),
+                          ns(max(req.t_enqueue, req.t_prealloc) + 0.0002),
                           {"rid": req.rid, "bootstrap_room": room})
         fwd = self._emit(p, v, trace, root, "prefill_forward", ns(req.t_issue), ns(req.fwd_end),
                          {"rid": req.rid, "bootstrap_room": room}, links=[(trace, boot)])
