@@ -41,9 +41,24 @@ class PagedAllocator:
 
     def free(self, runs: Runs) -> None:
         """Return pages to the *front* of the free list, in their own order (SGLang's torch.cat)."""
-        for run in reversed(runs):
-            self._free.appendleft(run)
-        self.n_free += runs_len(runs)
+        merged = coalesce(runs)
+        front = self._free
+        for lo, hi in reversed(merged):
+            if front and front[0][0] == hi:  # keeps the list short; page order is unchanged
+                hi = front.popleft()[1]
+            front.appendleft((lo, hi))
+        self.n_free += runs_len(merged)
+
+
+def coalesce(runs: Runs) -> Runs:
+    """Join runs that continue each other ([(1, 4), (4, 9)] -> [(1, 9)]), keeping their order."""
+    out: Runs = []
+    for lo, hi in runs:
+        if out and out[-1][1] == lo:
+            out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def runs_len(runs: Runs) -> int:

@@ -10,6 +10,17 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 SCENARIOS: tuple[str, ...] = ("clean", "pd-abort-race", "hicache-race", "mixed", "pr35049")
+PROFILES: tuple[str, ...] = ("sample", "realistic")
+
+# The `sample` profile: a small cluster, short contexts and rate knobs raised far above the
+# realistic ones, so that a few dozen requests hold several races in a few MB of OTLP JSON
+# (what sample_traces/ and `make demo` use). `realistic` is the Knobs defaults.
+SAMPLE_PROFILE: dict[str, object] = {
+    "requests": 120, "prefill": 2, "decode": 2, "tp": 2, "layers": 8, "mean_context": 1536, "max_context": 8192,
+    "mean_output_tokens": 120, "concurrency": 24, "think_time_s": 0.3, "completion_chars": 64,
+    "decode_trace_ms": 4000.0, "transfer_timeout_s": 0.3, "rdma_stall_rate": 50.0, "rdma_stall_min_s": 0.1,
+    "hicache_stall_rate": 400.0, "hicache_stall_min_ms": 5.0,
+}
 
 
 class SimulatorError(Exception):
@@ -38,7 +49,7 @@ class Knobs:
 
     # --- load -------------------------------------------------------------------------------
     requests: int = 2000  # requests to issue (all phases together)
-    concurrency: int = 64  # closed loop: this many agent sessions, each one request at a time
+    concurrency: int = 256  # closed loop: this many agent sessions, each one request at a time
     think_time_s: float = 1.5  # mean pause of a session between its requests (exponential)
     mean_context: int = 70_000  # mean prompt length in tokens (log-normal, long tail)
     context_sigma: float = 0.55  # log-normal shape of the prompt length
@@ -50,8 +61,8 @@ class Knobs:
     mean_output_tokens: int = 400  # log-normal, capped at max_output_tokens
     max_output_tokens: int = 4096
     # --- cluster ----------------------------------------------------------------------------
-    prefill: int = 2  # prefill instances (one host each)
-    decode: int = 2  # decode instances (one host each)
+    prefill: int = 4  # prefill instances (one host each)
+    decode: int = 4  # decode instances (one host each)
     tp: int = 2  # TP ranks per instance; each rank has its own pools and allocator
     layers: int = 61  # transformer layers (per-layer load and read offsets)
     page_size: int = 64
@@ -67,11 +78,11 @@ class Knobs:
     draft_tokens: int = 4  # spec.draft_tokens (draft proposes draft_tokens - 1 per step)
     # --- bug 1: abort before write complete -------------------------------------------------
     transfer_timeout_s: float = 2.5  # decode gives up this long after the write was posted
-    rdma_stall_rate: float = 0.35  # stall hazard per second of transfer per *other* active transfer
+    rdma_stall_rate: float = 0.0015  # stall hazard per transfer-second per request in flight per instance
     rdma_stall_min_s: float = 0.25  # stalls are Pareto: at least this long ...
     rdma_stall_alpha: float = 1.3  # ... with this tail index
     # --- bug 2: read before load ------------------------------------------------------------
-    hicache_stall_rate: float = 1.2  # stall hazard per second of load per *other* active DMA stream
+    hicache_stall_rate: float = 0.000015  # stall hazard per load-second per request in flight per instance
     hicache_stall_min_ms: float = 3.0
     hicache_stall_alpha: float = 1.4
     sched_prep_ms: float = 2.0  # CPU batch preparation between load issue and forward start

@@ -23,73 +23,95 @@ from simulator.records import SCOPE_NAME, STATUS_ERROR, AttrValue, InstanceInfo,
 _FLAGS = 256  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK: what the SDK encoder sets for local parents
 
 
-def _value(value: AttrValue) -> dict[str, Any]:
+_INT_CACHE: dict[int, str] = {}
+
+
+def _int(v: int) -> str:
+    frag = _INT_CACHE.get(v)
+    if frag is None:
+        frag = f'{{"intValue":"{v}"}}'
+        if 0 <= v < 1 << 20:  # page ids, ranks, token counts: worth keeping
+            _INT_CACHE[v] = frag
+    return frag
+
+
+def _value(value: AttrValue) -> str:
+    """An AnyValue as protobuf's JSON mapping (then orjson) writes it."""
     if isinstance(value, bool):
-        return {"boolValue": value}
+        return '{"boolValue":true}' if value else '{"boolValue":false}'
     if isinstance(value, str):
-        return {"stringValue": value}
+        return '{"stringValue":' + orjson.dumps(value).decode() + "}"
     if isinstance(value, int):
-        return {"intValue": str(value)}
+        return _int(value)
     if isinstance(value, float):
-        return {"doubleValue": value}
+        return '{"doubleValue":' + orjson.dumps(value).decode() + "}"
     if not value:
-        return {"arrayValue": {}}
-    return {"arrayValue": {"values": [_value(v) for v in value]}}
+        return '{"arrayValue":{}}'
+    if isinstance(value[0], int):
+        return '{"arrayValue":{"values":[' + ",".join([_int(v) for v in value]) + "]}}"
+    return '{"arrayValue":{"values":[' + ",".join([_value(v) for v in value]) + "]}}"
 
 
-def _attributes(attrs: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"key": key, "value": _value(value)} for key, value in attrs.items()]
+def _attributes(attrs: dict[str, Any]) -> str:
+    return ",".join(['{"key":' + orjson.dumps(k).decode() + ',"value":' + _value(v) + "}" for k, v in attrs.items()])
 
 
-def encode_span(rec: SpanRecord) -> dict[str, Any]:
-    """One span as OTLP/JSON (the dict MessageToDict gives for the SDK's encoding of it)."""
-    span: dict[str, Any] = {"traceId": f"{rec.trace_id:032x}", "spanId": f"{rec.span_id:016x}"}
+def encode_span(rec: SpanRecord) -> str:
+    """One span as OTLP/JSON text: what MessageToDict + orjson make of the SDK's encoding of it."""
+    parts = [f'{{"traceId":"{rec.trace_id:032x}","spanId":"{rec.span_id:016x}"']
     if rec.parent_id is not None:
-        span["parentSpanId"] = f"{rec.parent_id:016x}"
-    span["name"] = rec.name
-    span["kind"] = 1
-    span["startTimeUnixNano"] = str(rec.start_ns)
-    span["endTimeUnixNano"] = str(rec.end_ns)
+        parts.append(f',"parentSpanId":"{rec.parent_id:016x}"')
+    parts.append(',"name":' + orjson.dumps(rec.name).decode())
+    parts.append(f',"kind":1,"startTimeUnixNano":"{rec.start_ns}","endTimeUnixNano":"{rec.end_ns}"')
     if rec.attributes:
-        span["attributes"] = _attributes(rec.attributes)
+        parts.append(',"attributes":[' + _attributes(rec.attributes) + "]")
     if rec.links:
-        span["links"] = [{"traceId": f"{t:032x}", "spanId": f"{s:016x}", "flags": _FLAGS} for t, s in rec.links]
-    if rec.status_code == STATUS_ERROR:
-        # Status fields in proto order: message (2) before code (3)
-        span["status"] = {"message": rec.status_message, "code": STATUS_ERROR} if rec.status_message else {
-            "code": STATUS_ERROR}
+        parts.append(',"links":[' + ",".join(
+            f'{{"traceId":"{t:032x}","spanId":"{s:016x}","flags":{_FLAGS}}}' for t, s in rec.links) + "]")
+    if rec.status_code == STATUS_ERROR:  # Status fields in proto order: message (2), code (3)
+        message = ('"message":' + orjson.dumps(rec.status_message).decode() + ",") if rec.status_message else ""
+        parts.append(f',"status":{{{message}"code":{STATUS_ERROR}}}')
     else:
-        span["status"] = {}
-    span["flags"] = _FLAGS
-    return span
+        parts.append(',"status":{}')
+    parts.append(f',"flags":{_FLAGS}}}')
+    return "".join(parts)
 
 
 class _FastWriter:
     def __init__(self, path: Path) -> None:
         self._fh: BinaryIO = path.open("wb")
         self._batch: list[SpanRecord] = []
+        self._resources: dict[tuple[str, str], str] = {}
 
     def add(self, rec: SpanRecord) -> None:
         self._batch.append(rec)
         if len(self._batch) >= BATCH_SPANS:
             self.flush()
 
+    def _resource_head(self, inst: InstanceInfo, version: str) -> str:
+        key = (inst.instance_id, version)
+        head = self._resources.get(key)
+        if head is None:
+            attrs = _attributes(inst.resource_attributes(version, SDK_VERSION))
+            head = ('{"resource":{"attributes":[' + attrs + ']},"scopeSpans":[{"scope":{"name":'
+                    + orjson.dumps(SCOPE_NAME).decode() + '},"spans":[')
+            self._resources[key] = head
+        return head
+
     def flush(self) -> None:
+        """One line per batch, spans grouped by resource in first-seen order (as encode_spans does)."""
         if not self._batch:
             return
-        groups: dict[tuple[str, str], tuple[InstanceInfo, list[dict[str, Any]]]] = {}
+        groups: dict[tuple[str, str], tuple[InstanceInfo, list[str]]] = {}
         for rec in self._batch:
             key = (rec.instance.instance_id, rec.version)
             if key not in groups:
                 groups[key] = (rec.instance, [])
             groups[key][1].append(encode_span(rec))
         self._batch = []
-        doc = {"resourceSpans": [
-            {"resource": {"attributes": _attributes(inst.resource_attributes(version, SDK_VERSION))},
-             "scopeSpans": [{"scope": {"name": SCOPE_NAME}, "spans": spans}]}
-            for (_, version), (inst, spans) in groups.items()
-        ]}
-        self._fh.write(orjson.dumps(doc) + b"\n")
+        body = ",".join(self._resource_head(inst, version) + ",".join(spans) + "]}]}"
+                        for (_, version), (inst, spans) in groups.items())
+        self._fh.write(('{"resourceSpans":[' + body + "]}\n").encode())
 
     def close(self) -> None:
         self.flush()

@@ -364,6 +364,8 @@ class ClusterModel:
         self._in_flight -= 1
         if self.sink is not None:
             self._emit_request(req)
+        else:  # labels only: keep what labels.json needs, drop the per-step and per-layer detail
+            req.accepted, req.reads, req.load_done = [], {}, {}
         self._at(self.now + self.rng.expovariate(1.0 / self.k.think_time_s), self._arrive, req.session)
 
     def _release_victim_windows(self, victim: Request, t_free: float) -> None:

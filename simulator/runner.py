@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from simulator.config import Knobs, SimulatorError, scenario_knobs
+from simulator.config import PROFILES, SAMPLE_PROFILE, Knobs, SimulatorError, scenario_knobs
 from simulator.fastpath import FastJsonSink
 from simulator.labels import write_labels
 from simulator.model import ClusterModel, Instance, Request, RunResult
@@ -18,10 +18,14 @@ from simulator.records import CountingSink, SpanSink
 MODES = ("sdk", "fast", "labels-only")
 
 
-def build_knobs(scenario: str, overrides: dict[str, Any]) -> Knobs:
-    """The scenario's preset with the given (non-None) fields replaced, validated."""
+def build_knobs(scenario: str, overrides: dict[str, Any], profile: str = "realistic") -> Knobs:
+    """The scenario's preset, then the profile's fields, then the given (non-None) fields; validated."""
+    if profile not in PROFILES:
+        raise SimulatorError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     knobs = scenario_knobs(scenario)
     given = {k: v for k, v in overrides.items() if v is not None}
+    if profile == "sample" and scenario != "pr35049":
+        given = {**SAMPLE_PROFILE, **given}
     unknown = set(given) - set(knobs.public_dict())
     if unknown:
         raise SimulatorError(f"unknown knob(s): {', '.join(sorted(unknown))}")
@@ -31,7 +35,7 @@ def build_knobs(scenario: str, overrides: dict[str, Any]) -> Knobs:
 
 
 def simulate(scenario: str, seed: int, out_dir: Path | None, overrides: dict[str, Any] | None = None,
-             fmt: str = "json", mode: str = "sdk") -> RunResult:
+             fmt: str = "json", mode: str = "sdk", profile: str = "realistic") -> RunResult:
     """Simulate `scenario` and write `<out>/<instance>.otlp.jsonl|.pb` and `<out>/labels.json`.
 
     mode: `sdk` (opentelemetry-sdk), `fast` (direct JSON encoder, same bytes), `labels-only`
@@ -43,7 +47,7 @@ def simulate(scenario: str, seed: int, out_dir: Path | None, overrides: dict[str
         raise SimulatorError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode == "fast" and fmt != "json":
         raise SimulatorError("the fast path writes OTLP JSON only; drop --format protobuf or --fast")
-    knobs = build_knobs(scenario, overrides or {})
+    knobs = build_knobs(scenario, overrides or {}, profile)
     sink: SpanSink | None = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,12 +22,7 @@ from app.cli import main
 from simulator.labels import read_labels
 from simulator.runner import simulate
 
-SMALL: dict[str, Any] = {
-    "requests": 60, "tp": 2, "layers": 8, "mean_context": 1536, "max_context": 8192, "mean_output_tokens": 120,
-    "concurrency": 24, "think_time_s": 0.3, "completion_chars": 64, "decode_trace_ms": 4000.0,
-    "transfer_timeout_s": 0.3, "rdma_stall_rate": 50.0, "rdma_stall_min_s": 0.1, "hicache_stall_rate": 400.0,
-    "hicache_stall_min_ms": 5.0,
-}
+SMALL: dict[str, Any] = {"requests": 60}  # on top of the `sample` profile (simulator.config.SAMPLE_PROFILE)
 
 
 def _value(v: dict[str, Any]) -> Any:
@@ -63,7 +58,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for scenario, seed, requests in (("mixed", 3, 120), ("pd-abort-race", 2, 60), ("hicache-race", 3, 60),
                                      ("clean", 0, 40)):
         folder = tmp_path_factory.mktemp(scenario)
-        simulate(scenario, seed, folder, {**SMALL, "requests": requests})
+        simulate(scenario, seed, folder, {"requests": requests}, mode="fast", profile="sample")  # == SDK bytes, see fastpath test
         out[scenario] = folder
     out["pr35049"] = tmp_path_factory.mktemp("pr35049")
     simulate("pr35049", 0, out["pr35049"])
@@ -259,12 +254,12 @@ def test_causal_stage_pairs_hold_on_true_time(runs: dict[str, Path]) -> None:
 def test_same_seed_gives_identical_bytes_and_labels_only_the_same_truth(tmp_path: Path) -> None:
     knobs = {**SMALL, "requests": 30}
     for name in ("a", "b"):
-        simulate("mixed", 11, tmp_path / name, knobs)
+        simulate("mixed", 11, tmp_path / name, knobs, profile="sample")
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert files == sorted(p.name for p in (tmp_path / "b").iterdir()) and "labels.json" in files
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-    simulate("mixed", 11, tmp_path / "c", knobs, mode="labels-only")
+    simulate("mixed", 11, tmp_path / "c", knobs, mode="labels-only", profile="sample")
     a, c = read_labels(tmp_path / "a" / "labels.json"), read_labels(tmp_path / "c" / "labels.json")
     assert (a["races"], a["requests"]) == (c["races"], c["requests"])
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from simulator.config import SCENARIOS, SimulatorError
+from simulator.config import PROFILES, SCENARIOS, SimulatorError
 from simulator.labels import summarize
 from simulator.model import RunResult
 from simulator.otlp_sdk import FORMATS
@@ -54,6 +54,10 @@ def _knob_options(func: Any) -> Any:
 @click.command(name="simulate")
 @click.option("--scenario", type=click.Choice(SCENARIOS), default="mixed", show_default=True,
               help="Named scenario: its preset knobs and which builds (service.version) run.")
+@click.option("--profile", type=click.Choice(PROFILES), default="sample", show_default=True,
+              help="sample: small cluster, short contexts, raised race rates (a few MB, races in a few dozen "
+                   "requests); realistic: 4P+4D, 256 sessions, ~70K-token contexts, the calibrated rates. "
+                   "Options given explicitly override the profile.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed; the same seed gives identical bytes.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output directory for <instance>.otlp.jsonl (or .otlp.pb) and labels.json. Required "
@@ -64,8 +68,8 @@ def _knob_options(func: Any) -> Any:
 @click.option("--labels-only", is_flag=True,
               help="Statistics mode: run the model, write only labels.json (if --out) and the summary.")
 @_knob_options
-def simulate_command(scenario: str, seed: int, out: Path | None, fmt: str, fast: bool, labels_only: bool,
-                     **knobs: Any) -> None:
+def simulate_command(scenario: str, profile: str, seed: int, out: Path | None, fmt: str, fast: bool,
+                     labels_only: bool, **knobs: Any) -> None:
     """Simulate a PD-disaggregated SGLang cluster with HiCache and write its OTLP traces + labels.
 
     Spans go through the real opentelemetry-sdk (one TracerProvider per instance) into one file
@@ -74,7 +78,9 @@ def simulate_command(scenario: str, seed: int, out: Path | None, fmt: str, fast:
 
     Example:
 
-        kvtrace simulate --scenario mixed --seed 7 --requests 3000 --out traces/
+        kvtrace simulate --scenario mixed --seed 7 --out traces/
+
+        kvtrace simulate --scenario mixed --profile realistic --requests 90000 --labels-only
     """
     from simulator.runner import simulate
 
@@ -86,7 +92,7 @@ def simulate_command(scenario: str, seed: int, out: Path | None, fmt: str, fast:
         knobs["pools"] = tuple(p.strip() for p in knobs["pools"].split(",") if p.strip())
     mode = "labels-only" if labels_only else "fast" if fast else "sdk"
     try:
-        result = simulate(scenario, seed, out, knobs, fmt, mode)
+        result = simulate(scenario, seed, out, knobs, fmt, mode, profile)
     except SimulatorError as err:
         raise click.ClickException(str(err)) from err
     click.echo(render_summary(result))
@@ -97,7 +103,9 @@ def simulate_command(scenario: str, seed: int, out: Path | None, fmt: str, fast:
 def render_summary(result: RunResult) -> str:
     rows = summarize(result)
     head = f"{'service.version':<16} {'requests':>9} {'spans':>10} {'aborted':>8} {'races':>7} {'anomalies':>9} {'per 10k':>8}"
-    lines = [f"scenario {result.scenario}, seed {result.seed}", head, "-" * len(head)]
+    k = result.knobs
+    lines = [f"scenario {result.scenario}, seed {result.seed}: {k.prefill}P+{k.decode}D, TP {k.tp}, "
+             f"{k.concurrency} sessions, mean context {k.mean_context} tokens", head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r.version:<16} {r.requests:>9} {r.spans:>10} {r.aborted:>8} {r.races:>7} "
                      f"{r.anomalies:>9} {r.rate_per_10k:>8.2f}")
