@@ -276,7 +276,8 @@ def json_any_value(v: object) -> Any:
         values = x.get("values", []) if isinstance(x, dict) else None
         if not isinstance(values, list):
             raise RecordError("arrayValue.values is not a list")
-        return [json_any_value(e) for e in values]
+        fast = _fast_array(values)
+        return fast if fast is not None else [json_any_value(e) for e in values]
     if kind in ("kvlistValue", "kvlist_value"):
         values = x.get("values", []) if isinstance(x, dict) else None
         if not isinstance(values, list):
@@ -287,6 +288,31 @@ def json_any_value(v: object) -> Any:
             raise RecordError("bytesValue is not a base64 string")
         return x
     raise RecordError(f"unknown attribute value type {kind!r}")
+
+
+def _fast_array(values: list[Any]) -> list[Any] | None:
+    """Arrays of one scalar type (page ids, layer offsets, rids) without a call per element;
+    None when the array is anything else, so the general path validates it."""
+    if not values:
+        return []
+    try:
+        first = values[0]
+        if len(first) != 1:
+            return None
+        if "intValue" in first:
+            ints = [int(e["intValue"]) for e in values]
+            if min(ints) < -(2**63) or max(ints) > _INT64_MAX or any(len(e) != 1 for e in values):
+                return None
+            if any(isinstance(e["intValue"], bool | float) for e in values):
+                return None
+            return ints
+        if "stringValue" in first:
+            strs = [e["stringValue"] for e in values]
+            if all(type(v) is str for v in strs) and all(len(e) == 1 for e in values):
+                return strs
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return None
 
 
 def _nanos_signed(x: object) -> int:
