@@ -26,7 +26,13 @@ WRITE_OPS = ("transfer", "load")
 UNKNOWN, DATA, STAMP, FREED = 0, 1, 2, 3
 TAG_NAMES = {UNKNOWN: "unknown", DATA: "data", STAMP: "alloc-stamp", FREED: "free-poison"}
 
-RECORDED_EDGE_KINDS = ("alloc_before_write", "free_before_realloc", "transfer_before_read")
+RECORDED_EDGE_KINDS = (
+    "alloc_before_write",
+    "free_before_realloc",
+    "transfer_before_read",
+    "step_before_step",
+    "read_before_free",
+)
 FIX_EDGE_KINDS = ("write_before_free", "layer_load_before_read")
 
 
@@ -305,7 +311,9 @@ def recorded_edges(ops: Iterable[Op]) -> list[Edge]:
       (decode sends the page indices to prefill only after preallocating them);
     - free_before_realloc: the allocator hands a page out only after it was freed;
     - transfer_before_read: decode schedules a request only after it saw its transfer complete
-      (KVPoll Success), so a read follows the completion of the request's own transfers.
+      (KVPoll Success), so a read follows the completion of the request's own transfers;
+    - step_before_step: a request's forward steps run one after the other;
+    - read_before_free: a request's pages are released only after its last step finished.
     A HiCache load gives a read no edge: the missing `wait_until(layer)` is the bug replayed.
     """
     ordered = sorted(ops, key=_op_order)
@@ -327,6 +335,13 @@ def recorded_edges(ops: Iterable[Op]) -> list[Edge]:
             for t in earlier:
                 if t.op == "transfer" and t.rid == op.rid and t.end_ns <= op.start_ns and _overlap(t, op):
                     edges.append(Edge(t.id, op.id, "transfer_before_read"))
+            steps = [r for r in earlier if r.op == "read" and r.rid == op.rid and r.kv_pool == op.kv_pool and r.end_ns <= op.start_ns]
+            if steps:
+                edges.append(Edge(steps[-1].id, op.id, "step_before_step"))
+        elif op.op == "free":
+            steps = [r for r in earlier if r.op == "read" and r.rid == op.rid and _overlap(r, op) and r.end_ns <= op.start_ns]
+            if steps:
+                edges.append(Edge(steps[-1].id, op.id, "read_before_free"))
     return edges
 
 
@@ -513,7 +528,8 @@ def ownership_at_end(plan: Plan) -> dict[tuple[str, int], str]:
 
 
 def check_well_formed(plan: Plan) -> list[str]:
-    """Allocator consistency problems: an alloc of a held page, a free of a page not held.
+    """Allocator consistency problems, by recorded start order: an alloc of a held page, a free of
+    a page not held, a write or read of pages the request did not hold when it began.
 
     Recorded plans are well-formed; minimize keeps only well-formed sub-plans.
     """
@@ -529,10 +545,11 @@ def check_well_formed(plan: Plan) -> list[str]:
                 problems.append(f"op {o.id}: alloc by {o.rid} of pages held by others: {taken[:5]}")
             for p in o.pages:
                 owner[(o.kv_pool, p)] = o.rid
-        elif o.op == "free":
-            not_held = [p for p in o.pages if owner.get((o.kv_pool, p)) != o.rid]
-            if not_held:
-                problems.append(f"op {o.id}: free by {o.rid} of pages it does not hold: {not_held[:5]}")
+            continue
+        not_held = [p for p in o.pages if owner.get((o.kv_pool, p)) != o.rid]
+        if not_held:
+            problems.append(f"op {o.id}: {o.op} by {o.rid} of pages it does not hold: {not_held[:5]}")
+        if o.op == "free":
             for p in o.pages:
                 owner.pop((o.kv_pool, p), None)
     return problems

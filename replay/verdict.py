@@ -10,8 +10,9 @@ a `Verdict`:
 - foreign pages: pages held by one request at the end whose cells hold another request's tag;
 - late writes: a write whose witness shows a free-poison or another request's tag (the write landed
   after its pages were freed or handed to somebody else);
-- stale reads: a read of a cell that did not hold the reader's own data (another request's data, or
-  the reader's alloc stamp: read before its load or transfer landed).
+- stale reads: a read of a cell that did not hold the reader's own data: another request's tag, or
+  the reader's own alloc stamp while a write of that page by the reader is in the window (read
+  before its load or transfer landed). A cell the window knows nothing about is no evidence.
 """
 
 from __future__ import annotations
@@ -139,10 +140,15 @@ def judge(plan: Plan, obs: Observations, clean: Observations | None = None) -> V
             late.append({"op_id": op_id, "rid": writer_of[op_id], "kv_pool": pool, "page": page, "layer": layer, **name(tag)})
 
     stale: list[dict[str, Any]] = []
+    written_by = {(o.rid, o.kv_pool, p) for o in plan.ops if o.op in ("transfer", "load") for p in o.pages}
     for (op_id, pool, page, layer), tag in sorted(obs.reads.items()):
-        code = codes[writer_of[op_id]]
-        if tag != (code, DATA):
-            stale.append({"op_id": op_id, "rid": writer_of[op_id], "kv_pool": pool, "page": page, "layer": layer, **name(tag)})
+        rid = writer_of[op_id]
+        code = codes[rid]
+        if tag == (code, DATA) or tag[1] == UNKNOWN:
+            continue  # own data, or a cell whose content the window does not know: no evidence
+        if tag == (code, STAMP) and (rid, pool, page) not in written_by:
+            continue  # read of its own fresh page with no write of it in the window: no evidence
+        stale.append({"op_id": op_id, "rid": rid, "kv_pool": pool, "page": page, "layer": layer, **name(tag)})
 
     pages = {f["page"] for f in foreign} | {w["page"] for w in late} | {r["page"] for r in stale}
     victim = _victim(plan, foreign, stale)

@@ -1,0 +1,363 @@
+"""The torch executor: re-execute a plan's lane programs on a GPU. Needs torch and nothing else.
+
+One pool tensor per KV pool, shape [pages, layers, 4 + D] float32. Every lane is its own CUDA
+stream; recorded gaps become `torch.cuda._sleep` busy-waits (calibrated in-process after a warm-up,
+the achieved lane timings checked with CUDA events); ordering edges become events recorded on one
+stream and awaited on another. As-recorded mode has only the edges that existed; fixed mode adds
+the fix's (replay.plan.fix_edges). Every write first gathers its cells' tags into a witness buffer
+on its own stream, every read copies its cells into its own buffer, so after the replay the host
+knows what each write overwrote and each read saw, and the final pool says who holds what.
+
+All work is enqueued behind a gate (a sleep on the launching stream that every lane waits for), so
+host launch overhead cannot reorder the replay; a gate that ran out before the host finished
+enqueueing is detected and the replay repeated with a longer gate.
+
+`sanitize=True` is for runs under PyTorch's CUDA stream sanitizer (TORCH_CUDA_SANITIZER=1): every
+access then goes through a view of one (page, layer) cell, because CSAN tracks accesses by the data
+pointer of the tensor an op touches; its verdict is thereby per cell, not per pool. Each CSAN report
+is caught, mapped back to its cell and lanes, and the replay goes on.
+
+`device="cpu"` runs the same tensor code serially in the CPU executor's predicted order (no streams,
+no timing): it exists so that the tensor paths are tested where there is no GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from replay.cpu import Schedule, schedule
+from replay.plan import Action, Instr, Key, Plan, Program, compile_plan
+from replay.verdict import ACTION_KIND, CELL_WIDTH, Observations, cell, initial_tags
+
+MIN_SLEEP_NS = 2_000  # shorter gaps are below a kernel launch; they are not slept
+
+
+@dataclass
+class _Prepared:
+    idx: torch.Tensor
+    src: torch.Tensor | None  # [n, layers, E] for stamp/poison/write
+    out: torch.Tensor | None  # witness (write) or read buffer, [n, layers, E]
+    pages: tuple[int, ...]
+    rows: tuple[int, ...]
+
+
+@dataclass
+class GpuRun:
+    obs: Observations
+    gpu_ms: float | None
+    timing: dict[str, Any] = field(default_factory=dict)
+    sanitizer: list[dict[str, Any]] | None = None
+
+
+class Replayer:
+    """Holds a plan's device buffers; runs it as many times as asked (modes, time scales, jitter)."""
+
+    def __init__(self, plan: Plan, device: str = "cuda", sanitize: bool = False) -> None:
+        self.plan = plan
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.sanitize = sanitize
+        self.codes = plan.rid_codes()
+        self.rows = {pool: {p: i for i, p in enumerate(pages)} for pool, pages in plan.pool_pages().items()}
+        L = plan.num_layers
+        init = initial_tags(plan)
+        self.init: dict[str, torch.Tensor] = {}
+        for pool, pages in plan.pool_pages().items():
+            host = torch.tensor(
+                [[cell(init[(pool, p, layer)][0], p, layer, init[(pool, p, layer)][1]) for layer in range(L)] for p in pages],
+                dtype=torch.float32,
+            )
+            self.init[pool] = host.to(self.device)
+        self.pools = {pool: t.clone() for pool, t in self.init.items()}
+        self.prepared: dict[tuple[int, str, tuple[int, ...]], _Prepared] = {}
+        self.streams: dict[str, Any] = {}
+        self.cycles_per_ms: float | None = None
+        self.gate_ns = 50_000_000
+        self._cell_of_ptr: dict[int, tuple[str, int, int]] = {}
+        if sanitize:
+            for pool, t in self.pools.items():
+                for p, r in self.rows[pool].items():
+                    for layer in range(L):
+                        self._cell_of_ptr[t[r, layer].data_ptr()] = (pool, p, layer)
+
+    # ---- buffers ---------------------------------------------------------------------------------------------
+    def _prep(self, a: Action) -> _Prepared:
+        key = (a.op_id, a.kind, a.layers)
+        got = self.prepared.get(key)
+        if got is not None:
+            return got
+        rows = tuple(self.rows[a.kv_pool][p] for p in a.pages)
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+        src = out = None
+        n, nl = len(a.pages), len(a.layers)
+        if a.kind != "read":
+            code = self.codes[a.rid]
+            kind = ACTION_KIND[a.kind]
+            src = torch.tensor(
+                [[cell(code, p, layer, kind) for layer in a.layers] for p in a.pages], dtype=torch.float32
+            ).to(self.device)
+        if a.kind in ("write", "read"):
+            out = torch.full((n, nl, CELL_WIDTH), -1.0, dtype=torch.float32, device=self.device)
+        got = _Prepared(idx, src, out, a.pages, rows)
+        self.prepared[key] = got
+        return got
+
+    def prepare(self, program: Program) -> None:
+        for prog in program.lanes.values():
+            for kind, arg in prog:
+                if kind == "act":
+                    self._prep(arg)
+
+    # ---- one effect ------------------------------------------------------------------------------------------
+    def _act(self, a: Action) -> None:
+        pr = self._prep(a)
+        pool = self.pools[a.kv_pool]
+        if self.sanitize:
+            self._act_per_cell(a, pr, pool)
+            return
+        if len(a.layers) == self.plan.num_layers:
+            view = pool
+            src, out = pr.src, pr.out
+        else:
+            (layer,) = a.layers
+            view = pool[:, layer]
+            src = None if pr.src is None else pr.src[:, 0]
+            out = None if pr.out is None else pr.out[:, 0]
+        if out is not None:
+            torch.index_select(view, 0, pr.idx, out=out)
+        if src is not None:
+            view.index_copy_(0, pr.idx, src)
+
+    def _act_per_cell(self, a: Action, pr: _Prepared, pool: torch.Tensor) -> None:
+        for i, r in enumerate(pr.rows):
+            for j, layer in enumerate(a.layers):
+                target = pool[r, layer]
+                self._guard(a, lambda target=target, i=i, j=j: self._cell_effect(pr, target, i, j))
+
+    @staticmethod
+    def _cell_effect(pr: _Prepared, target: torch.Tensor, i: int, j: int) -> None:
+        if pr.out is not None:
+            pr.out[i, j].copy_(target)
+        if pr.src is not None:
+            target.copy_(pr.src[i, j])
+
+    def _guard(self, a: Action, fn: Any) -> None:
+        from torch.cuda._sanitizer import CUDASanitizerErrors
+
+        try:
+            fn()
+        except CUDASanitizerErrors as exc:
+            for err in exc.errors:
+                ptr = getattr(err, "data_ptr", None)
+                cur = getattr(err, "current_access", None)
+                prev = getattr(err, "previous_access", None)
+                lane_of = {s.cuda_stream: name for name, s in self.streams.items()}
+                self._csan.append(
+                    {
+                        "cell": self._cell_of_ptr.get(ptr) if ptr is not None else None,
+                        "op_id": a.op_id,
+                        "action": a.kind,
+                        "rid": a.rid,
+                        "lane": lane_of.get(getattr(cur, "stream", None), "default"),
+                        "previous_lane": lane_of.get(getattr(prev, "stream", None), "default"),
+                        "previous_operator": str(getattr(prev, "operator", "")),
+                    }
+                )
+
+    # ---- serial run (CPU torch: tests of the tensor paths) -----------------------------------------------------
+    def run_serial(self, sched: Schedule) -> Observations:
+        self._reset()
+        for t in sched.actions:
+            self._act(t.action)
+        return self._readback()
+
+    def _reset(self) -> None:
+        for pool, t in self.pools.items():
+            t.copy_(self.init[pool])
+        for pr in self.prepared.values():
+            if pr.out is not None:
+                pr.out.fill_(-1.0)  # poison: a buffer that stays -1 was never written
+
+    # ---- calibration --------------------------------------------------------------------------------------------
+    def calibrate(self, repeats: int = 5, cycles: int = 2_000_000) -> float:
+        """Busy-wait cycles per millisecond on this card now (clock boost varies it 4x between processes)."""
+        times = []
+        for _ in range(repeats):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            torch.cuda._sleep(cycles)
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        self.cycles_per_ms = cycles / statistics.median(times)
+        return self.cycles_per_ms
+
+    def _sleep_ns(self, ns: float) -> None:
+        assert self.cycles_per_ms is not None
+        if ns >= MIN_SLEEP_NS:
+            torch.cuda._sleep(int(ns * self.cycles_per_ms / 1e6))
+
+    def _stream(self, lane: str) -> Any:
+        s = self.streams.get(lane)
+        if s is None:
+            s = self.streams[lane] = torch.cuda.Stream(device=self.device)
+        return s
+
+    # ---- stream run ----------------------------------------------------------------------------------------------
+    def run(self, program: Program, time_scale: float, predicted: Schedule | None = None) -> GpuRun:
+        """One replay on the device. `predicted` (the CPU schedule) lets the lane timings be checked."""
+        if self.cycles_per_ms is None:
+            self.prepare(program)
+            self._run_once(program, time_scale, predicted)  # warm-up: module loads, allocator, clocks
+            self.calibrate()
+        for _attempt in range(4):
+            result = self._run_once(program, time_scale, predicted)
+            if not result.timing.get("gate_overrun"):
+                return result
+            self.gate_ns *= 4
+        return result
+
+    def _run_once(self, program: Program, scale: float, predicted: Schedule | None) -> GpuRun:
+        if self.cycles_per_ms is None:
+            self.cycles_per_ms = 1_000_000.0  # warm-up only: any value will do
+        self._csan: list[dict[str, Any]] = []
+        main = torch.cuda.current_stream(self.device)
+        torch.cuda.synchronize(self.device)
+        self._reset()
+        gate = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        self._sleep_ns(self.gate_ns)
+        gate.record(main)
+        events: dict[Key, Any] = {}
+        lane_end: dict[str, Any] = {}
+        t_host = time.perf_counter()
+        for lane, instr in _causal_order(program):
+            s = self._stream(lane)
+            if instr is None:  # lane start
+                s.wait_event(gate)
+                continue
+            kind, arg = instr
+            with torch.cuda.stream(s):
+                if kind == "sleep":
+                    self._sleep_ns(arg * scale)
+                elif kind == "wait":
+                    s.wait_event(events[arg])
+                elif kind == "record":
+                    ev = torch.cuda.Event()
+                    ev.record(s)
+                    events[arg] = ev
+                elif kind == "act":
+                    self._act(arg)
+        for lane in program.lanes:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record(self._stream(lane))
+            lane_end[lane] = ev
+            main.wait_event(ev)
+        end.record(main)
+        enqueue_s = time.perf_counter() - t_host
+        overrun = bool(gate.query())
+        end.synchronize()
+        obs = self._readback()
+        timing: dict[str, Any] = {
+            "gate_overrun": overrun,
+            "enqueue_ms": round(enqueue_s * 1e3, 3),
+            "cycles_per_ms": round(self.cycles_per_ms, 1),
+        }
+        if predicted is not None:
+            start = self.plan.window_ns()[0]
+            devs = []
+            for lane, ev in lane_end.items():
+                planned_ms = (predicted.lane_end_ns[lane] - start) * scale / 1e6
+                devs.append(gate.elapsed_time(ev) - planned_ms)
+            timing["lane_end_deviation_ms"] = {"max": round(max(devs), 4), "min": round(min(devs), 4)}
+            timing["planned_ms"] = round((predicted.makespan_ns() - start) * scale / 1e6, 4)
+        if overrun:
+            self.gate_ns = max(self.gate_ns, int(enqueue_s * 2e9))
+        return GpuRun(obs, gate.elapsed_time(end), timing, self._csan if self.sanitize else None)
+
+    # ---- reading back ------------------------------------------------------------------------------------------
+    def _readback(self) -> Observations:
+        obs = Observations(final_values={}, read_values={})
+        assert obs.final_values is not None and obs.read_values is not None
+        for pool, t in self.pools.items():
+            host = t.cpu().tolist()
+            for p, r in self.rows[pool].items():
+                for layer in range(self.plan.num_layers):
+                    v = host[r][layer]
+                    obs.final[(pool, p, layer)] = _tag(v, p, layer, obs.misplaced, f"{pool} page {p} layer {layer}")
+                    obs.final_values[(pool, p, layer)] = v[4:]
+        for (op_id, kind, layers), pr in self.prepared.items():
+            if pr.out is None:
+                continue
+            host = pr.out.cpu().tolist()
+            a_pool = self._pool_of(op_id)
+            for i, p in enumerate(pr.pages):
+                for j, layer in enumerate(layers):
+                    v = host[i][j]
+                    key = (op_id, a_pool, p, layer)
+                    if v[3] < 0:  # never written: this action did not run
+                        continue
+                    tag = _tag(v, p, layer, obs.misplaced, f"op {op_id} page {p} layer {layer}")
+                    if kind == "write":
+                        obs.witness[key] = tag
+                    else:
+                        obs.reads[key] = tag
+                        obs.read_values[key] = v[4:]
+        return obs
+
+    def _pool_of(self, op_id: int) -> str:
+        return self.plan.op(op_id).kv_pool
+
+
+def _tag(v: list[float], page: int, layer: int, misplaced: list[str], where: str) -> tuple[int, int]:
+    if round(v[1]) != page or round(v[2]) != layer:
+        misplaced.append(f"{where}: holds the cell of page {round(v[1])} layer {round(v[2])}")
+    return (round(v[0]), round(v[3]))
+
+
+def _causal_order(program: Program) -> list[tuple[str, Instr | None]]:
+    """Every lane's instructions interleaved so that each event is recorded before it is awaited
+    (a CUDA stream waits on an event's latest record at the time of the wait call)."""
+    lanes = program.lanes
+    pc = dict.fromkeys(lanes, 0)
+    recorded: set[Key] = set()
+    out: list[tuple[str, Instr | None]] = [(lane, None) for lane in lanes]
+    progress = True
+    while progress:
+        progress = False
+        for lane, prog in lanes.items():
+            while pc[lane] < len(prog):
+                kind, arg = prog[pc[lane]]
+                if kind == "wait" and arg not in recorded:
+                    break
+                if kind == "record":
+                    recorded.add(arg)
+                out.append((lane, prog[pc[lane]]))
+                pc[lane] += 1
+                progress = True
+    return out
+
+
+def replay_serial(plan: Plan, mode: str, device: str = "cpu") -> Observations:
+    """Run the tensor paths on any torch device, serially, in the CPU executor's predicted order."""
+    program = compile_plan(plan, mode)
+    return Replayer(plan, device).run_serial(schedule(program, plan.window_ns()[0]))
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Any:
+    """CSAN prints every report with two stack traces; keep them out of the replay's output."""
+    saved = sys.stderr
+    sys.stderr = io.StringIO()
+    try:
+        yield
+    finally:
+        sys.stderr = saved
