@@ -6,11 +6,11 @@
 --   service_version, prompt_tokens, completion_tokens, cached_tokens, ttft_s, e2e_s, start_ns,
 --   replacement_ratio, rare_char_ratio, repetition_ratio, spec_accept_length, spec_accept_rate,
 --   detector_fired, detector_kind, first_abnormal_step, first_abnormal_ns, first_abnormal_tokens,
---   feedback_label, anomaly, reasons (sorted).
+--   feedback_label, anomaly, reasons (sorted; empty when ok).
 -- param: min_text_chars INTEGER = 24  shorter completions give no text signal
 -- param: replacement_threshold DOUBLE = 0.02  share of U+FFFD characters that marks garbled text
 -- param: rare_char_threshold DOUBLE = 0.08  share of characters outside common scripts that marks garbled text
--- param: repetition_threshold DOUBLE = 0.5  share of repeated word 3-grams that marks repetition
+-- param: repetition_threshold DOUBLE = 0.35  share of repeated word 3-grams that marks repetition
 -- param: min_tokens INTEGER = 128  the whole-request low accept length rule applies past this many tokens
 -- param: low_accept_length DOUBLE = 1.4  whole-request accept length below this marks garbled
 -- param: high_accept_rate DOUBLE = 0.96  whole-request accept rate above this marks repetition
@@ -61,27 +61,42 @@ reasons AS (
     SELECT *,
            list_filter([
                CASE WHEN replacement_ratio >= $replacement_threshold THEN 'text_replacement_chars' END,
-               CASE WHEN rare_char_ratio >= $rare_char_threshold THEN 'text_rare_chars' END,
+               CASE WHEN rare_char_ratio >= $rare_char_threshold THEN 'text_rare_chars' END
+           ], lambda x: x IS NOT NULL) AS text_garbled,
+           list_filter([
+               CASE WHEN repetition_ratio >= $repetition_threshold THEN 'text_repetition' END
+           ], lambda x: x IS NOT NULL) AS text_repeated,
+           list_filter([
                CASE WHEN spec_accept_length < $low_accept_length AND completion_tokens > $min_tokens
                     THEN 'spec_low_accept_length' END,
-               CASE WHEN detector_kind = 'low_accept_length' THEN 'detector_low_accept_length' END,
-               CASE WHEN feedback_label = 'garbled' THEN 'feedback_garbled' END
-           ], lambda x: x IS NOT NULL) AS garbled_reasons,
+               CASE WHEN detector_kind = 'low_accept_length' THEN 'detector_low_accept_length' END
+           ], lambda x: x IS NOT NULL) AS spec_garbled,
            list_filter([
-               CASE WHEN repetition_ratio >= $repetition_threshold THEN 'text_repetition' END,
                CASE WHEN spec_accept_rate > $high_accept_rate THEN 'spec_high_accept_rate' END,
-               CASE WHEN detector_kind = 'high_accept_rate' THEN 'detector_high_accept_rate' END,
-               CASE WHEN feedback_label = 'repetition' THEN 'feedback_repetition' END
-           ], lambda x: x IS NOT NULL) AS repetition_reasons
+               CASE WHEN detector_kind = 'high_accept_rate' THEN 'detector_high_accept_rate' END
+           ], lambda x: x IS NOT NULL) AS spec_repeated,
+           replacement_ratio IS NOT NULL OR repetition_ratio IS NOT NULL AS has_text
     FROM signals
+),
+-- The label: user feedback first; then the text when there is enough of it (speculative signals
+-- only support it); without text, the whole-request speculative rule. The windowed detector alone
+-- never labels a request: it is the online monitor being evaluated, and noisy on healthy requests.
+labelled AS (
+    SELECT *,
+           CASE
+               WHEN feedback_label IN ('garbled', 'repetition') THEN feedback_label
+               WHEN has_text AND len(text_garbled) > 0 THEN 'garbled'
+               WHEN has_text AND len(text_repeated) > 0 THEN 'repetition'
+               WHEN NOT has_text AND list_contains(spec_garbled, 'spec_low_accept_length') THEN 'garbled'
+               WHEN NOT has_text AND list_contains(spec_repeated, 'spec_high_accept_rate') THEN 'repetition'
+               ELSE 'ok'
+           END AS anomaly
+    FROM reasons
 )
-SELECT * EXCLUDE (garbled_reasons, repetition_reasons),
-       CASE
-           WHEN feedback_label IN ('garbled', 'repetition') THEN feedback_label
-           WHEN len(garbled_reasons) >= len(repetition_reasons) AND len(garbled_reasons) > 0 THEN 'garbled'
-           WHEN len(repetition_reasons) > 0 THEN 'repetition'
-           ELSE 'ok'
-       END AS anomaly,
-       list_sort(list_concat(garbled_reasons, repetition_reasons)) AS reasons
-FROM reasons
+SELECT * EXCLUDE (text_garbled, text_repeated, spec_garbled, spec_repeated, has_text),
+       CASE WHEN anomaly = 'ok' THEN [] ELSE list_sort(list_concat(
+           CASE WHEN feedback_label IN ('garbled', 'repetition') THEN ['feedback_' || feedback_label] ELSE [] END,
+           CASE WHEN anomaly = 'garbled' THEN list_concat(text_garbled, spec_garbled)
+                ELSE list_concat(text_repeated, spec_repeated) END)) END AS reasons
+FROM labelled
 ORDER BY rid
