@@ -79,6 +79,10 @@ class Verdict:
     def corrupted(self) -> bool:
         return bool(self.foreign_pages or self.late_writes or self.stale_reads)
 
+    def damaged_pages(self) -> list[int]:
+        """Pages where a request holds or read another's data (late writes onto free pages excluded)."""
+        return sorted({f["page"] for f in self.foreign_pages} | {r["page"] for r in self.stale_reads})
+
     def signature(self) -> dict[str, list[Any]]:
         """What two executors must agree on: the sets of damaged pages, late writes and stale reads."""
         return {
@@ -91,6 +95,7 @@ class Verdict:
         return {
             "corrupted": self.corrupted,
             "corrupted_pages": self.corrupted_pages,
+            "damaged_pages": self.damaged_pages(),
             "n_foreign_pages": len(self.foreign_pages),
             "n_late_writes": len({(w["op_id"], w["kv_pool"], w["page"]) for w in self.late_writes}),
             "n_stale_reads": len(self.stale_reads),
