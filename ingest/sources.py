@@ -57,7 +57,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
             found[p] = None
         elif p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.is_file() and _looks_like_traces(f):
+                if f.is_file() and _looks_like_traces(f) and not _is_other_json(f):
                     found[f] = None
         else:
             matches = sorted(glob.glob(str(raw), recursive=True))
@@ -75,6 +75,17 @@ def _looks_like_traces(f: Path) -> bool:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     return name.endswith(_TRACE_SUFFIXES)
+
+
+def _is_other_json(f: Path) -> bool:
+    """A directory's `.json` file that is not OTLP (a labels or config file beside the traces):
+    its first 64 KiB name no resourceSpans. Files named explicitly are always read."""
+    if ".json" not in f.name.lower() or ".jsonl" in f.name.lower():
+        return False
+    stream, _ = open_decompressed(f)
+    with stream:
+        head = stream.read(1 << 16)
+    return head.lstrip()[:1] in (b"{", b"[") and b"resourceSpans" not in head and b"resource_spans" not in head
 
 
 def open_decompressed(path: Path) -> tuple[io.BufferedReader, str]:

@@ -162,8 +162,10 @@ def test_reingest_and_overlap_store_no_duplicates(tmp_path: Path, pd_store: Path
     spans = pd_request_spans()
     (tmp_path / "a.jsonl").write_bytes(json_lines(spans[:10]))
     (tmp_path / "b.jsonl").write_bytes(json_lines(spans[5:]))  # overlaps a.jsonl on 5 spans
+    (tmp_path / "labels.json").write_text('{"format": "kvtrace-labels/1", "races": []}')  # not traces: skipped
     db = tmp_path / "s.duckdb"
     first = ingest_paths([tmp_path], db, progress=False)
+    assert first.quarantined == 0
     assert (first.spans_read, first.spans_new, first.files_ingested) == (19, 14, 2)
     again = ingest_paths([tmp_path], db, progress=False)
     assert (again.files_skipped, again.spans_new) == (2, 0)
