@@ -7,6 +7,16 @@ import plotly.express as px
 import plotly.graph_objects as go
 
 ROLE_COLOURS = {"culprit": "#d62728", "victim": "#1f77b4", "other": "#7f7f7f"}
+# (who, op) -> colour, opacity: the culprit's write/load in red behind everything, instants dark.
+EVENT_STYLE = {
+    ("culprit", "transfer"): ("#d62728", 0.45), ("culprit", "load"): ("#d62728", 0.45),
+    ("culprit", "alloc"): ("#ff9896", 0.9), ("culprit", "free"): ("#ff7f0e", 1.0),
+    ("culprit", "abort"): ("#000000", 1.0), ("culprit", "read"): ("#e377c2", 0.8),
+    ("victim", "alloc"): ("#1f77b4", 1.0), ("victim", "transfer"): ("#17becf", 0.6),
+    ("victim", "load"): ("#17becf", 0.6), ("victim", "read"): ("#6baed6", 0.9),
+    ("victim", "free"): ("#08306b", 1.0), ("victim", "abort"): ("#08306b", 1.0),
+}
+DRAW_ORDER = {"transfer": 0, "load": 0, "alloc": 1, "read": 2, "free": 3, "abort": 4}
 
 
 def waterfall(spans: pd.DataFrame) -> go.Figure:
@@ -64,16 +74,18 @@ def finding_timeline(events: pd.DataFrame, clock: str, window: tuple[float, floa
     """
     fig = go.Figure()
     shown: set[str] = set()
-    for row in events.itertuples(index=False):
-        colour = ROLE_COLOURS.get(str(row.who), ROLE_COLOURS["other"])
-        width = max(float(row.x1_ms) - float(row.x0_ms), 0.02)
+    span = float(events["x1_ms"].max() - events["x0_ms"].min()) if not events.empty else 1.0
+    min_width = max(span * 0.004, 0.001)  # instants (alloc, abort) stay visible
+    ordered = events.assign(_order=events["op"].map(DRAW_ORDER).fillna(5)).sort_values(["_order", "x0_ms"])
+    for row in ordered.itertuples(index=False):
+        colour, opacity = EVENT_STYLE.get((str(row.who), str(row.op)), (ROLE_COLOURS["other"], 0.8))
+        width = max(float(row.x1_ms) - float(row.x0_ms), min_width)
         legend = f"{row.who}: {row.op}"
         fig.add_trace(
             go.Bar(
                 x=[width], base=[float(row.x0_ms)], y=[(row.page_lo + row.page_hi) / 2],
                 width=[max(row.page_hi - row.page_lo + 0.8, 0.8)], orientation="h",
-                marker={"color": colour, "opacity": 0.35 if row.op in ("alloc", "read") else 0.75,
-                        "line": {"color": colour, "width": 1}},
+                marker={"color": colour, "opacity": opacity, "line": {"color": colour, "width": 1}},
                 name=legend, legendgroup=legend, showlegend=legend not in shown,
                 hovertemplate=(f"{row.label}<br>pages {row.page_lo}..{row.page_hi}<br>"
                                "%{base:.3f} .. %{x:.3f} ms<extra></extra>"),
@@ -87,6 +99,26 @@ def finding_timeline(events: pd.DataFrame, clock: str, window: tuple[float, floa
         barmode="overlay", height=420, xaxis_title=f"ms from the window start ({clock})",
         yaxis_title="page id", margin={"l": 10, "r": 10}, legend={"orientation": "h", "y": -0.2},
     )
+    return fig
+
+
+def layer_timeline(layers: pd.DataFrame, flagged: list[int], window: tuple[float, float]) -> go.Figure:
+    """Per layer: when the load finished copying it and when the compute stream first read it."""
+    fig = go.Figure()
+    names = {"load": "culprit: layer copied (load stream)", "read": "victim: layer first read (compute stream)"}
+    symbols = {"load": "line-ns-open", "read": "circle"}
+    for op, group in layers.groupby("op"):
+        fig.add_scatter(
+            x=group["t_ms"], y=group["layer"], mode="markers", name=names.get(str(op), str(op)),
+            marker={"symbol": symbols.get(str(op), "circle"), "size": 11, "line": {"width": 2},
+                    "color": ROLE_COLOURS["culprit" if op == "load" else "victim"]},
+            hovertemplate="layer %{y}<br>%{x:.3f} ms<extra></extra>",
+        )
+    for layer in flagged:
+        fig.add_hrect(y0=layer - 0.4, y1=layer + 0.4, fillcolor="#ff7f0e", opacity=0.15, line_width=0)
+    fig.add_vrect(x0=window[0], x1=window[1], fillcolor="#ff7f0e", opacity=0.08, line_width=0)
+    fig.update_layout(height=340, xaxis_title="ms from the window start", yaxis_title="layer",
+                      margin={"l": 10, "r": 10}, legend={"orientation": "h", "y": -0.25})
     return fig
 
 

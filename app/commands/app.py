@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -47,12 +46,10 @@ def app_command(db: str, port: int, address: str) -> None:
         raise click.ClickException(f"store {path} does not exist: run `kvtrace ingest PATH --db {path}` first")
     env = {**os.environ, "KVTRACE_DB": str(path.resolve())}
     click.echo(f"kvtrace app on http://{address}:{port} over {path} (Ctrl-C stops it)", err=True)
-    try:
-        code = subprocess.call(streamlit_argv(port, address), env=env)
-    except KeyboardInterrupt:
-        code = 0
-    if code:
-        raise click.ClickException(f"streamlit exited with status {code}")
+    argv = streamlit_argv(port, address)
+    # Replace this process with streamlit: signals (Ctrl-C, SIGTERM) reach the server directly and
+    # no orphan is left behind when a supervisor stops `kvtrace app`.
+    os.execve(argv[0], argv, env)
 
 
 commands: list[click.Command] = [app_command]

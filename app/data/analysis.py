@@ -42,8 +42,11 @@ def verdict(store: Store) -> Verdict:
 
 
 def _summarise_stored(cur: duckdb.DuckDBPyConnection) -> Summary:
+    # `main.x` would resolve to the temporary view itself: name the store's catalog explicitly.
+    row = cur.execute("SELECT current_database()").fetchone()
+    catalog = str(row[0]).replace('"', '""') if row else "main"
     for table in _SUMMARY_INPUTS:
-        cur.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM main.{table}")
+        cur.execute(f'CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM "{catalog}".main.{table}')
     return summarise(cur)
 
 
@@ -53,7 +56,7 @@ def anomaly_rate(store: Store, bucket: str = "1h") -> pd.DataFrame:
     seconds = BUCKETS[bucket]
     return store.frame(
         """
-        SELECT to_timestamp((start_ns // ($s * 1000000000)) * $s) AS bucket,
+        SELECT to_timestamp((start_ns // ($s::BIGINT * 1000000000)) * $s::BIGINT) AS bucket,
                coalesce(service_version, '(none)') AS service_version,
                count(*) AS requests,
                count(*) FILTER (WHERE anomaly <> 'ok') AS anomalies,

@@ -11,6 +11,7 @@ from app.data.common import require
 from app.store import Store
 
 MAX_READS = 300
+FOCUS_MARGIN = 8  # pages shown either side of the finding's pages
 
 
 def filter_options(store: Store) -> dict[str, list[str]]:
@@ -72,6 +73,7 @@ class Timeline:
     window_ms: tuple[float, float]
     window_raw_ms: tuple[float, float]
     corrected_hosts: dict[str, float]  # clock host -> offset (ms) removed to reach the instance's clock
+    layers: pd.DataFrame  # loads' layer-done and reads' layer-read times: who, op, span_id, layer, t_ms
 
 
 def timeline(store: Store, finding_id: str) -> Timeline:
@@ -93,8 +95,12 @@ def timeline(store: Store, finding_id: str) -> Timeline:
         ),
         ev AS (
             SELECT e.op, e.rid, e.span_id, e.page_ids, e.start_ns, e.end_ns, e.clock_host, e.free_mode,
-                   e.free_reason, e.status_code,
-                   CASE WHEN e.rid = f.culprit_rid THEN 'culprit' ELSE 'victim' END AS who
+                   e.free_reason, e.status_code, e.layer_offsets_ns,
+                   -- the culprit's write or load; when culprit and victim are one request
+                   -- (read_before_load), its other accesses are the victim side
+                   CASE WHEN e.rid = f.culprit_rid AND (e.op IN ('transfer', 'load') OR f.victim_rid IS NULL
+                                                        OR f.victim_rid <> f.culprit_rid)
+                        THEN 'culprit' ELSE 'victim' END AS who
             FROM kv_events e, f
             WHERE e.instance_id = f.instance AND e.tp_rank = f.tp_rank AND e.kv_pool = f.kv_pool
               AND e.rid IN (f.culprit_rid, f.victim_rid)
@@ -107,7 +113,7 @@ def timeline(store: Store, finding_id: str) -> Timeline:
         aborts AS (
             SELECT 'abort' AS op, a.rid, a.span_id, NULL::INTEGER[] AS page_ids, a.time_ns AS start_ns,
                    a.time_ns AS end_ns, a.host_name AS clock_host, NULL AS free_mode, a.abort_reason AS free_reason,
-                   NULL::TINYINT AS status_code,
+                   NULL::TINYINT AS status_code, NULL::BIGINT[] AS layer_offsets_ns,
                    CASE WHEN a.rid = f.culprit_rid THEN 'culprit' ELSE 'victim' END AS who
             FROM aborts a, f WHERE a.rid IN (f.culprit_rid, f.victim_rid)
         ),
@@ -125,14 +131,19 @@ def timeline(store: Store, finding_id: str) -> Timeline:
         {"id": finding_id, "lo": ws - pad, "hi": we + pad},
     )
     pages = sorted(int(p) for p in f["pages"])
-    rows = []
+    focus = (pages[0] - FOCUS_MARGIN, pages[-1] + FOCUS_MARGIN)
+    rows, layer_rows = [], []
     corrected: dict[str, float] = {}
     for e in events.itertuples(index=False):
         offset = 0 if e.on_instance_clock else int(e.offset_ns)
         if not e.on_instance_clock and e.skew_known:
             corrected[str(e.clock_host)] = offset / 1e6
+        if e.layer_offsets_ns is not None and e.op in ("load", "read"):
+            for layer, off in enumerate(e.layer_offsets_ns):
+                layer_rows.append({"who": e.who, "op": e.op, "span_id": e.span_id, "layer": layer,
+                                   "t_ms": (e.start_ns + int(off) - offset - ws) / 1e6})
         runs = _runs(pages) if e.op in ("read", "abort") or e.page_ids is None else _runs(sorted(e.page_ids))
-        for lo, hi in runs:
+        for lo, hi in _clip(runs, focus):
             rows.append({
                 "label": _label(e), "who": e.who, "op": e.op, "rid": e.rid, "span_id": e.span_id,
                 "page_lo": lo, "page_hi": hi, "clock_host": e.clock_host,
@@ -146,6 +157,7 @@ def timeline(store: Store, finding_id: str) -> Timeline:
     return Timeline(
         finding=f, events=frame, window_ms=(0.0, (we - ws) / 1e6),
         window_raw_ms=(0.0, (raw_end_ns - ws) / 1e6), corrected_hosts=corrected,
+        layers=pd.DataFrame(layer_rows, columns=["who", "op", "span_id", "layer", "t_ms"]),
     )
 
 
@@ -157,6 +169,16 @@ def _label(e: Any) -> str:
     if op == "free" and isinstance(mode, str):
         text += f" ({mode})"
     return f"{e.who} {e.rid}: {text} on {e.clock_host}"
+
+
+def _clip(runs: list[tuple[int, int]], focus: tuple[int, int]) -> list[tuple[int, int]]:
+    """The parts of page runs inside the focus range (the finding's pages and a margin)."""
+    out = []
+    for lo, hi in runs:
+        lo, hi = max(lo, focus[0]), min(hi, focus[1])
+        if lo <= hi:
+            out.append((lo, hi))
+    return out
 
 
 def _runs(pages: list[int]) -> list[tuple[int, int]]:

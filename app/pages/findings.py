@@ -52,6 +52,10 @@ with section():
             st.info("no KV events of the culprit or the victim on these pages")
         else:
             st.plotly_chart(charts.finding_timeline(events, label, window), key="findings_timeline")
+        if f["kind"] == "read_before_load" and not tl.layers.empty:
+            st.markdown("**Per layer**: a read before its layer's copy finished is the hazard (flagged layers shaded).")
+            st.plotly_chart(charts.layer_timeline(tl.layers, [int(x) for x in f["layers"]], tl.window_ms),
+                            key="findings_layers")
         if tl.corrected_hosts:
             st.caption("corrected: " + ", ".join(f"{h} shifted by {-ms:+.3f} ms" for h, ms in tl.corrected_hosts.items()))
         with st.expander("events"):

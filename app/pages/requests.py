@@ -49,4 +49,5 @@ if rid:
         if text is None:
             st.info("no output text recorded (gen_ai.completion is often redacted)")
         else:
-            st.text_area("gen_ai.completion", text, height=200, disabled=True, key="requests_text")
+            st.caption("gen_ai.completion")
+            st.code(text, language=None, wrap_lines=True)
