@@ -3,6 +3,10 @@
 --   before the write could have completed (for some allowed clock offset): the common first step
 --   of abort_before_write_complete and unsafe_free. A request.abort with no kv.free span in the
 --   trace (span lost or sampled away) counts as a release at the abort, with less confidence.
+--   Ordering evidence clears a release that is only *possibly* early: the decode side saw the
+--   transfer finish (decode_transferred end, same clock) before it, or the free is `deferred` (it
+--   waits for the write to drain, the fix of PR #35049). A deferred free that is *certainly* before
+--   the write end (the deferral was defeated, SGLang #38961) stays.
 -- returns: one row per (transfer span, release): the transfer_windows columns, release_span_id,
 --   release_ns (decode clock), released_pages (transfer pages the release returned, sorted),
 --   free_seen (false when only the abort was seen), free_mode, free_reason, abort_span_ids.
@@ -42,7 +46,16 @@ releases AS (
     SELECT * FROM freed_early
     UNION ALL BY NAME
     SELECT * FROM aborted_without_free
+),
+transferred AS (
+    SELECT bootstrap_room, host_name, max(end_ns) AS transferred_ns
+    FROM request_stages WHERE name = 'decode_transferred' AND bootstrap_room IS NOT NULL
+    GROUP BY ALL
 )
 SELECT r.*, coalesce(a.abort_span_ids, []) AS abort_span_ids
 FROM releases r
 LEFT JOIN abort_spans a ON a.rid = r.rid AND a.instance_id = r.instance_id
+LEFT JOIN transferred d ON d.bootstrap_room = r.bootstrap_room AND d.host_name = r.decode_host
+WHERE NOT coalesce(d.transferred_ns <= r.release_ns, false)
+  AND NOT (coalesce(r.free_mode, '') = 'deferred'
+           AND NOT coalesce(r.skew_bounded AND r.release_ns < r.end_earliest_ns, false))
