@@ -81,13 +81,22 @@ def score_findings(findings: pa.Table, labels: dict[str, Any]) -> list[RaceScore
     A finding that matches a race counts for precision; a race matched by any finding counts for
     recall; `victims_right` counts matched races whose victim the finding names; a `certain`
     finding that matches no race is one the truth contradicts.
+
+    The simulator labels only races that corrupted a request, never near misses, so an
+    `unsafe_free` finding is checked differently: it is right when the truth says its culprit was
+    aborted and no labelled race has that culprit (otherwise it should have been a race finding).
+    Its recall cannot be measured and reads 1.0.
     """
     races = list(labels["races"])
     rows = findings.to_pylist()
+    aborted = {str(r["rid"]) for r in _request_rows(labels) if r.get("aborted")}
+    race_culprits = {str(r["culprit_rid"]) for r in races}
     scores: list[RaceScore] = []
     for kind in (*RACE_KINDS_EVALUATED, "all"):
         kr = [r for r in races if kind in ("all", r["kind"])]
-        kf = [f for f in rows if kind in ("all", f["kind"])]
+        kf = [f for f in rows if kind in ("all", f["kind"]) and f["kind"] != "unsafe_free"]
+        near = [f for f in rows if kind in ("all", "unsafe_free") and f["kind"] == "unsafe_free"]
+        near_right = sum(1 for f in near if f["culprit_rid"] in aborted and f["culprit_rid"] not in race_culprits)
         matched_races = 0
         victims_right = 0
         matched_f: set[int] = set()
@@ -100,7 +109,10 @@ def score_findings(findings: pa.Table, labels: dict[str, Any]) -> list[RaceScore
                 if any(kf[i]["victim_rid"] == race.get("victim_rid") for i in hits):
                     victims_right += 1
         contradicted = sum(1 for i, f in enumerate(kf) if f["confidence"] == "certain" and i not in matched_f)
-        scores.append(RaceScore(kind, len(kr), len(kf), matched_races, len(matched_f), victims_right, contradicted))
+        contradicted += sum(1 for f in near if f["confidence"] == "certain"
+                            and not (f["culprit_rid"] in aborted and f["culprit_rid"] not in race_culprits))
+        scores.append(RaceScore(kind, len(kr), len(kf) + len(near), matched_races, len(matched_f) + near_right,
+                                victims_right, contradicted))
     return scores
 
 

@@ -50,16 +50,19 @@ def analyze(
     ensure_result_schema(con)
     order = compute(con, None, params, reg)
     rows: dict[str, int] = {}
+    # `main.x` would resolve to the temporary table of the same name: name the store's catalog.
+    row = con.execute("SELECT current_database()").fetchone()
+    store = '"' + str(row[0] if row else "main").replace('"', '""') + '".main'
     try:
         con.execute("BEGIN TRANSACTION")
         for table in result_tables():
-            con.execute(f"DELETE FROM main.{table}")
-            con.execute(f"INSERT INTO main.{table} BY NAME SELECT * FROM temp.main.{table}")
-            count = con.execute(f"SELECT count(*) FROM main.{table}").fetchone()
+            con.execute(f"DELETE FROM {store}.{table}")
+            con.execute(f"INSERT INTO {store}.{table} BY NAME SELECT * FROM temp.main.{table}")
+            count = con.execute(f"SELECT count(*) FROM {store}.{table}").fetchone()
             rows[table] = int(count[0]) if count else 0
         seconds = time.perf_counter() - started
         con.execute(
-            "INSERT INTO analysis_runs VALUES (now(), ?, ?, ?, ?)",
+            f"INSERT INTO {store}.analysis_runs VALUES (now(), ?, ?, ?, ?)",
             [_version(), order, orjson.dumps(params or {}).decode(), seconds],
         )
         con.execute("COMMIT")

@@ -16,7 +16,6 @@ import pyarrow as pa
 from analytics.errors import ReadOnlyQueryError, StoreError
 from analytics.registry import ParamValue, Registry, default_registry, install_macros
 
-RESULT_SCHEMA_SQL: Final = Path(__file__).resolve().parent / "schema.sql"
 REQUIRED_TABLES: Final = ("requests", "spec_steps", "kv_events", "aborts", "request_stages", "feedback")
 _ALLOWED_STATEMENTS: Final = {"SELECT", "EXPLAIN"}
 
@@ -105,9 +104,10 @@ def read_only_query(con: duckdb.DuckDBPyConnection, sql: str, *, max_rows: int =
     if kind not in _ALLOWED_STATEMENTS:
         raise ReadOnlyQueryError(f"only SELECT/EXPLAIN queries are allowed here, not {kind}")
     try:
-        reader = con.execute(sql).to_arrow_reader(batch_size=min(max_rows, 100_000))
-        if reader is None:
+        relation = con.sql(sql)
+        if relation is None:
             raise ReadOnlyQueryError("the query returned no result set")
+        reader = relation.to_arrow_reader(batch_size=min(max_rows, 100_000))
         batches: list[pa.RecordBatch] = []
         taken = 0
         for batch in reader:
