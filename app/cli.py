@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "app.commands.analytics",
     "app.commands.app",
     "app.commands.simulate",
+    "app.commands.replay",
 )
 
 

@@ -89,7 +89,7 @@ def observe(plan: Plan, sched: Schedule) -> Observations:
                 if a.kind == "read":
                     obs.reads[(a.op_id, a.kv_pool, page, layer)] = tags[c]
                     continue
-                if a.kind == "write":
+                if a.kind in ("write", "poison"):
                     obs.witness[(a.op_id, a.kv_pool, page, layer)] = tags[c]
                 tags[c] = (code, ACTION_KIND[a.kind])
     obs.final = tags

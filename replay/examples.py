@@ -65,10 +65,13 @@ def read_before_load_plan(num_layers: int = 4) -> Plan:
     )
 
 
-def synthetic_plan(n_ops: int, seed: int = 0, num_layers: int = 2, pages_per_req: int = 8, races: int = 3) -> Plan:
+def synthetic_plan(
+    n_ops: int, seed: int = 0, num_layers: int = 2, pages_per_req: int = 8, races: int = 3, unit_ns: int = 25_000
+) -> Plan:
     """About n_ops operations: overlapping requests that alloc, receive a transfer, read a few decode
     steps and free. Freed pages go to the front of the free list and are reused at once, as in
-    SGLang's allocator; `races` requests are aborted and freed while their transfer is in flight."""
+    SGLang's allocator; `races` requests are aborted and freed while their transfer is in flight.
+    Times are multiples of `unit_ns` (default: arrivals every 1.5-3.5 ms, transfers of 5-10 ms)."""
     rng = random.Random(seed)
     decode = "decode:decode-0/0"
     free_list: list[int] = list(range(4 * pages_per_req))
@@ -81,7 +84,7 @@ def synthetic_plan(n_ops: int, seed: int = 0, num_layers: int = 2, pages_per_req
     k = 0
     while len(ops) < n_ops:
         rid = f"r{k:04d}"
-        t += rng.randint(60, 140) * 1000
+        t += rng.randint(60, 140) * unit_ns
         for _ft, pg in sorted(p for p in pending if p[0] <= t):
             free_list[:0] = list(pg)
         pending = [p for p in pending if p[0] > t]
@@ -91,17 +94,17 @@ def synthetic_plan(n_ops: int, seed: int = 0, num_layers: int = 2, pages_per_req
         pages = tuple(sorted(free_list[:pages_per_req]))
         del free_list[:pages_per_req]
         ops.append(Op(len(ops), "alloc", decode, rid, "kv", pages, t, t))
-        xfer_start = t + 20_000
-        xfer_end = xfer_start + rng.randint(200, 400) * 1000
+        xfer_start = t + 20 * unit_ns
+        xfer_end = xfer_start + rng.randint(200, 400) * unit_ns
         ops.append(Op(len(ops), "transfer", f"prefill:prefill-{k % 2}", rid, "kv", pages, xfer_start, xfer_end))
         if k in abort_at:
-            ft = xfer_start + 60_000  # aborted and freed while the write is in flight
+            ft = xfer_start + 60 * unit_ns  # aborted and freed while the write is in flight
             ops.append(Op(len(ops), "free", decode, rid, "kv", pages, ft, ft, info={"free_mode": "immediate", "free_reason": "aborted"}))
         else:
-            rt = xfer_end + 10_000
+            rt = xfer_end + 10 * unit_ns
             for _ in range(2):
-                ops.append(Op(len(ops), "read", decode, rid, "kv", pages, rt, rt + 30_000))
-                rt += 40_000
+                ops.append(Op(len(ops), "read", decode, rid, "kv", pages, rt, rt + 30 * unit_ns))
+                rt += 40 * unit_ns
             ft = rt
             ops.append(Op(len(ops), "free", decode, rid, "kv", pages, ft, ft, info={"free_mode": "immediate", "free_reason": "finished"}))
         pending.append((ft, pages))

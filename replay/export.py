@@ -120,8 +120,13 @@ def _to_op(i: int, r: _Row, pages: tuple[int, ...], instance: str, tp_rank: int,
     elif r.op == "load":
         actor = f"hicache-load:{instance}/{tp_rank}"
     else:
-        actor = f"decode:{instance}/{tp_rank}"
+        actor = f"compute:{instance}/{tp_rank}"  # the scheduler: allocator, forward steps, releases
     info: dict[str, Any] = {}
+    end = max(r.end_ns, r.start_ns)
+    if r.op in ("load", "read") and r.layer_offsets and r.start_ns + max(r.layer_offsets) > end:
+        # A layer offset past the span's end (seen in traces): the span lasted at least that long.
+        info["end_extended_ns"] = r.start_ns + max(r.layer_offsets) - end
+        end = r.start_ns + max(r.layer_offsets)
     if shift:
         info["clock_offset_ns"] = shift
     if r.clock_host:
@@ -142,7 +147,7 @@ def _to_op(i: int, r: _Row, pages: tuple[int, ...], instance: str, tp_rank: int,
         kv_pool=r.kv_pool,
         pages=pages,
         start_ns=r.start_ns - shift - t0,
-        end_ns=max(r.end_ns, r.start_ns) - shift - t0,
+        end_ns=end - shift - t0,
         layer_offsets_ns=r.layer_offsets if r.op in ("load", "read") else (),
         span_id=r.span_id,
         info=info,

@@ -5,8 +5,9 @@ stream; recorded gaps become `cuda._sleep` busy-waits (calibrated in-process aft
 the achieved lane timings checked with CUDA events); ordering edges become events recorded on one
 stream and awaited on another. As-recorded mode has only the edges that existed; fixed mode adds
 the fix's (replay.plan.fix_edges). Every write first gathers its cells' tags into a witness buffer
-on its own stream, every read copies its cells into its own buffer, so after the replay the host
-knows what each write overwrote and each read saw, and the final pool says who holds what.
+on its own stream (so does every free: what the request held when it let go), every read copies its
+cells into its own buffer, so after the replay the host knows what each write overwrote, what each
+request held at its release and each read saw, and the final pool says who holds what.
 
 All work is enqueued behind a gate (a sleep on the launching stream that every lane waits for), so
 host launch overhead cannot reorder the replay; a gate that ran out before the host finished
@@ -63,7 +64,9 @@ class GpuRun:
 class Replayer:
     """Holds a plan's device buffers; runs it as many times as asked (modes, time scales, jitter)."""
 
-    def __init__(self, plan: Plan, device: str = "cuda", sanitize: bool = False) -> None:
+    def __init__(self, plan: Plan, device: str = "cuda", sanitize: str | None = None) -> None:
+        """`sanitize`: None, "cell" (every access through a (page, layer) view) or "pool" (the
+        production layout: whole-pool index ops, which CSAN sees as one tensor)."""
         self.plan = plan
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
@@ -85,7 +88,10 @@ class Replayer:
         self.cycles_per_ms: float | None = None
         self.gate_ns = 50_000_000
         self._cell_of_ptr: dict[int, tuple[str, int, int]] = {}
-        if sanitize:
+        if sanitize == "pool":
+            for pool, t in self.pools.items():
+                self._cell_of_ptr[t.data_ptr()] = (pool, -1, -1)
+        elif sanitize == "cell":
             for pool, t in self.pools.items():
                 for p, r in self.rows[pool].items():
                     for layer in range(L):
@@ -107,7 +113,7 @@ class Replayer:
             src = torch.tensor(
                 [[cell(code, p, layer, kind) for layer in a.layers] for p in a.pages], dtype=torch.float32
             ).to(self.device)
-        if a.kind in ("write", "read"):
+        if a.kind in ("write", "poison", "read"):
             out = torch.full((n, nl, CELL_WIDTH), -1.0, dtype=torch.float32, device=self.device)
         got = _Prepared(idx, src, out, a.pages, rows)
         self.prepared[key] = got
@@ -123,9 +129,15 @@ class Replayer:
     def _act(self, a: Action) -> None:
         pr = self._prep(a)
         pool = self.pools[a.kv_pool]
-        if self.sanitize:
+        if self.sanitize == "cell":
             self._act_per_cell(a, pr, pool)
             return
+        if self.sanitize == "pool":
+            self._guard(a, lambda: self._act_pool(a, pr, pool))
+            return
+        self._act_pool(a, pr, pool)
+
+    def _act_pool(self, a: Action, pr: _Prepared, pool: torch.Tensor) -> None:
         if len(a.layers) == self.plan.num_layers:
             view = pool
             src, out = pr.src, pr.out
@@ -219,7 +231,8 @@ class Replayer:
         """One replay on the device. `predicted` (the CPU schedule) lets the lane timings be checked."""
         if self.cycles_per_ms is None:
             self.prepare(program)
-            self._run_once(program, time_scale, predicted)  # warm-up: module loads, allocator, clocks
+            if not self.sanitize:  # under CSAN the timing does not matter; its verdict is happens-before
+                self._run_once(program, time_scale, predicted)  # warm-up: module loads, allocator, clocks
             self.calibrate()
         for _attempt in range(4):
             result = self._run_once(program, time_scale, predicted)
@@ -288,8 +301,8 @@ class Replayer:
 
     # ---- reading back ------------------------------------------------------------------------------------------
     def _readback(self) -> Observations:
-        obs = Observations(final_values={}, read_values={})
-        assert obs.final_values is not None and obs.read_values is not None
+        obs = Observations(final_values={}, read_values={}, witness_values={})
+        assert obs.final_values is not None and obs.read_values is not None and obs.witness_values is not None
         for pool, t in self.pools.items():
             host = t.cpu().tolist()
             for p, r in self.rows[pool].items():
@@ -309,8 +322,9 @@ class Replayer:
                     if v[3] < 0:  # never written: this action did not run
                         continue
                     tag = _tag(v, p, layer, obs.misplaced, f"op {op_id} page {p} layer {layer}")
-                    if kind == "write":
+                    if kind in ("write", "poison"):
                         obs.witness[key] = tag
+                        obs.witness_values[key] = v[4:]
                     else:
                         obs.reads[key] = tag
                         obs.read_values[key] = v[4:]

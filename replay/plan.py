@@ -489,12 +489,10 @@ def compile_plan(plan: Plan, mode: str) -> Program:
             prog.append(("act", Action("stamp", o.id, o.rid, o.kv_pool, o.pages, all_layers, o.start_ns)))
         elif o.op == "free":
             prog.append(("act", Action("poison", o.id, o.rid, o.kv_pool, o.pages, all_layers, o.start_ns)))
-        elif o.op == "transfer":
-            # The RDMA write's data is taken to land at the completion the sender saw: the latest
-            # landing consistent with the record, which is when a late write does its damage.
-            advance(o.end_ns)
-            prog.append(("act", Action("write", o.id, o.rid, o.kv_pool, o.pages, all_layers, o.end_ns)))
-        elif o.op == "load":
+        elif o.op in WRITE_OPS:
+            # A load's layers land at their recorded offsets. A transfer's layers land evenly spread
+            # over its recorded interval, the last at the completion the sender saw (a layer-wise
+            # KV transfer): the data is in flight, and can land, anywhere in that interval.
             for layer, t in enumerate(_layer_times(o, plan.num_layers)):
                 advance(t)
                 prog.append(("act", Action("write", o.id, o.rid, o.kv_pool, o.pages, (layer,), t)))

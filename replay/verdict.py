@@ -7,7 +7,8 @@ chew on, and a cell's origin can be read back from the hardware).
 An executor reports `Observations`: the tags of every cell at the end, the tag each write found in
 its cells just before it landed (its witness), and the tags each read saw. `judge` turns them into
 a `Verdict`:
-- foreign pages: pages held by one request at the end whose cells hold another request's tag;
+- foreign pages: pages whose cells hold another request's tag when their holder releases them
+  (the free's witness) or when the window ends;
 - late writes: a write whose witness shows a free-poison or another request's tag (the write landed
   after its pages were freed or handed to somebody else);
 - stale reads: a read of a cell that did not hold the reader's own data: another request's tag, or
@@ -62,6 +63,7 @@ class Observations:
     # Actual floats where the executor has them (the GPU); None: regenerate from the tags.
     final_values: dict[Cell, list[float]] | None = None
     read_values: dict[tuple[int, str, int, int], list[float]] | None = None
+    witness_values: dict[tuple[int, str, int, int], list[float]] | None = None
     misplaced: list[str] = field(default_factory=list)  # cells whose page/layer slots do not match
 
 
@@ -125,21 +127,33 @@ def judge(plan: Plan, obs: Observations, clean: Observations | None = None) -> V
         return {"found_rid": rid_of.get(tag[0], f"#{tag[0]}"), "found_kind": TAG_NAMES.get(tag[1], str(tag[1]))}
 
     foreign: list[dict[str, Any]] = []
-    owners = ownership_at_end(plan)
-    for (pool, page), holder in sorted(owners.items()):
-        bad = [
-            (layer, obs.final[(pool, page, layer)])
-            for layer in range(plan.num_layers)
-            if (pool, page, layer) in obs.final and obs.final[(pool, page, layer)][0] not in (codes[holder],)
-        ]
-        if bad:
-            foreign.append(
-                {"kv_pool": pool, "page": page, "holder": holder, "layers": [b[0] for b in bad], **name(bad[0][1])}
-            )
+    writer_of = {o.id: o.rid for o in plan.ops}
+    kind_of = {o.id: o.op for o in plan.ops}
+
+    def holds_foreign(holder: str, tag: Tag) -> bool:
+        return tag[1] in (DATA, STAMP) and tag[0] != codes[holder]
+
+    # At a release: what the request held when it let its pages go (the free's witness).
+    released: dict[tuple[str, int, str], list[tuple[int, Tag]]] = {}
+    for (op_id, pool, page, layer), tag in sorted(obs.witness.items()):
+        holder = writer_of[op_id]
+        if kind_of[op_id] == "free" and holds_foreign(holder, tag):
+            released.setdefault((pool, page, holder), []).append((layer, tag))
+    # At the window's end: what each holder holds then.
+    for (pool, page), holder in sorted(ownership_at_end(plan).items()):
+        for layer in range(plan.num_layers):
+            end_tag = obs.final.get((pool, page, layer))
+            if end_tag is not None and end_tag[0] != codes[holder]:
+                released.setdefault((pool, page, holder), []).append((layer, end_tag))
+    for (pool, page, holder), bad in sorted(released.items()):
+        foreign.append(
+            {"kv_pool": pool, "page": page, "holder": holder, "layers": sorted({b[0] for b in bad}), **name(bad[0][1])}
+        )
 
     late: list[dict[str, Any]] = []
-    writer_of = {o.id: o.rid for o in plan.ops}
     for (op_id, pool, page, layer), tag in sorted(obs.witness.items()):
+        if kind_of[op_id] == "free":
+            continue
         code = codes[writer_of[op_id]]
         if tag[1] == FREED or (tag[1] in (DATA, STAMP) and tag[0] != code):
             late.append({"op_id": op_id, "rid": writer_of[op_id], "kv_pool": pool, "page": page, "layer": layer, **name(tag)})
@@ -173,19 +187,32 @@ def _victim(plan: Plan, foreign: list[dict[str, Any]], stale: list[dict[str, Any
     return max(sorted(counts), key=lambda r: counts[r]) if counts else None
 
 
-def _victim_view(plan: Plan, obs: Observations, victim: str) -> tuple[list[Cell], list[list[float]]]:
-    """The victim's KV as its model would use it: its last read of each layer, else its pages at the end."""
+def _victim_reads(plan: Plan, obs: Observations, victim: str) -> dict[int, int]:
+    """layer -> the victim's read of that layer to judge: its first read that saw wrong data, else its last."""
+    chosen: dict[int, int] = {}
+    reads = [o for o in sorted(plan.ops, key=lambda o: (o.start_ns, o.id)) if o.op == "read" and o.rid == victim]
+    code = plan.rid_codes()[victim]
+    for layer in range(plan.num_layers):
+        seen = [o for o in reads if any((o.id, o.kv_pool, p, layer) in obs.reads for p in o.pages)]
+        bad = [o for o in seen if any(obs.reads.get((o.id, o.kv_pool, p, layer)) not in (None, (code, DATA)) for p in o.pages)]
+        if bad or seen:
+            chosen[layer] = (bad or seen[::-1])[0].id
+    return chosen
+
+
+def _victim_view(
+    plan: Plan, obs: Observations, victim: str, chosen: dict[int, int]
+) -> tuple[list[Cell], list[list[float]]]:
+    """The victim's KV as its model would use it: the chosen read of each layer, else its pages at the end."""
     cells: list[Cell] = []
     values: list[list[float]] = []
-    reads = [o for o in sorted(plan.ops, key=lambda o: (o.start_ns, o.id)) if o.op == "read" and o.rid == victim]
-    if reads:
-        for layer in range(plan.num_layers):
-            last = [o for o in reads if any((o.id, o.kv_pool, p, layer) in obs.reads for p in o.pages)]
-            if not last:
-                continue
-            o = last[-1]
+    if chosen:
+        for layer, op_id in sorted(chosen.items()):
+            o = plan.op(op_id)
             for p in o.pages:
                 key = (o.id, o.kv_pool, p, layer)
+                if key not in obs.reads:
+                    continue
                 cells.append((o.kv_pool, p, layer))
                 if obs.read_values is not None:
                     values.append(obs.read_values[key])
@@ -193,10 +220,21 @@ def _victim_view(plan: Plan, obs: Observations, victim: str) -> tuple[list[Cell]
                     code, kind = obs.reads[key]
                     values.append(cell_values(code, p, layer, kind))
         return cells, values
+    frees = [o for o in sorted(plan.ops, key=lambda o: (o.start_ns, o.id)) if o.op == "free" and o.rid == victim]
+    released: dict[Cell, tuple[int, str, int, int]] = {}
+    for o in frees:  # what the victim held when it released its pages (the free's witness)
+        for p in o.pages:
+            for layer in range(plan.num_layers):
+                if (o.id, o.kv_pool, p, layer) in obs.witness:
+                    released[(o.kv_pool, p, layer)] = (o.id, o.kv_pool, p, layer)
+    for c, key in sorted(released.items()):
+        cells.append(c)
+        if obs.witness_values is not None:
+            values.append(obs.witness_values[key])
+        else:
+            code, kind = obs.witness[key]
+            values.append(cell_values(code, c[1], c[2], kind))
     held = sorted(k for k, r in ownership_at_end(plan).items() if r == victim)
-    if not held:
-        pool = next(iter(plan.pool_pages()), "kv")
-        held = [(plan.expected.get("kv_pool", pool), p) for p in plan.expected.get("pages", [])]
     for pool, p in held:
         for layer in range(plan.num_layers):
             c = (pool, p, layer)
@@ -230,8 +268,9 @@ def attention(cells: list[Cell], values: list[list[float]], num_layers: int) -> 
 
 def _divergence(plan: Plan, obs: Observations, clean: Observations, victim: str) -> dict[str, float] | None:
     """Attention over the victim's KV as replayed vs as the race-free replay leaves it."""
-    cells, values = _victim_view(plan, obs, victim)
-    ref_cells, ref_values = _victim_view(plan, clean, victim)
+    chosen = _victim_reads(plan, obs, victim)
+    cells, values = _victim_view(plan, obs, victim, chosen)
+    ref_cells, ref_values = _victim_view(plan, clean, victim, chosen)
     if not cells or cells != ref_cells:
         return None
     got = attention(cells, values, plan.num_layers)

@@ -1,0 +1,97 @@
+"""Bench: replaying a 1,000-operation window. Target: under 1 s of GPU time with a compressing --time-scale.
+
+Rows, measured side by side in one run:
+- the CPU executor (the deterministic prediction; the baseline every GPU verdict is checked against);
+- the GPU replay at time scale 1 (the recorded timing: the baseline that compression must beat);
+- the GPU replay at compressing time scales.
+Each GPU row: median of --repeats replays after a warm-up, GPU time from CUDA events (gate end to
+last lane), the planned device window, the host enqueue time, and whether every replay's verdict
+matched the CPU executor's. Without CUDA only the CPU row is measured.
+
+    python bench/replay.py [--ops 1000] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from replay.cpu import predict, run_cpu
+from replay.examples import synthetic_plan
+from replay.plan import compile_plan
+from replay.verdict import judge
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ops", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--scales", default="1,0.1,0.02")
+    ap.add_argument("--out", default="bench/out/replay.json")
+    args = ap.parse_args()
+    plan = synthetic_plan(args.ops, seed=0)
+    window_ms = (plan.window_ns()[1] - plan.window_ns()[0]) / 1e6
+    rows = []
+    for mode in ("as-recorded", "fixed"):
+        times = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            v = run_cpu(plan, mode).verdict
+            times.append((time.perf_counter() - t) * 1e3)
+        rows.append({"variant": f"CPU executor ({mode})", "mode": mode, "ms": statistics.median(times), "planned_ms": None,
+                     "enqueue_ms": None, "agree": True, "late": len(v.late_writes), "device": platform.processor() or "cpu"})
+    try:
+        import torch
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        from replay.gpu import Replayer
+
+        rp = Replayer(plan, "cuda")
+        clean = predict(plan, "fixed")[0]
+        name = torch.cuda.get_device_name()
+        for scale in [float(s) for s in args.scales.split(",")]:
+            for mode in ("as-recorded", "fixed"):
+                program = compile_plan(plan, mode)
+                obs, sched = predict(plan, mode)
+                want = judge(plan, obs, clean).signature()
+                runs = [rp.run(program, scale, sched) for _ in range(args.repeats)]
+                verdicts = [judge(plan, r.obs, clean) for r in runs]
+                rows.append({
+                    "variant": f"GPU replay scale {scale:g} ({mode})",
+                    "mode": mode,
+                    "ms": statistics.median(r.gpu_ms or 0.0 for r in runs),
+                    "planned_ms": runs[-1].timing.get("planned_ms"),
+                    "enqueue_ms": statistics.median(r.timing["enqueue_ms"] for r in runs),
+                    "agree": all(v.signature() == want for v in verdicts),
+                    "late": len(verdicts[-1].late_writes),
+                    "gate_overruns": sum(bool(r.timing["gate_overrun"]) for r in runs),
+                    "lane_dev_ms": runs[-1].timing.get("lane_end_deviation_ms"),
+                    "device": name,
+                })
+    print(f"replay bench: {len(plan.ops)} ops, {plan.num_layers} layers, recorded window {window_ms:.1f} ms, "
+          f"python {platform.python_version()}")
+    head = f"{'variant':<36} {'median ms':>10} {'planned ms':>11} {'enqueue ms':>11} {'late writes':>12} {'agree':>6} {'vs scale 1':>10}"
+    print(head)
+    print("-" * len(head))
+    base = {r["mode"]: r["ms"] for r in rows if r["variant"].startswith("GPU replay scale 1 ")}
+    for r in rows:
+        ratio = f"{base[r['mode']] / r['ms']:.1f}x" if r["mode"] in base and r["variant"].startswith("GPU") and r["ms"] else "-"
+        planned = f"{r['planned_ms']:.2f}" if r["planned_ms"] is not None else "-"
+        enq = f"{r['enqueue_ms']:.1f}" if r["enqueue_ms"] is not None else "-"
+        print(f"{r['variant']:<36} {r['ms']:>10.2f} {planned:>11} {enq:>11} {r['late']:>12} {('yes' if r['agree'] else 'NO'):>6} {ratio:>10}")
+    print(f"device: {rows[-1]['device']}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Replay plans on a device and report: `python -m replay.run PLAN [PLAN...] --device cuda|cpu ...`.
+
+Needs the standard library, plus torch for --device cuda: this is what runs on a GPU host that has
+no analytics stack. `kvtrace replay run` calls the same functions and can store the results.
+
+For every plan and mode it reports the verdict (damaged pages, late writes, stale reads), the CPU
+executor's prediction and whether the two agree, the output divergence of a small attention layer
+over the victim's KV against the race-free replay, the GPU time of the replay and how closely the
+device followed the planned timing; with --sanitize, what PyTorch's CUDA stream sanitizer said;
+with --sweep N, the corruption rate over N jittered variants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from replay.cpu import critical_gap_ns, predict, run_cpu
+from replay.plan import Plan, PlanError, compile_plan, load_plan
+from replay.sweep import sweep
+from replay.verdict import Verdict, judge
+
+MODES = ("as-recorded", "fixed")
+TARGET_WINDOW_NS = 20_000_000  # an auto-scaled window lasts about 20 ms on the device
+MIN_CRITICAL_GAP_NS = 200_000  # ... unless that leaves two racing effects closer than 200 us
+MAX_WINDOW_NS = 2_000_000_000
+
+
+def auto_time_scale(plan: Plan) -> float:
+    """Compress (or stretch) recorded time so the window fits ~20 ms but racing effects stay 200 us apart."""
+    run = run_cpu(plan, "as-recorded")
+    span = max(1.0, run.schedule.makespan_ns() - plan.window_ns()[0])
+    scale = TARGET_WINDOW_NS / span
+    gap = critical_gap_ns(plan, run.schedule)
+    if gap and gap * scale < MIN_CRITICAL_GAP_NS:
+        scale = MIN_CRITICAL_GAP_NS / gap
+    return min(scale, MAX_WINDOW_NS / span)
+
+
+def _describe(plan: Plan, name: str) -> dict[str, Any]:
+    exp = plan.expected
+    return {
+        "plan": name,
+        "finding_id": exp.get("finding_id") or plan.meta.get("finding_id"),
+        "kind": exp.get("kind"),
+        "confidence": exp.get("confidence"),
+        "n_ops": len(plan.ops),
+    }
+
+
+def run_plan_cpu(plan: Plan, name: str, modes: tuple[str, ...], sweep_n: int, jitter: float) -> list[dict[str, Any]]:
+    out = []
+    clean = predict(plan, "fixed")[0]
+    for mode in modes:
+        t = time.perf_counter()
+        v = run_cpu(plan, mode, clean).verdict
+        rec: dict[str, Any] = {
+            **_describe(plan, name),
+            "mode": mode,
+            "device": "cpu",
+            "device_name": "cpu executor",
+            "verdict": v.summary(),
+            "details": v.to_json(),
+            "cpu_ms": round((time.perf_counter() - t) * 1e3, 3),
+        }
+        if sweep_n:
+            rec["sweep"] = sweep(plan, sweep_n, jitter, mode)
+        out.append(rec)
+    return out
+
+
+def run_plan_gpu(
+    plan: Plan,
+    name: str,
+    modes: tuple[str, ...],
+    time_scale: float | None,
+    sweep_n: int,
+    jitter: float,
+    repeats: int = 1,
+) -> list[dict[str, Any]]:
+    import torch
+
+    from replay.gpu import Replayer
+
+    scale = time_scale if time_scale is not None else auto_time_scale(plan)
+    rp = Replayer(plan, "cuda")
+    clean = predict(plan, "fixed")[0]
+    device_name = torch.cuda.get_device_name()
+    out = []
+    for mode in modes:
+        program = compile_plan(plan, mode)
+        cpu_obs, sched = predict(plan, mode)
+        cpu_v = judge(plan, cpu_obs, clean)
+        runs = [rp.run(program, scale, sched) for _ in range(max(1, repeats))]
+        gv = judge(plan, runs[-1].obs, clean)
+        agree = all(judge(plan, r.obs, clean).signature() == cpu_v.signature() for r in runs)
+        rec: dict[str, Any] = {
+            **_describe(plan, name),
+            "mode": mode,
+            "device": "cuda",
+            "device_name": device_name,
+            "time_scale": scale,
+            "verdict": gv.summary(),
+            "details": gv.to_json(),
+            "cpu_verdict": cpu_v.summary(),
+            "agrees_with_cpu": agree,
+            "repeats": len(runs),
+            "gpu_ms": round(sorted(r.gpu_ms or 0.0 for r in runs)[len(runs) // 2], 4),
+            "timing": runs[-1].timing,
+        }
+        if sweep_n:
+
+            def gpu_runner(variant: Plan, m: str) -> Verdict:
+                prog = compile_plan(variant, m)
+                return judge(variant, rp.run(prog, scale, predict(variant, m)[1]).obs, clean)
+
+            rec["sweep"] = sweep(plan, sweep_n, jitter, mode, gpu_runner)
+        out.append(rec)
+    return out
+
+
+def sanitizer_child(plan: Plan, time_scale: float | None) -> dict[str, Any]:
+    """Run inside a process started with TORCH_CUDA_SANITIZER=1: each mode at cell and pool granularity."""
+    from replay.gpu import Replayer, quiet_stderr
+
+    scale = time_scale if time_scale is not None else auto_time_scale(plan)
+    result: dict[str, Any] = {}
+    for granularity in ("cell", "pool"):
+        for mode in MODES:
+            rp = Replayer(plan, "cuda", sanitize=granularity)
+            program = compile_plan(plan, mode)
+            with quiet_stderr():
+                run = rp.run(program, scale)
+            reports = run.sanitizer or []
+            cells = sorted({tuple(r["cell"]) for r in reports if r.get("cell")})
+            result[f"{mode}/{granularity}"] = {
+                "reports": len(reports),
+                "cells": [list(c) for c in cells[:20]],
+                "n_cells": len(cells),
+                "pairs": sorted({(r["lane"], r["previous_lane"]) for r in reports})[:10],
+            }
+    return result
+
+
+def sanitizer_check(plan_path: str, time_scale: float | None) -> dict[str, Any]:
+    """Start a child under TORCH_CUDA_SANITIZER=1 (CSAN must be on before torch is imported)."""
+    cmd = [sys.executable, "-m", "replay.run", plan_path, "--device", "cuda", "--csan-child"]
+    if time_scale is not None:
+        cmd += ["--time-scale", str(time_scale)]
+    env = {**os.environ, "TORCH_CUDA_SANITIZER": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["exit " + str(proc.returncode)]}
+    raw: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    as_rec, fixed = raw["as-recorded/cell"], raw["fixed/cell"]
+    raw["verdict"] = (
+        ("flagged" if as_rec["reports"] else "silent") + " as-recorded, " + ("clean" if not fixed["reports"] else "flagged") + " fixed"
+    )
+    return raw
+
+
+def sanitizer_label(s: dict[str, Any] | None) -> str:
+    if not s:
+        return "not run"
+    if "error" in s:
+        return "error"
+    a, f = s["as-recorded/cell"], s["fixed/cell"]
+    return f"{'flags' if a['reports'] else 'silent'} {a['n_cells']} cells / fixed {'clean' if not f['reports'] else 'FLAGS ' + str(f['n_cells'])}"
+
+
+def _sweep_cell(a: dict[str, Any], f: dict[str, Any]) -> str:
+    sa, sf = a.get("sweep"), f.get("sweep")
+    if not sa or not sf:
+        return "-"
+    return f"{sa['corruption_rate']:.2f}/{sf['corruption_rate']:.2f} (n={sa['n']},{sa['jitter_pct']:g}%)"
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """The check table: one line per plan, both modes side by side."""
+    by_plan: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in records:
+        by_plan.setdefault(r["plan"], {})[r["mode"]] = r
+    head = (
+        f"{'finding':<28} {'kind':<28} {'conf':<8} {'dmg/late as-rec':>15} {'dmg/late fixed':>14} "
+        f"{'sanitizer':<34} {'cos / maxerr':>16} {'ms/replay':>10} {'agree':>6} {'P(corrupt) as-rec/fixed':>24}"
+    )
+    lines = [head, "-" * len(head)]
+    for name, modes in by_plan.items():
+        a, f = modes.get("as-recorded", {}), modes.get("fixed", {})
+        va, vf = a.get("verdict", {}), f.get("verdict", {})
+        div = va.get("divergence") or {}
+        ms = [m.get("gpu_ms") for m in (a, f) if m.get("gpu_ms") is not None]
+        agree = all(m.get("agrees_with_cpu", True) for m in (a, f) if m)
+        fid = str(a.get("finding_id") or name)[:28]
+        lines.append(
+            f"{fid:<28} {str(a.get('kind') or '-')[:28]:<28} {a.get('confidence') or '-'!s:<8} "
+            f"{len(va.get('damaged_pages', [])):>7}/{va.get('n_late_writes', 0):<7} "
+            f"{len(vf.get('damaged_pages', [])):>6}/{vf.get('n_late_writes', 0):<7} "
+            f"{sanitizer_label(a.get('sanitizer')):<34} "
+            f"{(str(div.get('cosine', '-')) + ' / ' + str(div.get('max_abs_err', '-'))):>16} "
+            f"{('/'.join(f'{x:.2f}' for x in ms) or '-'):>10} {('yes' if agree else 'NO'):>6} {_sweep_cell(a, f):>24}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m replay.run", description=__doc__.splitlines()[0])
+    ap.add_argument("plans", nargs="+", help="plan JSON files (replay/PLAN_FORMAT.md)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--mode", choices=(*MODES, "both"), default="both")
+    ap.add_argument("--time-scale", type=float, default=None, help="device time per recorded time (default: auto)")
+    ap.add_argument("--sweep", type=int, default=0, metavar="N")
+    ap.add_argument("--jitter", type=float, default=10.0, metavar="PCT")
+    ap.add_argument("--repeats", type=int, default=1, help="GPU replays per mode (agreement must hold for all)")
+    ap.add_argument("--sanitize", action="store_true", help="also run under TORCH_CUDA_SANITIZER=1 (cuda)")
+    ap.add_argument("--json", dest="json_out", default=None, help="write one JSON record per line here")
+    ap.add_argument("--csan-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    modes = MODES if args.mode == "both" else (args.mode,)
+    try:
+        if args.csan_child:
+            print(json.dumps(sanitizer_child(load_plan(args.plans[0]), args.time_scale)))
+            return 0
+        records: list[dict[str, Any]] = []
+        for i, path in enumerate(args.plans):
+            plan = load_plan(path)
+            name = Path(path).stem
+            print(f"[{i + 1}/{len(args.plans)}] {name}: {len(plan.ops)} ops", file=sys.stderr, flush=True)
+            if args.device == "cpu":
+                recs = run_plan_cpu(plan, name, modes, args.sweep, args.jitter)
+            else:
+                recs = run_plan_gpu(plan, name, modes, args.time_scale, args.sweep, args.jitter, args.repeats)
+                if args.sanitize:
+                    s = sanitizer_check(path, args.time_scale)
+                    for r in recs:
+                        r["sanitizer"] = s
+            records.extend(recs)
+    except PlanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json_out:
+        with open(args.json_out, "w") as fh:
+            for r in records:
+                fh.write(json.dumps(r) + "\n")
+    print(table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
