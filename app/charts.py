@@ -122,10 +122,22 @@ def layer_timeline(layers: pd.DataFrame, flagged: list[int], window: tuple[float
     return fig
 
 
-def page_heatmap(cells: pd.DataFrame) -> go.Figure:
-    """Corrupted pages of a replay: pages on x, layers (or runs) on y, the count as colour."""
-    pivot = cells.pivot_table(index="row", columns="page", values="value", aggfunc="sum", fill_value=0)
-    fig = px.imshow(pivot, aspect="auto", color_continuous_scale="Reds",
-                    labels={"x": "page id", "y": str(cells.attrs.get("row_title", "layer")), "color": "corrupted"})
-    fig.update_layout(height=360, margin={"l": 10, "r": 10})
+def page_heatmap(cells: pd.DataFrame, num_rows: int | None = None) -> go.Figure:
+    """Corrupted pages of a replay: damaged page ids on x (as categories), layers on y, hazards as colour.
+
+    `cells` has row (layer), page, value. Every layer 0..num_rows-1 gets a row, so the clean
+    layers show too.
+    """
+    pages = sorted(int(p) for p in cells["page"].unique())
+    rows = list(range(num_rows)) if num_rows else sorted(int(r) for r in cells["row"].unique())
+    grid = cells.pivot_table(index="row", columns="page", values="value", aggfunc="sum", fill_value=0)
+    grid = grid.reindex(index=rows, columns=pages, fill_value=0)
+    fig = go.Figure(go.Heatmap(
+        z=grid.to_numpy(), x=[str(p) for p in pages], y=[str(r) for r in rows], colorscale="Reds",
+        zmin=0, xgap=1, ygap=1, colorbar={"title": {"text": "hazards"}},
+        hovertemplate="page %{x}, layer %{y}: %{z} hazard(s)<extra></extra>",
+    ))
+    fig.update_xaxes(type="category", title="page id")
+    fig.update_yaxes(type="category", title=str(cells.attrs.get("row_title", "layer")))
+    fig.update_layout(height=max(260, 26 * len(rows) + 140), margin={"l": 10, "r": 10})
     return fig

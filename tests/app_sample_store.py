@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import warnings
 from pathlib import Path
 
-import duckdb
 import orjson
 import pytest
 
-from analytics.materialise import analyze, result_tables
-from analytics.runner import compute
+from analytics.materialise import analyze
 from ingest import ingest_paths, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,26 +49,9 @@ def _analyze(db: Path) -> None:
     """`kvtrace analyze`'s library call: analytics.materialise.analyze on the store."""
     con = open_store(db)
     try:
-        summary = analyze(con)
-        if summary.rows.get("findings") == 0:
-            _work_around_materialise_shadowing(con)
+        analyze(con)
     finally:
         con.close()
-
-
-def _work_around_materialise_shadowing(con: duckdb.DuckDBPyConnection) -> None:
-    """TEMPORARY, reported to the lead: analyze() writes `main.<table>`, which DuckDB resolves to the
-    temporary table of the same name (temp.main.<table>) that compute() just made, so the store's
-    result tables stay empty. Copy them with the store's catalog named explicitly. Remove once
-    analytics/materialise.py qualifies the catalog (then this function is never reached)."""
-    warnings.warn("analytics.materialise.analyze stored no rows (temp-table shadowing); copying results "
-                  "with an explicit catalog", stacklevel=2)
-    compute(con)  # analyze() emptied the temporary tables too (its DELETE hit them)
-    row = con.execute("SELECT current_database()").fetchone()
-    catalog = str(row[0]) if row else "main"
-    for table in result_tables():
-        con.execute(f'DELETE FROM "{catalog}".main.{table}')
-        con.execute(f'INSERT INTO "{catalog}".main.{table} BY NAME SELECT * FROM temp.main.{table}')
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from app.store import Store
 
 HEADLESS = ["app.safe_sql", "app.store", "app.data.overview", "app.data.findings", "app.data.requests",
             "app.data.analysis", "app.data.anomalies", "app.data.compare", "app.data.sql_console",
-            "app.data.ingest_files"]
+            "app.data.ingest_files", "app.data.replay"]
 
 
 def test_execution_core_never_imports_streamlit_or_plotly() -> None:

@@ -97,3 +97,32 @@ def test_first_open_while_written_times_out_clearly(tmp_path: Path) -> None:
         writer.stdin.write("go\n")
         writer.stdin.flush()
         writer.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_app_queries_while_kvtrace_ingest_runs(tmp_path: Path) -> None:
+    """A real `kvtrace ingest` process writes the store while the app keeps answering from its snapshot."""
+    root = Path(__file__).resolve().parents[1] / "sample_traces"
+    db = tmp_path / "store.duckdb"
+    kvtrace = str(Path(sys.executable).with_name("kvtrace"))
+    subprocess.run([kvtrace, "ingest", str(root / "pr35049"), "--db", str(db)], check=True,
+                   capture_output=True, timeout=120)
+    with Store(db, check_interval_s=0) as store:
+        before = store.scalar("SELECT count(*) FROM spans")
+        ingest = subprocess.Popen([kvtrace, "ingest", str(root / "mixed"), "--db", str(db)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        answers, saw_writer = 0, False
+        while ingest.poll() is None:
+            assert store.scalar("SELECT count(*) FROM spans") >= before
+            answers += 1
+            saw_writer |= store.status().writer_pid == ingest.pid
+            time.sleep(0.05)
+        _, err = ingest.communicate()
+        assert ingest.returncode == 0, err
+        assert saw_writer and answers > 5
+        con = duckdb.connect(str(db), read_only=True)
+        [(after,)] = con.execute("SELECT count(*) FROM spans").fetchall()
+        con.close()
+        assert after > before
+        assert store.scalar("SELECT count(*) FROM spans") == after
+        assert not store.status().stale

@@ -114,6 +114,14 @@ def test_every_page_renders_and_a_finding_timeline_opens(app_url: str) -> None:
             _wait_until_idle(page)
             page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
             page.screenshot(path=str(SHOTS / "finding_timeline_raw.png"), full_page=True)
+
+            # The replay of a finding on the CPU executor, with its corrupted-page heatmap.
+            page.goto(f"{app_url}/replay", wait_until="domcontentloaded")
+            page.get_by_role("button", name="Run the CPU replay").click()
+            _wait_until_idle(page)
+            page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
+            assert page.get_by_text("corrupted", exact=True).count() >= 1
+            page.screenshot(path=str(SHOTS / "replay_cpu.png"), full_page=True)
         finally:
             browser.close()
 

@@ -13,7 +13,7 @@ from analytics.summary import Summary, summarise
 from app.data.common import require
 from app.store import Store
 
-BUCKETS = {"10min": 600, "1h": 3600, "1d": 86400}
+NICE_BUCKETS_S = (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 6 * 3600, 86400, 7 * 86400)
 
 
 # The materialised results that analytics.summary.summarise reads (it reads temp.main.<name>).
@@ -50,11 +50,21 @@ def _summarise_stored(cur: duckdb.DuckDBPyConnection) -> Summary:
     return summarise(cur)
 
 
-def anomaly_rate(store: Store, bucket: str = "1h") -> pd.DataFrame:
-    """Anomaly rate per 10,000 finished requests per time bucket and version (from `request_anomalies`)."""
+def bucket_seconds(span_s: float, target_buckets: int = 30) -> int:
+    """A round bucket width giving about `target_buckets` buckets over `span_s` seconds."""
+    want = max(span_s / target_buckets, 1.0)
+    return next((b for b in NICE_BUCKETS_S if b >= want), NICE_BUCKETS_S[-1])
+
+
+def anomaly_rate(store: Store, target_buckets: int = 30) -> pd.DataFrame:
+    """Anomaly rate per 10,000 finished requests per time bucket and version (from `request_anomalies`).
+
+    The bucket width is a round number of seconds chosen from the data's time span.
+    """
     require(store, "request_anomalies")
-    seconds = BUCKETS[bucket]
-    return store.frame(
+    span_ns = store.scalar("SELECT max(start_ns) - min(start_ns) FROM request_anomalies")
+    seconds = bucket_seconds(0.0 if span_ns is None or pd.isna(span_ns) else float(span_ns) / 1e9, target_buckets)
+    frame = store.frame(
         """
         SELECT to_timestamp((start_ns // ($s::BIGINT * 1000000000)) * $s::BIGINT) AS bucket,
                coalesce(service_version, '(none)') AS service_version,
@@ -68,6 +78,8 @@ def anomaly_rate(store: Store, bucket: str = "1h") -> pd.DataFrame:
         """,
         {"s": seconds},
     )
+    frame.attrs["bucket_s"] = seconds
+    return frame
 
 
 @dataclass(frozen=True)

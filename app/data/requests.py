@@ -18,7 +18,7 @@ def search(store: Store, text: str, limit: int = 50) -> pd.DataFrame:
         SELECT rid,
                string_agg(DISTINCT role, '+' ORDER BY role) AS roles,
                any_value(service_version) AS service_version,
-               min(start_ns) AS start_ns,
+               to_timestamp(min(start_ns) / 1e9) AS started,
                max(prompt_tokens) AS prompt_tokens,
                max(completion_tokens) AS completion_tokens,
                max(spec_accept_length) AS spec_accept_length,
@@ -27,7 +27,7 @@ def search(store: Store, text: str, limit: int = 50) -> pd.DataFrame:
         FROM requests
         WHERE $text = '' OR starts_with(lower(rid), lower($text))
         GROUP BY rid
-        ORDER BY start_ns DESC, rid
+        ORDER BY started DESC, rid
         LIMIT $limit
         """,
         {"text": text.strip(), "limit": limit},

@@ -34,11 +34,12 @@ with section():
 
 st.subheader("Anomaly rate per 10,000 requests, by version")
 with section():
-    rates = cached(analysis.anomaly_rate, "1h")
+    rates = cached(analysis.anomaly_rate, 30)
     if rates.empty:
         st.info("no labelled requests yet")
     else:
         st.plotly_chart(charts.rate_over_time(rates), key="overview_rate_chart")
+        st.caption(f"buckets of {rates.attrs.get('bucket_s', '?')} s, by request start; small buckets are noisy")
 
 st.subheader("Versions")
 with section():

@@ -4,5 +4,43 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app import charts
+from app.data import findings, replay
+from app.ui import cached, section
+
 st.title("Replay")
-st.info("The replay page lands with the replay library's plan builder.")
+st.caption("The CPU executor predicts what the recorded order does to the KV pages (as recorded) and "
+           "what the fix's synchronization does (fixed). GPU runs re-execute the plan on CUDA streams.")
+
+with section():
+    table = cached(findings.list_findings)
+    if table.empty:
+        st.info("no findings to replay")
+    else:
+        ids = list(table["finding_id"])
+        kinds = dict(zip(table["finding_id"], table["kind"], strict=True))
+        picked = st.selectbox("finding", ids, key="replay_finding", format_func=lambda i: f"{i} · {kinds[i]}")
+        if st.button("Run the CPU replay", key="replay_run", type="primary") or \
+                st.session_state.get("replay_done") == picked:
+            st.session_state["replay_done"] = picked
+            result = cached(replay.cpu_replay, picked)
+            st.caption(f"plan: {result.n_ops} ops, {result.num_layers} layers")
+            cols = st.columns(len(replay.MODES))
+            for col, mode in zip(cols, replay.MODES, strict=True):
+                v = result.verdicts[mode]
+                col.metric(mode, "corrupted" if v["corrupted"] else "clean",
+                           help=f"{len(v['corrupted_pages'])} pages touched by a hazard")
+                col.caption(f"late writes {v['n_late_writes']}, stale reads {v['n_stale_reads']}, "
+                            f"foreign pages {v['n_foreign_pages']}; victim `{v['victim_rid']}`")
+            cells = replay.heatmap_cells(result, "as-recorded")
+            if cells.empty:
+                st.success("as recorded, the replay damages no page")
+            else:
+                st.markdown("**Corrupted pages, as recorded** (hazards per page and layer)")
+                st.plotly_chart(charts.page_heatmap(cells, result.num_layers), key="replay_heatmap")
+            with st.expander("verdicts"):
+                st.json(result.verdicts)
+
+st.subheader("Stored GPU runs")
+with section():
+    st.dataframe(cached(replay.stored_gpu_runs), hide_index=True, key="replay_gpu_runs")

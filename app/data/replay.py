@@ -1,0 +1,68 @@
+"""Replay page: a finding's window replayed by the replay library's CPU executor, and stored GPU runs.
+
+The plan comes from `replay.export.export_finding` (run on a read-only snapshot cursor); the
+verdicts from `replay.cpu.run_cpu` in both modes: as recorded (the race as the trace ordered it)
+and fixed (with the synchronization the fix adds). Nothing here re-implements the replay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from app.data.common import require
+from app.store import Store
+from replay.cpu import predict, run_cpu
+from replay.export import export_finding
+from replay.plan import Plan
+
+MODES = ("as-recorded", "fixed")
+GPU_RUN_TABLES = ("replay_runs", "replay_results")
+
+
+@dataclass(frozen=True)
+class CpuReplay:
+    finding_id: str
+    n_ops: int
+    num_layers: int
+    verdicts: dict[str, dict[str, Any]]  # mode -> verdict summary
+    cells: pd.DataFrame  # mode, hazard, kv_pool, page, layer: one row per damaged (page, layer)
+
+
+def cpu_replay(store: Store, finding_id: str) -> CpuReplay:
+    """Export the finding's window as a plan and predict both modes on the CPU executor."""
+    require(store, "findings")
+    plan: Plan = store.call(lambda cur: export_finding(cur, finding_id, str(store.source)))
+    clean = predict(plan, "fixed")[0]
+    verdicts: dict[str, dict[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
+    for mode in MODES:
+        verdict = run_cpu(plan, mode, clean).verdict
+        verdicts[mode] = verdict.summary()
+        for f in verdict.foreign_pages:
+            rows += [{"mode": mode, "hazard": "foreign data", "kv_pool": f["kv_pool"], "page": f["page"],
+                      "layer": layer} for layer in f["layers"]]
+        rows += [{"mode": mode, "hazard": "late write", "kv_pool": w["kv_pool"], "page": w["page"],
+                  "layer": w["layer"]} for w in verdict.late_writes]
+        rows += [{"mode": mode, "hazard": "stale read", "kv_pool": r["kv_pool"], "page": r["page"],
+                  "layer": r["layer"]} for r in verdict.stale_reads]
+    cells = pd.DataFrame(rows, columns=["mode", "hazard", "kv_pool", "page", "layer"])
+    return CpuReplay(finding_id, len(plan.ops), plan.num_layers, verdicts, cells)
+
+
+def heatmap_cells(replay: CpuReplay, mode: str) -> pd.DataFrame:
+    """(row = layer, page, value = hazards) for the chart; empty when the mode shows no damage."""
+    cells = replay.cells[replay.cells["mode"] == mode]
+    frame = cells.groupby(["layer", "page"]).size().reset_index(name="value").rename(columns={"layer": "row"})
+    frame.attrs["row_title"] = "layer"
+    return frame
+
+
+def stored_gpu_runs(store: Store) -> pd.DataFrame:
+    """GPU replay results stored in the store by the replay tooling, newest first."""
+    table = next((t for t in GPU_RUN_TABLES if store.has_table(t)), None)
+    if table is None:
+        require(store, GPU_RUN_TABLES[0], "kvtrace replay run PLAN --device cuda (on the GPU host)")
+    return store.frame(f"SELECT * FROM {table} LIMIT 1000")
