@@ -129,7 +129,7 @@ def page_heatmap(cells: pd.DataFrame, num_rows: int | None = None) -> go.Figure:
     layers show too.
     """
     pages = sorted(int(p) for p in cells["page"].unique())
-    rows = list(range(num_rows)) if num_rows else sorted(int(r) for r in cells["row"].unique())
+    rows = list(range(num_rows)) if num_rows else sorted(cells["row"].unique())
     grid = cells.pivot_table(index="row", columns="page", values="value", aggfunc="sum", fill_value=0)
     grid = grid.reindex(index=rows, columns=pages, fill_value=0)
     fig = go.Figure(go.Heatmap(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -283,5 +285,27 @@ def test_replay_page_runs_the_cpu_executor(mixed: Path, monkeypatch: pytest.Monk
     expected = run_cpu(plan, "as-recorded", predict(plan, "fixed")[0]).verdict.corrupted_pages
     assert [int(x) for x in heat["x"]] == expected  # the replay library's own verdict, page for page
     assert set(expected) & set(pages)
-    # no GPU runs stored on this machine: a clear pointer, not a traceback
-    assert any("kvtrace replay run PLAN --device cuda" in i.value for i in at.info)
+    # no replay runs stored in this store: a clear pointer, not a traceback
+    assert any("kvtrace replay run PLAN --device cuda --db" in i.value for i in at.info)
+
+
+def test_replay_page_shows_stored_runs(mixed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs stored by `kvtrace replay run --db` (the GPU host's path; CPU here) show with their pages."""
+    db = tmp_path / "store.duckdb"
+    shutil.copy(mixed, db)
+    [(fid,)] = _rows(db, "SELECT finding_id FROM findings WHERE kind = 'read_before_load' "
+                         "ORDER BY finding_id LIMIT 1")
+    kvtrace = str(Path(sys.executable).with_name("kvtrace"))
+    plan = tmp_path / "plan.json"
+    subprocess.run([kvtrace, "replay", "export", "--db", str(db), "--finding", fid, "--out", str(plan)],
+                   check=True, capture_output=True, timeout=120)
+    subprocess.run([kvtrace, "replay", "run", str(plan), "--device", "cpu", "--db", str(db)],
+                   check=True, capture_output=True, timeout=120)
+    at = _page(db, "replay", monkeypatch)
+    at.selectbox(key="replay_finding").select(fid).run()
+    runs = _df(at, "run_id", "damaged_pages")
+    assert sorted(runs["mode"]) == ["as-recorded", "fixed"]
+    assert set(runs["finding_id"]) == {fid}
+    stored = _rows(db, "SELECT damaged_pages FROM replay_runs WHERE mode = 'as-recorded'")
+    heat = _charts(at)["replay_stored_heatmap"]["data"][0]
+    assert [int(x) for x in heat["x"]] == sorted(stored[0][0])

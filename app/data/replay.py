@@ -19,7 +19,7 @@ from replay.export import export_finding
 from replay.plan import Plan
 
 MODES = ("as-recorded", "fixed")
-GPU_RUN_TABLES = ("replay_runs", "replay_results")
+STORE_HINT = "kvtrace replay run PLAN --device cuda --db {db} (on the GPU host)"
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,29 @@ def heatmap_cells(replay: CpuReplay, mode: str) -> pd.DataFrame:
     return frame
 
 
-def stored_gpu_runs(store: Store) -> pd.DataFrame:
-    """GPU replay results stored in the store by the replay tooling, newest first."""
-    table = next((t for t in GPU_RUN_TABLES if store.has_table(t)), None)
-    if table is None:
-        require(store, GPU_RUN_TABLES[0], "kvtrace replay run PLAN --device cuda (on the GPU host)")
-    return store.frame(f"SELECT * FROM {table} LIMIT 1000")
+def stored_runs(store: Store, finding_id: str | None = None) -> pd.DataFrame:
+    """Replay runs stored by `kvtrace replay run --db` (GPU or CPU), newest first; one finding's if given."""
+    require(store, "replay_runs", STORE_HINT)
+    return store.frame(
+        """
+        SELECT run_id, recorded_at, finding_id, kind, mode, device, device_name, corrupted, damaged_pages,
+               n_late_writes, n_stale_reads, stale_layers, victim_rid, cosine, agrees_with_cpu, gpu_ms,
+               sanitizer, corruption_rate
+        FROM replay_runs
+        WHERE $fid IS NULL OR finding_id = $fid
+        ORDER BY recorded_at DESC, mode
+        LIMIT 500
+        """,
+        {"fid": finding_id},
+    )
+
+
+def stored_heatmap_cells(runs: pd.DataFrame) -> pd.DataFrame:
+    """(row = run label, page, value = 1) for each damaged page of each stored run."""
+    rows = []
+    for r in runs.itertuples(index=False):
+        label = f"{r.device} · {r.mode} · {str(r.recorded_at)[:19]}"
+        rows += [{"row": label, "page": int(p), "value": 1} for p in (r.damaged_pages if r.damaged_pages is not None else [])]
+    frame = pd.DataFrame(rows, columns=["row", "page", "value"])
+    frame.attrs["row_title"] = "stored run"
+    return frame

@@ -41,6 +41,18 @@ with section():
             with st.expander("verdicts"):
                 st.json(result.verdicts)
 
-st.subheader("Stored GPU runs")
+st.subheader("Stored replay runs (GPU and CPU)")
 with section():
-    st.dataframe(cached(replay.stored_gpu_runs), hide_index=True, key="replay_gpu_runs")
+    finding = st.session_state.get("replay_finding")
+    only_this = st.toggle("only the chosen finding", value=True, key="replay_only_finding")
+    runs = cached(replay.stored_runs, finding if only_this else None)
+    if runs.empty:
+        st.info("no stored runs" + (f" for finding {finding}" if only_this and finding else ""))
+    else:
+        st.dataframe(runs, hide_index=True, key="replay_stored_runs")
+        damaged = replay.stored_heatmap_cells(runs)
+        if damaged.empty:
+            st.success("no stored run damaged a page")
+        else:
+            st.markdown("**Damaged pages per stored run**")
+            st.plotly_chart(charts.page_heatmap(damaged), key="replay_stored_heatmap")
