@@ -149,20 +149,28 @@ def sanitizer_child(plan: Plan, time_scale: float | None) -> dict[str, Any]:
 
 
 def sanitizer_check(plan_path: str, time_scale: float | None) -> dict[str, Any]:
-    """Start a child under TORCH_CUDA_SANITIZER=1 (CSAN must be on before torch is imported)."""
-    cmd = [sys.executable, "-m", "replay.run", plan_path, "--device", "cuda", "--csan-child"]
+    return sanitizer_check_many([plan_path], time_scale)[plan_path]
+
+
+def sanitizer_check_many(plan_paths: list[str], time_scale: float | None) -> dict[str, dict[str, Any]]:
+    """One child under TORCH_CUDA_SANITIZER=1 for all plans (CSAN must be on before torch is imported)."""
+    cmd = [sys.executable, "-m", "replay.run", *plan_paths, "--device", "cuda", "--csan-child"]
     if time_scale is not None:
         cmd += ["--time-scale", str(time_scale)]
     env = {**os.environ, "TORCH_CUDA_SANITIZER": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["exit " + str(proc.returncode)]}
-    raw: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    as_rec, fixed = raw["as-recorded/cell"], raw["fixed/cell"]
-    raw["verdict"] = (
-        ("flagged" if as_rec["reports"] else "silent") + " as-recorded, " + ("clean" if not fixed["reports"] else "flagged") + " fixed"
-    )
-    return raw
+        err = {"error": (proc.stderr or proc.stdout).strip().splitlines()[-3:] or ["exit " + str(proc.returncode)]}
+        return dict.fromkeys(plan_paths, err)
+    out: dict[str, dict[str, Any]] = json.loads(proc.stdout.strip().splitlines()[-1])
+    for raw in out.values():
+        if "error" in raw:
+            continue
+        as_rec, fixed = raw["as-recorded/cell"], raw["fixed/cell"]
+        raw["verdict"] = (
+            ("flagged" if as_rec["reports"] else "silent") + " as-recorded, " + ("clean" if not fixed["reports"] else "flagged") + " fixed"
+        )
+    return out
 
 
 def sanitizer_label(s: dict[str, Any] | None) -> str:
@@ -225,7 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     modes = MODES if args.mode == "both" else (args.mode,)
     try:
         if args.csan_child:
-            print(json.dumps(sanitizer_child(load_plan(args.plans[0]), args.time_scale)))
+            results: dict[str, Any] = {}
+            for path in args.plans:
+                try:
+                    results[path] = sanitizer_child(load_plan(path), args.time_scale)
+                except Exception as exc:  # one plan's failure must not hide the others' verdicts
+                    results[path] = {"error": [f"{type(exc).__name__}: {exc}"]}
+            print(json.dumps(results))
             return 0
         records: list[dict[str, Any]] = []
         for i, path in enumerate(args.plans):
@@ -236,11 +250,14 @@ def main(argv: list[str] | None = None) -> int:
                 recs = run_plan_cpu(plan, name, modes, args.sweep, args.jitter)
             else:
                 recs = run_plan_gpu(plan, name, modes, args.time_scale, args.sweep, args.jitter, args.repeats)
-                if args.sanitize:
-                    s = sanitizer_check(path, args.time_scale)
-                    for r in recs:
-                        r["sanitizer"] = s
+                for r in recs:
+                    r["plan_path"] = path
             records.extend(recs)
+        if args.device == "cuda" and args.sanitize:
+            print("sanitizer: replaying every plan under TORCH_CUDA_SANITIZER=1", file=sys.stderr, flush=True)
+            verdicts = sanitizer_check_many(list(args.plans), args.time_scale)
+            for r in records:
+                r["sanitizer"] = verdicts.get(r["plan_path"])
     except PlanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
