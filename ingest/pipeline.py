@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import duckdb
 import orjson
+import pyarrow as pa
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from tqdm import tqdm
 
+from ingest.columnar import StagingTables, decode_json_lines
 from ingest.decode import (
+    QUARANTINE_SCHEMA,
     Position,
     StagingBatch,
     add_json_traces,
@@ -32,11 +36,12 @@ from ingest.decode import (
 )
 from ingest.errors import IngestError, PayloadError
 from ingest.sources import (
+    LineChunk,
     Record,
     decompress_bytes,
     expand_paths,
     file_identity,
-    iter_json_records,
+    iter_json_units,
     iter_proto_records,
     open_decompressed,
     sniff_format,
@@ -44,6 +49,9 @@ from ingest.sources import (
 from ingest.store import open_store
 
 DEFAULT_BATCH_SPANS = 50_000
+# JSON lines are read in chunks of batch_spans * this many bytes (simulator spans are ~1 KB).
+CHUNK_BYTES_PER_SPAN = 1024
+T = TypeVar("T")
 
 
 @dataclass
@@ -120,14 +128,40 @@ def _scalar(con: duckdb.DuckDBPyConnection, query: str) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
+@dataclass
+class Staged:
+    """One decoded batch as Arrow tables (decode.SPAN_SCHEMA, EVENT_SCHEMA, LINK_SCHEMA,
+    QUARANTINE_SCHEMA), from the columnar fast path or the validating decoder."""
+
+    spans: pa.Table
+    events: pa.Table
+    links: pa.Table
+    quarantine: pa.Table
+
+    @classmethod
+    def from_batch(cls, batch: StagingBatch) -> Staged:
+        return cls(*batch.tables())
+
+    @classmethod
+    def from_columnar(cls, tables: StagingTables) -> Staged:
+        return cls(*tables, QUARANTINE_SCHEMA.empty_table())
+
+
 def merge_batch(
     con: duckdb.DuckDBPyConnection, batch: StagingBatch, file_id: int | None, source: str
 ) -> BatchResult:
-    """Store one staging batch inside the caller's open transaction: raw tables, normalised
+    """Store one staging batch inside the caller's open transaction (see merge_staged)."""
+    return merge_staged(con, Staged.from_batch(batch), file_id, source)
+
+
+def merge_staged(
+    con: duckdb.DuckDBPyConnection, staged: Staged, file_id: int | None, source: str
+) -> BatchResult:
+    """Store one staged batch inside the caller's open transaction: raw tables, normalised
     tables (re-deriving rows of earlier spans whose relative arrived now) and quarantine rows."""
-    spans, events, links, quarantine = batch.tables()
-    result = BatchResult(accepted=batch.n_spans, rejected=batch.n_quarantined)
-    result.reasons.extend(batch.quarantine["reason"])
+    spans, events, links, quarantine = staged.spans, staged.events, staged.links, staged.quarantine
+    reasons = quarantine.column("reason").to_pylist()
+    result = BatchResult(accepted=spans.num_rows, rejected=quarantine.num_rows, reasons=reasons)
     if quarantine.num_rows:
         con.register("stage_quarantine", quarantine)
         con.execute(
@@ -202,6 +236,46 @@ def _decode_record(batch: StagingBatch, rec: Record) -> None:
         add_proto_resource_spans(batch, rs, rec.pos)
 
 
+def _staged_units(units: Iterable[LineChunk | Record], batch_spans: int, columnar: bool) -> Iterator[Staged]:
+    """Decode a file's units: a chunk of JSON lines through the columnar fast path, or, when it
+    declines, through the validating decoder (which quarantines bad lines as always); other
+    records through the validating decoder, `batch_spans` spans a batch."""
+    pending: list[Record] = []
+    for unit in units:
+        if isinstance(unit, LineChunk):
+            if pending:
+                yield from map(Staged.from_batch, _batches(pending, batch_spans))
+                pending = []
+            tables = decode_json_lines(unit.data) if columnar else None
+            if tables is not None:
+                yield Staged.from_columnar(tables)
+            else:
+                yield from map(Staged.from_batch, _batches(unit.records(), batch_spans))
+        else:
+            pending.append(unit)
+            if len(pending) >= batch_spans:
+                yield from map(Staged.from_batch, _batches(pending, batch_spans))
+                pending = []
+    if pending:
+        yield from map(Staged.from_batch, _batches(pending, batch_spans))
+
+
+_END = object()
+
+
+def _prefetched(items: Iterator[T]) -> Iterator[T]:
+    """`items`, each produced in a worker thread while the caller consumes the one before: the
+    decoder (pyarrow, which releases the GIL) runs beside the DuckDB merge on the other core."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-decode") as pool:
+        future = pool.submit(next, items, _END)
+        while True:
+            item = future.result()
+            if item is _END:
+                return
+            future = pool.submit(next, items, _END)
+            yield item  # type: ignore[misc]
+
+
 def _batches(records: Iterable[Record], batch_spans: int) -> Iterator[StagingBatch]:
     batch = StagingBatch()
     for rec in records:
@@ -221,8 +295,10 @@ def ingest_file(
     path: Path,
     batch_spans: int = DEFAULT_BATCH_SPANS,
     bar: tqdm[None] | None = None,
+    columnar: bool = True,
 ) -> FileResult:
-    """Ingest one file in one transaction; skip it when it is already committed unchanged."""
+    """Ingest one file in one transaction; skip it when it is already committed unchanged.
+    `columnar=False` decodes JSON lines with the validating decoder only (same stored result)."""
     ident, size, mtime_ns = file_identity(path)
     done = con.execute(
         "SELECT format, compression FROM ingested_files WHERE path = ? AND size_bytes = ? AND mtime_ns = ?",
@@ -242,20 +318,22 @@ def ingest_file(
         try:
             con.execute("DELETE FROM quarantine WHERE source = ?", [ident])
             file_id = _scalar(con, "SELECT nextval('ingested_files_seq')")
+            staged: Iterator[Staged]
             if kind == "json":
-                records: Iterable[Record] = iter_json_records(stream)
+                units = iter_json_units(stream, batch_spans * CHUNK_BYTES_PER_SPAN)
+                staged = _staged_units(units, batch_spans, columnar)
             elif kind == "protobuf":
-                records = iter_proto_records(stream)
+                staged = map(Staged.from_batch, _batches(iter_proto_records(stream), batch_spans))
             else:
-                records = ()
+                staged = iter(())
             last_pos = 0
-            for batch in _batches(records, batch_spans):
-                total.add(merge_batch(con, batch, file_id, ident))
+            for batch in _prefetched(staged):
+                total.add(merge_staged(con, batch, file_id, ident))
                 if bar is not None:
                     pos = _raw_position(raw_file, size)
                     bar.update(pos - last_pos)
                     last_pos = pos
-            fmt = _format_name(kind, records)
+            fmt = _format_name(kind)
             con.execute(
                 "INSERT INTO ingested_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
                 [file_id, ident, size, mtime_ns, fmt, compression, total.accepted, total.new_spans, total.rejected],
@@ -277,7 +355,7 @@ def _raw_position(raw: object, size: int) -> int:
         return 0
 
 
-def _format_name(kind: str, records: Iterable[Record]) -> str:
+def _format_name(kind: str) -> str:
     return {"json": "otlp-json", "protobuf": "otlp-proto"}.get(kind, kind)
 
 
@@ -286,6 +364,7 @@ def ingest_paths(
     db_path: str | Path,
     progress: bool = True,
     batch_spans: int = DEFAULT_BATCH_SPANS,
+    columnar: bool = True,
 ) -> IngestSummary:
     """Ingest files, directories and globs into the store at `db_path`; each file commits alone.
 
@@ -302,7 +381,7 @@ def ingest_paths(
             total=total_bytes, unit="B", unit_scale=True, desc="ingest", disable=not progress, leave=False
         ) as bar:
             for f in files:
-                summary.files.append(ingest_file(con, f, batch_spans, bar))
+                summary.files.append(ingest_file(con, f, batch_spans, bar, columnar))
         summary.seconds = time.perf_counter() - t0
         _describe(con, summary)
     finally:
@@ -387,4 +466,5 @@ __all__ = [
     "ingest_paths",
     "ingest_payload",
     "merge_batch",
+    "merge_staged",
 ]

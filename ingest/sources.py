@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 import orjson
 import zstandard
@@ -155,6 +155,76 @@ def iter_json_records(stream: BinaryIO) -> Iterator[Record]:
         yield from _json_lines(io.BytesIO(rest), first_line_no, first_offset)
         return
     yield Record("json", Position(first_line_no, first_offset), rest)
+
+
+@dataclass(frozen=True)
+class LineChunk:
+    """A run of whole JSON lines (for the columnar decoder), where they sit in the stream."""
+
+    data: bytes
+    line: int         # 1-based line number of the first line of `data`
+    byte_offset: int  # offset of `data` in the decompressed stream
+
+    def records(self) -> Iterator[Record]:
+        """The chunk's lines as records, positioned as iter_json_records positions them."""
+        return _json_lines(io.BytesIO(self.data), self.line, self.byte_offset)
+
+
+def iter_json_units(stream: io.BufferedReader, chunk_bytes: int) -> Iterator[LineChunk | Record]:
+    """Like iter_json_records, but a JSON lines file comes as LineChunks of about `chunk_bytes`
+    (whole lines; a longer line makes a longer chunk); a single JSON document, or a file whose
+    first line is not JSON, comes as records exactly as iter_json_records gives them."""
+    skipped = b""
+    while True:
+        line = stream.readline()
+        if not line:
+            return
+        if line.strip():
+            break
+        skipped += line
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError:
+        yield from iter_json_records(io.BufferedReader(_Prefixed(skipped + line, stream)))
+        return
+    line_no, offset = skipped.count(b"\n") + 1, len(skipped)
+    buf = line
+    while True:
+        more = stream.read(chunk_bytes)
+        data = buf + more
+        if not data:
+            return
+        cut = len(data) if not more else data.rfind(b"\n") + 1
+        if cut == 0:  # one line longer than chunk_bytes so far: read on
+            buf = data
+            continue
+        chunk, buf = data[:cut], data[cut:]
+        yield LineChunk(chunk, line_no, offset)
+        if not more:
+            return
+        line_no += chunk.count(b"\n")
+        offset += len(chunk)
+
+
+class _Prefixed(io.RawIOBase):
+    """A raw stream that reads `prefix` first, then `rest` (to re-read a peeked line)."""
+
+    def __init__(self, prefix: bytes, rest: BinaryIO) -> None:
+        self._prefix = prefix
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._prefix:
+            n = min(len(buffer), len(self._prefix))
+            buffer[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _json_lines(stream: BinaryIO, line_no: int, offset: int) -> Iterator[Record]:
