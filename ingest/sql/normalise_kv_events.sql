@@ -4,7 +4,9 @@
 -- The page resource is (instance_id, tp_rank, kv_pool, page): for a transfer the destination
 -- (kv.transfer.dst_instance / dst_rank); times stay on the emitter's clock (clock_host).
 INSERT INTO kv_events BY NAME
-WITH ops AS (
+WITH parsed AS (
+    -- one JSON parse per span for all paths (json_extract with a list of paths); v[i]->>'$' is
+    -- then what attributes->>path gives
     SELECT
         *,
         CASE name
@@ -13,15 +15,23 @@ WITH ops AS (
             WHEN 'kv.transfer' THEN 'transfer'
             WHEN 'hicache.load' THEN 'load'
         END AS op,
-        list_sort(TRY_CAST(attributes->'$."kv.page_ids"' AS INTEGER[])) AS pages
+        json_extract(attributes, [
+            '$."kv.page_ids"', '$."kv.transfer.dst_instance"', '$."kv.transfer.dst_rank"', '$.tp_rank',
+            '$."kv.pool"', '$."kv.page_size"', '$."kv.free.mode"', '$."kv.free.reason"', '$.bootstrap_room',
+            '$."kv.transfer.bytes"', '$."kv.transfer.backend"', '$."hicache.layer_done_offsets_ns"',
+            '$."hicache.num_tokens"']) AS v
     FROM new_spans
     WHERE name IN ('kv.alloc', 'kv.free', 'kv.transfer', 'hicache.load')
+),
+ops AS (
+    SELECT *, list_sort(TRY_CAST(v[1] AS INTEGER[])) AS pages
+    FROM parsed
 )
 SELECT
     trace_id, span_id, parent_span_id, op, rid,
-    CASE WHEN op = 'transfer' THEN attributes->>'$."kv.transfer.dst_instance"' ELSE instance_id END AS instance_id,
-    TRY_CAST(CASE WHEN op = 'transfer' THEN attributes->>'$."kv.transfer.dst_rank"' ELSE attributes->>'$.tp_rank' END AS INTEGER) AS tp_rank,
-    attributes->>'$."kv.pool"' AS kv_pool,
+    CASE WHEN op = 'transfer' THEN v[2]->>'$' ELSE instance_id END AS instance_id,
+    TRY_CAST(CASE WHEN op = 'transfer' THEN v[3]->>'$' ELSE v[4]->>'$' END AS INTEGER) AS tp_rank,
+    v[5]->>'$' AS kv_pool,
     coalesce(pages, []::INTEGER[]) AS page_ids,
     list_min(pages) AS page_lo,
     list_max(pages) AS page_hi,
@@ -30,12 +40,12 @@ SELECT
     host_name AS clock_host,
     instance_id AS emit_instance_id,
     service_version, status_code,
-    TRY_CAST(attributes->>'$."kv.page_size"' AS INTEGER) AS page_size,
-    attributes->>'$."kv.free.mode"' AS free_mode,
-    attributes->>'$."kv.free.reason"' AS free_reason,
-    CASE WHEN op = 'transfer' THEN attributes->>'$.bootstrap_room' END AS bootstrap_room,
-    TRY_CAST(attributes->>'$."kv.transfer.bytes"' AS BIGINT) AS transfer_bytes,
-    attributes->>'$."kv.transfer.backend"' AS transfer_backend,
-    CASE WHEN op = 'load' THEN TRY_CAST(attributes->'$."hicache.layer_done_offsets_ns"' AS BIGINT[]) END AS layer_offsets_ns,
-    TRY_CAST(attributes->>'$."hicache.num_tokens"' AS BIGINT) AS hicache_num_tokens
+    TRY_CAST(v[6]->>'$' AS INTEGER) AS page_size,
+    v[7]->>'$' AS free_mode,
+    v[8]->>'$' AS free_reason,
+    CASE WHEN op = 'transfer' THEN v[9]->>'$' END AS bootstrap_room,
+    TRY_CAST(v[10]->>'$' AS BIGINT) AS transfer_bytes,
+    v[11]->>'$' AS transfer_backend,
+    CASE WHEN op = 'load' THEN TRY_CAST(v[12] AS BIGINT[]) END AS layer_offsets_ns,
+    TRY_CAST(v[13]->>'$' AS BIGINT) AS hicache_num_tokens
 FROM ops;

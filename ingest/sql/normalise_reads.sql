@@ -4,20 +4,30 @@
 -- ingest_pending (kind 'read') and are derived when the parent arrives.
 -- Reads: read_targets, read_parents. Returns nothing.
 INSERT INTO kv_events BY NAME
+WITH t AS (
+    -- one JSON parse per span for all paths; v[i]->>'$' is what attributes->>path gives
+    SELECT *, json_extract(attributes, ['$.tp_rank', '$."kv.pool"', '$."forward.layer_read_offsets_ns"']) AS v
+    FROM read_targets
+),
+f AS (
+    SELECT trace_id, span_id,
+           json_extract(attributes, ['$."forward.rids"', '$."forward.batch_id"', '$."forward.mode"']) AS v
+    FROM read_parents
+)
 SELECT
     t.trace_id, t.span_id, t.parent_span_id, 'read' AS op,
-    unnest(TRY_CAST(f.attributes->'$."forward.rids"' AS VARCHAR[])) AS rid,
+    unnest(TRY_CAST(f.v[1] AS VARCHAR[])) AS rid,
     t.instance_id,
-    TRY_CAST(t.attributes->>'$.tp_rank' AS INTEGER) AS tp_rank,
-    t.attributes->>'$."kv.pool"' AS kv_pool,
+    TRY_CAST(t.v[1]->>'$' AS INTEGER) AS tp_rank,
+    t.v[2]->>'$' AS kv_pool,
     []::INTEGER[] AS page_ids, NULL AS page_lo, NULL AS page_hi, NULL AS n_pages,
     t.start_ns, t.end_ns, t.host_name AS clock_host, t.instance_id AS emit_instance_id,
     t.service_version, t.status_code,
-    TRY_CAST(t.attributes->'$."forward.layer_read_offsets_ns"' AS BIGINT[]) AS layer_offsets_ns,
-    f.attributes->>'$."forward.batch_id"' AS forward_batch_id,
-    f.attributes->>'$."forward.mode"' AS forward_mode
-FROM read_targets AS t
-JOIN read_parents AS f ON f.trace_id = t.trace_id AND f.span_id = t.parent_span_id;
+    TRY_CAST(t.v[3] AS BIGINT[]) AS layer_offsets_ns,
+    f.v[2]->>'$' AS forward_batch_id,
+    f.v[3]->>'$' AS forward_mode
+FROM t
+JOIN f ON f.trace_id = t.trace_id AND f.span_id = t.parent_span_id;
 
 DELETE FROM ingest_pending AS p
 WHERE p.kind = 'read'

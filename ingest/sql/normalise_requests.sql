@@ -12,40 +12,55 @@ WHERE (regexp_matches(name, '^\w+ Req ') AND rid IS NOT NULL)
    OR (name = 'llm_request' AND attributes->>'$."gen_ai.request.id"' IS NOT NULL);
 
 INSERT INTO requests BY NAME
+WITH a AS (
+    -- one JSON parse per root for all paths (json_extract with a list of paths); v[i]->>'$' is
+    -- then what attributes->>path gives
+    SELECT *, json_extract(attributes, [
+        '$.bootstrap_room', '$."gen_ai.usage.prompt_tokens"', '$."gen_ai.usage.completion_tokens"',
+        '$."gen_ai.usage.cached_tokens"', '$."gen_ai.response.finish_reasons"',
+        '$."gen_ai.latency.time_to_first_token"', '$."gen_ai.latency.e2e"', '$."spec.verify_ct"',
+        '$."spec.num_proposed_drafts"', '$."spec.num_correct_drafts"', '$."spec.accept_rate"',
+        '$."spec.accept_length"', '$."spec.draft_tokens"', '$."gen_ai.completion"']) AS v
+    FROM new_roots
+)
 SELECT
     trace_id, span_id, rid, role, instance_id, host_name, service_version,
-    attributes->>'$.bootstrap_room' AS bootstrap_room,
+    v[1]->>'$' AS bootstrap_room,
     start_ns, end_ns,
-    TRY_CAST(attributes->>'$."gen_ai.usage.prompt_tokens"' AS BIGINT) AS prompt_tokens,
-    TRY_CAST(attributes->>'$."gen_ai.usage.completion_tokens"' AS BIGINT) AS completion_tokens,
-    TRY_CAST(attributes->>'$."gen_ai.usage.cached_tokens"' AS BIGINT) AS cached_tokens,
-    CASE json_type(attributes, '$."gen_ai.response.finish_reasons"')
-        WHEN 'ARRAY' THEN attributes->>'$."gen_ai.response.finish_reasons"[0]'
-        ELSE attributes->>'$."gen_ai.response.finish_reasons"'
-    END AS finish_reason,
-    TRY_CAST(attributes->>'$."gen_ai.latency.time_to_first_token"' AS DOUBLE) AS ttft_s,
-    TRY_CAST(attributes->>'$."gen_ai.latency.e2e"' AS DOUBLE) AS e2e_s,
-    TRY_CAST(attributes->>'$."spec.verify_ct"' AS BIGINT) AS spec_verify_ct,
-    TRY_CAST(attributes->>'$."spec.num_proposed_drafts"' AS BIGINT) AS spec_num_proposed_drafts,
-    TRY_CAST(attributes->>'$."spec.num_correct_drafts"' AS BIGINT) AS spec_num_correct_drafts,
-    TRY_CAST(attributes->>'$."spec.accept_rate"' AS DOUBLE) AS spec_accept_rate,
-    TRY_CAST(attributes->>'$."spec.accept_length"' AS DOUBLE) AS spec_accept_length,
-    TRY_CAST(attributes->>'$."spec.draft_tokens"' AS BIGINT) AS spec_draft_tokens,
-    attributes->>'$."gen_ai.completion"' AS completion_text
-FROM new_roots;
+    TRY_CAST(v[2]->>'$' AS BIGINT) AS prompt_tokens,
+    TRY_CAST(v[3]->>'$' AS BIGINT) AS completion_tokens,
+    TRY_CAST(v[4]->>'$' AS BIGINT) AS cached_tokens,
+    CASE json_type(v[5]) WHEN 'ARRAY' THEN v[5]->>'$[0]' ELSE v[5]->>'$' END AS finish_reason,
+    TRY_CAST(v[6]->>'$' AS DOUBLE) AS ttft_s,
+    TRY_CAST(v[7]->>'$' AS DOUBLE) AS e2e_s,
+    TRY_CAST(v[8]->>'$' AS BIGINT) AS spec_verify_ct,
+    TRY_CAST(v[9]->>'$' AS BIGINT) AS spec_num_proposed_drafts,
+    TRY_CAST(v[10]->>'$' AS BIGINT) AS spec_num_correct_drafts,
+    TRY_CAST(v[11]->>'$' AS DOUBLE) AS spec_accept_rate,
+    TRY_CAST(v[12]->>'$' AS DOUBLE) AS spec_accept_length,
+    TRY_CAST(v[13]->>'$' AS BIGINT) AS spec_draft_tokens,
+    v[14]->>'$' AS completion_text
+FROM a;
 
 INSERT INTO spec_steps BY NAME
-WITH steps AS (
+WITH a AS (
+    SELECT *, json_extract(attributes, ['$."spec.accepted_per_step"', '$."spec.step_end_offsets_ns"']) AS v
+    FROM new_roots
+),
+steps AS (
     SELECT
         trace_id, span_id, rid, instance_id, service_version, start_ns,
-        TRY_CAST(attributes->'$."spec.accepted_per_step"' AS INTEGER[]) AS accepted,
-        TRY_CAST(attributes->'$."spec.step_end_offsets_ns"' AS BIGINT[]) AS offsets
-    FROM new_roots
-    WHERE json_type(attributes, '$."spec.accepted_per_step"') = 'ARRAY'
+        TRY_CAST(v[1] AS INTEGER[]) AS accepted,
+        TRY_CAST(v[2] AS BIGINT[]) AS offsets
+    FROM a
+    WHERE json_type(v[1]) = 'ARRAY'
+),
+numbered AS (
+    SELECT *, unnest(range(1, len(accepted) + 1)) AS i FROM steps
 )
 SELECT
     trace_id, span_id, rid, instance_id, service_version,
     (i - 1)::INTEGER AS step,
     accepted[i] AS accepted,
     start_ns + offsets[i] AS step_end_ns
-FROM steps, range(1, len(accepted) + 1) AS r(i);
+FROM numbered;
