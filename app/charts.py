@@ -73,25 +73,26 @@ def finding_timeline(events: pd.DataFrame, clock: str, window: tuple[float, floa
     x0_ms, x1_ms (already on the chosen clock, ms relative to the window start).
     """
     fig = go.Figure()
-    shown: set[str] = set()
     span = float(events["x1_ms"].max() - events["x0_ms"].min()) if not events.empty else 1.0
     min_width = max(span * 0.004, 0.001)  # instants (alloc, abort) stay visible
-    ordered = events.assign(_order=events["op"].map(DRAW_ORDER).fillna(5)).sort_values(["_order", "x0_ms"])
-    for row in ordered.itertuples(index=False):
-        colour, opacity = EVENT_STYLE.get((str(row.who), str(row.op)), (ROLE_COLOURS["other"], 0.8))
-        width = max(float(row.x1_ms) - float(row.x0_ms), min_width)
-        legend = f"{row.who}: {row.op}"
+    ordered = events.assign(
+        _order=events["op"].map(DRAW_ORDER).fillna(5),
+        _width=(events["x1_ms"] - events["x0_ms"]).clip(lower=min_width),
+        _height=(events["page_hi"] - events["page_lo"] + 0.8).clip(lower=0.8),
+        _mid=(events["page_lo"] + events["page_hi"]) / 2,
+    ).sort_values(["_order", "x0_ms"])
+    # One trace per (who, op): a few traces however many events, which keeps rendering fast.
+    for (who, op), group in ordered.groupby(["who", "op"], sort=False):
+        colour, opacity = EVENT_STYLE.get((str(who), str(op)), (ROLE_COLOURS["other"], 0.8))
         fig.add_trace(
             go.Bar(
-                x=[width], base=[float(row.x0_ms)], y=[(row.page_lo + row.page_hi) / 2],
-                width=[max(row.page_hi - row.page_lo + 0.8, 0.8)], orientation="h",
+                x=group["_width"], base=group["x0_ms"], y=group["_mid"], width=group["_height"], orientation="h",
                 marker={"color": colour, "opacity": opacity, "line": {"color": colour, "width": 1}},
-                name=legend, legendgroup=legend, showlegend=legend not in shown,
-                hovertemplate=(f"{row.label}<br>pages {row.page_lo}..{row.page_hi}<br>"
-                               "%{base:.3f} .. %{x:.3f} ms<extra></extra>"),
+                name=f"{who}: {op}", customdata=group[["label", "page_lo", "page_hi"]].to_numpy(),
+                hovertemplate="%{customdata[0]}<br>pages %{customdata[1]}..%{customdata[2]}<br>"
+                              "%{base:.3f} ms + %{x:.3f} ms<extra></extra>",
             )
         )
-        shown.add(legend)
     if window is not None:
         fig.add_vrect(x0=window[0], x1=window[1], fillcolor="#ff7f0e", opacity=0.12, line_width=0,
                       annotation_text="unsafe window", annotation_position="top left")

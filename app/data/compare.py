@@ -12,8 +12,17 @@ METRICS = ["output_tokens_per_s", "ttft_p50_s", "ttft_p90_s", "cache_hit_rate", 
 
 
 def versions(store: Store) -> list[str]:
+    """Compared versions in order of their first request (so A = older, B = newer by default)."""
     require(store, "version_comparison")
-    frame = store.frame("SELECT DISTINCT service_version FROM version_comparison ORDER BY 1")
+    frame = store.frame(
+        """
+        SELECT v.service_version
+        FROM (SELECT DISTINCT service_version FROM version_comparison) v
+        LEFT JOIN (SELECT service_version, min(start_ns) AS first_ns FROM requests GROUP BY ALL) r
+               USING (service_version)
+        ORDER BY r.first_ns NULLS LAST, v.service_version
+        """
+    )
     return [str(v) for v in frame["service_version"]]
 
 

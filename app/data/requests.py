@@ -13,8 +13,15 @@ MAX_SPANS = 2_000
 def search(store: Store, text: str, limit: int = 50) -> pd.DataFrame:
     """Requests whose rid starts with `text` (case-insensitive), or the latest ones when empty."""
     require(store, "requests", INGEST_HINT)
+    # Top-N roots first (no grouping over the whole table), then aggregate only those requests.
     return store.frame(
         """
+        WITH latest AS (
+            SELECT rid, start_ns FROM requests
+            WHERE $text = '' OR starts_with(lower(rid), lower($text))
+            ORDER BY start_ns DESC LIMIT $limit * 4
+        ),
+        picked AS (SELECT rid FROM latest GROUP BY rid ORDER BY max(start_ns) DESC LIMIT $limit)
         SELECT rid,
                string_agg(DISTINCT role, '+' ORDER BY role) AS roles,
                any_value(service_version) AS service_version,
@@ -25,7 +32,7 @@ def search(store: Store, text: str, limit: int = 50) -> pd.DataFrame:
                max(spec_accept_rate) AS spec_accept_rate,
                max(finish_reason) AS finish_reason
         FROM requests
-        WHERE $text = '' OR starts_with(lower(rid), lower($text))
+        WHERE rid IN (SELECT rid FROM picked)
         GROUP BY rid
         ORDER BY started DESC, rid
         LIMIT $limit
@@ -60,11 +67,13 @@ def waterfall(store: Store, rid: str) -> pd.DataFrame:
     return store.frame(
         """
         WITH own_traces AS (SELECT DISTINCT trace_id FROM requests WHERE rid = $rid),
+        -- two single-column scans (UNION dedups) are several times faster than one OR-ed scan
         picked AS (
-            SELECT s.span_id, s.name, s.instance_id, s.host_name, s.start_ns, s.end_ns, s.status_code,
-                   s.resource_id
-            FROM spans s
-            WHERE s.rid = $rid OR s.trace_id IN (SELECT trace_id FROM own_traces)
+            SELECT span_id, name, instance_id, host_name, start_ns, end_ns, status_code, resource_id
+            FROM spans WHERE rid = $rid
+            UNION
+            SELECT span_id, name, instance_id, host_name, start_ns, end_ns, status_code, resource_id
+            FROM spans WHERE trace_id IN (SELECT trace_id FROM own_traces)
         )
         SELECT p.span_id, p.name, p.instance_id, p.host_name, r.role, p.start_ns, p.end_ns, p.status_code,
                (p.start_ns - min(p.start_ns) OVER ()) / 1e6 AS start_ms,
