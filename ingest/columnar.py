@@ -7,7 +7,7 @@ and the attribute JSON text are computed with Arrow compute kernels.
 
 The fast path only takes what it can reproduce exactly. It returns None (the caller then runs
 the validating decoder on the chunk, which quarantines bad records as always) when the chunk
-has anything outside its canon: a JSON `null`, NaN/Infinity, a `\\u` escape or a BOM, invalid
+has anything outside its canon: a JSON `null`, NaN/Infinity, a BOM, invalid
 UTF-8, a line that is not exactly one object, a field the schema does not name (snake_case
 names, kvlist or bytes values, nested arrays, instrumentationLibrarySpans), a number where OTLP
 JSON puts a string or the reverse (numeric nanoseconds), an id that is not hex (base64 ids),
@@ -40,9 +40,10 @@ from ingest.decode import (
 from ingest.errors import RecordError
 
 # Byte sequences whose presence sends a chunk to the validating decoder: JSON null (missing and
-# null differ there; Arrow cannot tell them apart), non-JSON numbers that Arrow accepts, \u
-# escapes (lone surrogates), a byte-order mark (Arrow skips it, orjson rejects it).
-_SLOW_TOKENS = (b"null", b"NaN", b"Infinity", b"\\u", b"\xef\xbb\xbf")
+# null differ there; Arrow cannot tell them apart) and a byte-order mark (Arrow skips it, orjson
+# rejects it). NaN/Infinity, which Arrow parses and orjson rejects, are caught after parsing
+# (non-finite doubles); invalid \u surrogates Arrow rejects itself.
+_SLOW_TOKENS = (b"null", b"\xef\xbb\xbf")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
@@ -154,7 +155,7 @@ StagingTables = tuple[pa.Table, pa.Table, pa.Table]
 def decode_json_lines(chunk: bytes, use_threads: bool = True) -> StagingTables | None:
     """Spans, events and links staging tables of a chunk of whole OTLP JSON lines, identical to
     what decode.add_json_traces gives line by line; None when the chunk needs that decoder."""
-    if any(token in chunk for token in _SLOW_TOKENS):
+    if _has_slow_token(chunk):
         return None
     chunk = _enum_numbers(chunk)
     try:
@@ -173,6 +174,12 @@ def decode_json_lines(chunk: bytes, use_threads: bool = True) -> StagingTables |
         return _staging(table)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, _NotFast, RecordError):
         return None
+
+
+def _has_slow_token(chunk: bytes) -> bool:
+    """Whether a _SLOW_TOKENS sequence occurs (the BOM is looked for only when its first byte
+    occurs: a one-byte search is a memchr)."""
+    return b"null" in chunk or (b"\xef" in chunk and b"\xef\xbb\xbf" in chunk)
 
 
 def _enum_numbers(chunk: bytes) -> bytes:
@@ -455,6 +462,8 @@ def _json_doubles(d: pa.Array) -> pa.Array:
     values with '.0' added), the rest is formatted by orjson."""
     if d.null_count == len(d):
         return pa.nulls(len(d), pa.string())
+    if not _all(pc.is_finite(d)):
+        raise _NotFast("NaN or Infinity (not JSON; orjson rejects the line)")
     text = pc.cast(d, pa.string())
     magnitude = pc.abs(d)
     in_range = pc.or_(pc.equal(d, 0.0), pc.and_(pc.greater_equal(magnitude, 1e-3), pc.less(magnitude, 1e15)))
