@@ -19,7 +19,7 @@ SAMPLE_PROFILE: dict[str, object] = {
     "requests": 120, "prefill": 2, "decode": 2, "tp": 2, "layers": 8, "mean_context": 1536, "max_context": 8192,
     "mean_output_tokens": 120, "concurrency": 24, "think_time_s": 0.3, "completion_chars": 64,
     "decode_trace_ms": 4000.0, "transfer_timeout_s": 0.3, "rdma_stall_rate": 50.0, "rdma_stall_min_s": 0.1,
-    "hicache_stall_rate": 400.0, "hicache_stall_min_ms": 5.0,
+    "hicache_stall_rate": 400.0, "hicache_stall_min_ms": 5.0, "pcie_gbps": 200.0,
 }
 
 
@@ -71,7 +71,7 @@ class Knobs:
     index_k_bytes_per_token_layer: int = 132  # DSA indexer key 128 (fp8) + scale, per layer
     clock_skew_ms: float = 3.0  # std dev of each host's clock offset (0 = perfectly synced)
     rdma_gbps: float = 200.0  # NIC bandwidth of a prefill rank, shared by its transfers
-    pcie_gbps: float = 200.0  # host->GPU bandwidth of a rank's load stream
+    pcie_gbps: float = 400.0  # host->GPU bandwidth of a rank's load stream
     prefill_tokens_per_s: float = 20_000.0  # extend throughput of one prefill instance
     decode_step_ms: float = 28.0  # decode step at batch 1; grows with batch size
     decode_step_ms_per_req: float = 0.12
@@ -82,8 +82,8 @@ class Knobs:
     rdma_stall_min_s: float = 0.25  # stalls are Pareto: at least this long ...
     rdma_stall_alpha: float = 1.3  # ... with this tail index
     # --- bug 2: read before load ------------------------------------------------------------
-    hicache_stall_rate: float = 0.000015  # stall hazard per load-second per request in flight per instance
-    hicache_stall_min_ms: float = 3.0
+    hicache_stall_rate: float = 0.0006  # stall hazard per load-second per request in flight per instance
+    hicache_stall_min_ms: float = 20.0
     hicache_stall_alpha: float = 1.4
     sched_prep_ms: float = 2.0  # CPU batch preparation between load issue and forward start
     # --- consequences and observability -----------------------------------------------------

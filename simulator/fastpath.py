@@ -151,21 +151,23 @@ class FastStats:
 
 def write_spans(out_dir: str | Path, n_spans: int, seed: int = 0, scenario: str = "mixed",
                 **knob_overrides: Any) -> FastStats:
-    """Write at least `n_spans` spans of `scenario` (default knobs: short contexts) + labels.json.
+    """Write about `n_spans` spans of `scenario` as OTLP JSON lines, plus labels.json.
 
     Each phase stops issuing requests once its spans so far plus the expected spans of the
     requests in flight reach its share of n_spans; those then finish, so the count lands within
     about a percent of n_spans (a few hundred spans over or under for small n). Knob overrides (e.g.
     `mean_context=8192`) go to `simulator.config.Knobs`.
     """
-    from simulator.config import scenario_knobs
+    from simulator.config import SAMPLE_PROFILE, scenario_knobs
     from simulator.labels import write_labels
     from simulator.model import ClusterModel
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    defaults: dict[str, Any] = {"mean_context": 1024, "max_context": 16_384, "layers": 16,
-                                "concurrency": 64, "requests": 10**9}
+    # The sample profile's raised race rates (so big inputs hold findings too), on a 4P+4D
+    # cluster with 64 sessions and short contexts (spans of about 1 KB).
+    defaults: dict[str, Any] = {**SAMPLE_PROFILE, "mean_context": 1024, "max_context": 16_384, "layers": 16,
+                                "concurrency": 64, "prefill": 4, "decode": 4, "requests": 10**9}
     defaults.update(knob_overrides)
     knobs = replace(scenario_knobs(scenario), **defaults)
     started = time.perf_counter()
