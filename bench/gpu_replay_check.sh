@@ -6,8 +6,8 @@
 # Two steps, because the GPU host may have torch but no duckdb:
 #   bash bench/gpu_replay_check.sh --export   # here: sample_traces -> store -> replay/plans/samples/*.json (committed)
 #   bash bench/gpu_replay_check.sh            # on the GPU host: needs python3 with torch only
-# Env: PYTHON (default python3), OUT (folder for results.jsonl, default bench/out), SWEEP (default 20),
-#      JITTER (default 10), REPEATS (GPU replays per mode, default 3).
+# Env: PYTHON (default python3), OUT (folder for results.jsonl, default bench/out), SWEEP,
+#      JITTER (default 10), REPEATS (GPU replays per mode, default 2); SWEEP default 10.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PLANS=replay/plans/samples
@@ -36,8 +36,8 @@ print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}, device {tor
 PY
 mapfile -t plans < <(find "$PLANS" -name '*.json' | sort)
 for s in $SCENARIOS; do echo "$s: $(find "$PLANS/$s" -name '*.json' 2>/dev/null | wc -l) findings"; done
-$PY -m replay.run "${plans[@]}" --device cuda --sanitize --repeats "${REPEATS:-3}" \
-  --sweep "${SWEEP:-20}" --jitter "${JITTER:-10}" --json "$OUT/gpu_replay_results.jsonl" > "$OUT/gpu_replay_table.txt"
+$PY -m replay.run "${plans[@]}" --device cuda --sanitize --repeats "${REPEATS:-2}" \
+  --sweep "${SWEEP:-10}" --jitter "${JITTER:-10}" --json "$OUT/gpu_replay_results.jsonl" > "$OUT/gpu_replay_table.txt"
 cat "$OUT/gpu_replay_table.txt"
 $PY - "$OUT/gpu_replay_results.jsonl" <<'PY'
 import json, sys

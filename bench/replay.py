@@ -63,7 +63,9 @@ def main() -> None:
                 program = compile_plan(plan, mode)
                 obs, sched = predict(plan, mode)
                 want = judge(plan, obs, clean).signature()
+                t0 = time.perf_counter()
                 runs = [rp.run(program, scale, sched) for _ in range(args.repeats)]
+                print(f"  scale {scale:g} {mode}: {args.repeats} replays in {time.perf_counter() - t0:.1f} s wall", flush=True)
                 verdicts = [judge(plan, r.obs, clean) for r in runs]
                 rows.append({
                     "variant": f"GPU replay scale {scale:g} ({mode})",

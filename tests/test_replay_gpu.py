@@ -83,6 +83,6 @@ def test_cuda_sanitizer_flags_as_recorded_and_passes_fixed(tmp_path):
         [sys.executable, "-m", "replay.run", str(path), "--device", "cuda", "--csan-child"],
         env=env, capture_output=True, text=True, timeout=300, check=True,
     )
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res = json.loads(out.stdout.strip().splitlines()[-1])[str(path)]
     assert res["as-recorded/cell"]["reports"] > 0
     assert res["fixed/cell"]["reports"] == 0
