@@ -1,19 +1,36 @@
-"""bench/ingest: OTLP JSON lines -> DuckDB, ours vs the named baselines, side by side in one run.
+"""bench/ingest: OTLP JSON lines and OTLP protobuf -> DuckDB, ours vs the named baselines, side by side.
 
-Methods (each in a fresh subprocess, so peak RSS is its own):
-  bytes         read the files' bytes (the floor)
-  ours          ingest.ingest_paths into a DuckDB file (raw + normalised tables, dedup, quarantine)
-  naive_duckdb  DuckDB read_json + unnest into one flat table with an attribute map, into a file
-  polars        polars read_ndjson + explode/unnest, in memory
+Methods (each run in a fresh subprocess, so its peak RSS is its own):
+  JSON lines
+    bytes         read the files' bytes (the floor)
+    ours          ingest.ingest_paths into a DuckDB file (raw + normalised tables, dedup, quarantine)
+    naive_duckdb  DuckDB read_json + unnest into one flat table with an attribute map, into a file
+    polars        polars read_ndjson + explode/unnest, in memory
+  protobuf (length-delimited TracesData messages, the same spans)
+    pb_bytes      read the files' bytes (the floor)
+    pb_parse      parse every message with the protobuf runtime (upb), nothing else
+    pb_ours       ingest.ingest_paths into a DuckDB file
 
-Input: simulator.fastpath JSON lines (generated under bench/out/ingest/ when missing).
+Inputs, generated under bench/out/ingest/ when missing:
+  json-1000000    simulator.fastpath.write_spans(..., 1_000_000, seed=1) (8 files, ~850 MB)
+  json-N (N > 1M) N / 1M copies of json-1000000, one file per copy and source file. Copy k rewrites
+                  every trace id's upper 64 bits (the simulator's ids are SGLang-style 64-bit, so
+                  their upper 16 hex digits are zeros) to k with one bytes.replace per file: same
+                  span shapes, new (trace_id, span_id) keys, so nothing is deduplicated. This takes
+                  about a minute for 10M where running the simulator takes about ten.
+  pb-N            json-N converted message by message (google.protobuf.json_format, ids to base64),
+                  for N > 1M replicated from pb-1000000 the same way (the 8 zero bytes after the
+                  trace_id field's tag and length, 0a 10, become k).
 
-    .venv/bin/python bench/ingest.py --spans 100000 --reps 1
+    .venv/bin/python bench/ingest.py --spans 1000000 --reps 3
+    .venv/bin/python bench/ingest.py --spans 10000000 --methods bytes,ours --reps 1
+    .venv/bin/python bench/ingest.py --spans 1000000 --methods pb_bytes,pb_parse,pb_ours --reps 3
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import platform
 import resource
@@ -23,23 +40,101 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "ingest"
 METHODS = ("bytes", "ours", "naive_duckdb", "polars")
+PB_METHODS = ("pb_bytes", "pb_parse", "pb_ours")
+BASE = 1_000_000
+LABELS = {
+    "bytes": "bytes (floor)",
+    "ours": "**ours** (raw + normalised tables, dedup, quarantine, into a file)",
+    "naive_duckdb": "naive DuckDB read_json + unnest + attribute map, into a file",
+    "polars": "polars read_ndjson + explode/unnest, in memory",
+    "pb_bytes": "bytes (floor)",
+    "pb_parse": "protobuf parse only (upb), no store",
+    "pb_ours": "**ours** (raw + normalised tables, dedup, quarantine, into a file)",
+}
 
 
-def input_files(n_spans: int) -> tuple[list[Path], int]:
+# ------------------------------------------------------------------------------------- inputs
+
+
+def json_input(n_spans: int) -> tuple[list[Path], int]:
     d = OUT / f"json-{n_spans}"
     marker = d / "spans.txt"
     if not marker.exists():
-        sys.path.insert(0, str(ROOT))
-        from simulator.fastpath import write_spans
+        if n_spans <= BASE:
+            sys.path.insert(0, str(ROOT))
+            from simulator.fastpath import write_spans
 
-        shutil.rmtree(d, ignore_errors=True)
-        stats = write_spans(d, n_spans, seed=1)
-        marker.write_text(str(stats.spans))
+            shutil.rmtree(d, ignore_errors=True)
+            stats = write_spans(d, n_spans, seed=1)
+            marker.write_text(str(stats.spans))
+        else:
+            base_files, base_n = json_input(BASE)
+            _replicate(base_files, d, n_spans // BASE, b'"traceId":"' + b"0" * 16,
+                       lambda k: b'"traceId":"' + b"%016x" % k)
+            marker.write_text(str(base_n * (n_spans // BASE)))
     return sorted(d.glob("*.otlp.jsonl")), int(marker.read_text())
+
+
+def pb_input(n_spans: int) -> tuple[list[Path], int]:
+    d = OUT / f"pb-{n_spans}"
+    marker = d / "spans.txt"
+    if not marker.exists():
+        if n_spans <= BASE:
+            files, n = json_input(n_spans)
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True)
+            for f in files:
+                _json_to_delimited_pb(f, d / f.name.replace(".otlp.jsonl", ".otlp.pb"))
+            marker.write_text(str(n))
+        else:
+            base_files, base_n = pb_input(BASE)
+            _replicate(base_files, d, n_spans // BASE, b"\x0a\x10" + bytes(8),
+                       lambda k: b"\x0a\x10" + k.to_bytes(8, "big"))
+            marker.write_text(str(base_n * (n_spans // BASE)))
+    return sorted(d.glob("*.otlp.pb")), int(marker.read_text())
+
+
+def _replicate(files: list[Path], d: Path, copies: int, old: bytes, new: Any) -> None:
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    for f in files:
+        data = f.read_bytes()
+        for k in range(copies):
+            copy = data if k == 0 else data.replace(old, new(k))
+            stem, _, suffix = f.name.partition(".")
+            (d / f"{stem}.c{k:02d}.{suffix}").write_bytes(copy)
+
+
+def _json_to_delimited_pb(src: Path, dst: Path) -> None:
+    import orjson
+    from google.protobuf.internal.encoder import _VarintBytes
+    from google.protobuf.json_format import ParseDict
+    from opentelemetry.proto.trace.v1 import trace_pb2
+
+    def b64(h: str) -> str:
+        return base64.b64encode(bytes.fromhex(h)).decode()
+
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        for line in fin:
+            doc = orjson.loads(line)
+            for rs in doc["resourceSpans"]:
+                for ss in rs["scopeSpans"]:
+                    for span in ss["spans"]:
+                        for obj in (span, *span.get("links", ())):
+                            obj["traceId"] = b64(obj["traceId"])
+                            obj["spanId"] = b64(obj["spanId"])
+                        if "parentSpanId" in span:
+                            span["parentSpanId"] = b64(span["parentSpanId"])
+            msg = ParseDict(doc, trace_pb2.TracesData()).SerializeToString()
+            fout.write(_VarintBytes(len(msg)) + msg)
+
+
+# ------------------------------------------------------------------------------------ methods
 
 
 def run_bytes(files: list[Path], work: Path) -> int:
@@ -51,12 +146,35 @@ def run_bytes(files: list[Path], work: Path) -> int:
     return total
 
 
+run_pb_bytes = run_bytes
+
+
 def run_ours(files: list[Path], work: Path) -> int:
     sys.path.insert(0, str(ROOT))
     from ingest import ingest_paths
 
     summary = ingest_paths(files, work / "ours.duckdb", progress=False)
+    assert summary.quarantined == 0, summary.quarantined
     return summary.spans_new
+
+
+run_pb_ours = run_ours
+
+
+def run_pb_parse(files: list[Path], work: Path) -> int:
+    from google.protobuf.internal.decoder import _DecodeVarint
+    from opentelemetry.proto.trace.v1 import trace_pb2
+
+    n = 0
+    for f in files:
+        data = f.read_bytes()
+        pos = 0
+        while pos < len(data):
+            length, pos = _DecodeVarint(data, pos)
+            msg = trace_pb2.TracesData.FromString(data[pos : pos + length])
+            pos += length
+            n += sum(len(ss.spans) for rs in msg.resource_spans for ss in rs.scope_spans)
+    return n
 
 
 NAIVE_SQL = """
@@ -101,7 +219,7 @@ def run_polars(files: list[Path], work: Path) -> int:
 
 
 def one(method: str, n_spans: int) -> None:
-    files, _ = input_files(n_spans)
+    files, _ = pb_input(n_spans) if method.startswith("pb_") else json_input(n_spans)
     work = OUT / f"work-{method}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -109,44 +227,65 @@ def one(method: str, n_spans: int) -> None:
     count = globals()[f"run_{method}"](files, work)
     seconds = time.perf_counter() - t0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    db_mb = sum(p.stat().st_size for p in work.glob("*.duckdb")) / 1e6
     shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"method": method, "seconds": seconds, "count": count, "rss_mb": rss_mb}))
+    print(json.dumps({"method": method, "seconds": seconds, "count": count, "rss_mb": rss_mb, "db_mb": db_mb}))
+
+
+# --------------------------------------------------------------------------------------- main
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spans", type=int, default=100_000)
+    ap.add_argument("--spans", type=int, default=BASE)
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per method run")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         one(args.one, args.spans)
         return
-    files, n = input_files(args.spans)
-    size = sum(f.stat().st_size for f in files)
+    methods = args.methods.split(",")
+    inputs = {}
+    if any(not m.startswith("pb_") for m in methods):
+        inputs["json"] = json_input(args.spans)
+    if any(m.startswith("pb_") for m in methods):
+        inputs["pb"] = pb_input(args.spans)
     results: dict[str, list[dict[str, float]]] = {}
     for _ in range(args.reps):
-        for method in args.methods.split(","):
-            out = subprocess.run(
-                [sys.executable, __file__, "--one", method, "--spans", str(args.spans)],
-                capture_output=True, text=True, check=False,
-            )
+        for method in methods:
+            try:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--one", method, "--spans", str(args.spans)],
+                    capture_output=True, text=True, check=False, timeout=args.timeout,
+                )
+            except subprocess.TimeoutExpired:
+                print(f"{method}: over {args.timeout:.0f} s, stopped", file=sys.stderr)
+                continue
             if out.returncode != 0:
-                print(f"{method} failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                print(f"{method} failed: {out.stderr.strip().splitlines()[-3:]}", file=sys.stderr)
                 continue
             results.setdefault(method, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"input: {n:,} spans of simulator OTLP JSON lines, {size / 1e6:,.0f} MB, {len(files)} files; "
-          f"{args.reps} rep(s), medians; machine: {platform.machine()}, nproc "
-          f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()}, Python {platform.python_version()}")
-    ours = statistics.median(r["seconds"] for r in results.get("ours", [{"seconds": float("nan")}]))
-    print("| method | seconds | spans/s | peak RSS MB | rows out | time vs ours |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for method, runs in results.items():
-        sec = statistics.median(r["seconds"] for r in runs)
-        rss = max(r["rss_mb"] for r in runs)
-        count = runs[-1]["count"]
-        print(f"| {method} | {sec:.2f} | {n / sec:,.0f} | {rss:,.0f} | {count:,.0f} | {sec / ours:.2f}x |")
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"machine: {platform.machine()}, nproc {nproc}, Python {platform.python_version()}; "
+          f"load average at the end {' '.join(load)}; {args.reps} rep(s), medians")
+    for kind, (files, n) in inputs.items():
+        size = sum(f.stat().st_size for f in files)
+        rows = {m: r for m, r in results.items() if m.startswith("pb_") == (kind == "pb")}
+        ours_key = "pb_ours" if kind == "pb" else "ours"
+        name = "OTLP protobuf (length-delimited TracesData)" if kind == "pb" else "simulator OTLP JSON lines"
+        print(f"\n{n:,} spans of {name}, {size / 1e6:,.0f} MB, {len(files)} files")
+        ours = statistics.median(r["seconds"] for r in rows.get(ours_key, [{"seconds": float("nan")}]))
+        print("| method | seconds (median) | spans/s | peak RSS MB | rows out | time vs ours |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for method, runs in rows.items():
+            sec = statistics.median(r["seconds"] for r in runs)
+            rss = max(r["rss_mb"] for r in runs)
+            count = runs[-1]["count"]
+            shown = f"{count / 1e6:,.0f} MB" if method.endswith("bytes") else f"{count:,.0f}"
+            print(f"| {LABELS[method]} | {sec:.2f} | {n / sec:,.0f} | {rss:,.0f} | {shown} | {sec / ours:.2f}x |")
 
 
 if __name__ == "__main__":

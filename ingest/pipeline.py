@@ -299,25 +299,95 @@ def ingest_file(
 ) -> FileResult:
     """Ingest one file in one transaction; skip it when it is already committed unchanged.
     `columnar=False` decodes JSON lines with the validating decoder only (same stored result)."""
-    ident, size, mtime_ns = file_identity(path)
-    done = con.execute(
-        "SELECT format, compression FROM ingested_files WHERE path = ? AND size_bytes = ? AND mtime_ns = ?",
-        [ident, size, mtime_ns],
-    ).fetchall()
-    if done:
-        if bar is not None:
-            bar.update(size)
-        return FileResult(ident, True, str(done[0][0]), str(done[0][1]), BatchResult())
-    stream, compression = open_decompressed(path)
-    raw_file = stream.raw
-    total = BatchResult()
-    fmt = "unknown"
-    with stream:
-        kind = sniff_format(stream)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute("DELETE FROM quarantine WHERE source = ?", [ident])
-            file_id = _scalar(con, "SELECT nextval('ingested_files_seq')")
+    return ingest_files(con, [path], batch_spans, bar, columnar)[0]
+
+
+@dataclass(frozen=True)
+class _FileStart:
+    ident: str
+    size: int
+    mtime_ns: int
+    compression: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class _FileEnd:
+    pass
+
+
+def ingest_files(
+    con: duckdb.DuckDBPyConnection,
+    paths: list[Path],
+    batch_spans: int = DEFAULT_BATCH_SPANS,
+    bar: tqdm[None] | None = None,
+    columnar: bool = True,
+) -> list[FileResult]:
+    """Ingest files, each in its own transaction, skipping those already committed unchanged.
+
+    Decoding runs one batch ahead in a worker thread, across file boundaries too, while this
+    thread merges into DuckDB; a file's transaction commits when its last batch is merged.
+    """
+    results: dict[str, FileResult] = {}
+    todo: list[tuple[Path, str, int, int]] = []
+    for path in paths:
+        ident, size, mtime_ns = file_identity(path)
+        done = con.execute(
+            "SELECT format, compression FROM ingested_files WHERE path = ? AND size_bytes = ? AND mtime_ns = ?",
+            [ident, size, mtime_ns],
+        ).fetchall()
+        if done:
+            results[ident] = FileResult(ident, True, str(done[0][0]), str(done[0][1]), BatchResult())
+            if bar is not None:
+                bar.update(size)
+        else:
+            todo.append((path, ident, size, mtime_ns))
+    current: _FileStart | None = None
+    total, file_id, last_pos = BatchResult(), 0, 0
+    try:
+        for item in _prefetched(_decoded_files(todo, batch_spans, columnar)):
+            if isinstance(item, _FileStart):
+                current, total, last_pos = item, BatchResult(), 0
+                con.execute("BEGIN TRANSACTION")
+                con.execute("DELETE FROM quarantine WHERE source = ?", [current.ident])
+                file_id = _scalar(con, "SELECT nextval('ingested_files_seq')")
+            elif isinstance(item, _FileEnd):
+                assert current is not None
+                fmt = _format_name(current.kind)
+                con.execute(
+                    "INSERT INTO ingested_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+                    [file_id, current.ident, current.size, current.mtime_ns, fmt, current.compression,
+                     total.accepted, total.new_spans, total.rejected],
+                )
+                con.execute("COMMIT")
+                results[current.ident] = FileResult(current.ident, False, fmt, current.compression, total)
+                if bar is not None:
+                    bar.update(current.size - last_pos)
+                current = None
+            else:
+                assert current is not None
+                staged, pos = item
+                total.add(merge_staged(con, staged, file_id, current.ident))
+                if bar is not None:
+                    bar.update(pos - last_pos)
+                    last_pos = pos
+    except BaseException:
+        if current is not None:
+            con.execute("ROLLBACK")
+        raise
+    return [results[file_identity(p)[0]] for p in paths]
+
+
+def _decoded_files(
+    todo: list[tuple[Path, str, int, int]], batch_spans: int, columnar: bool
+) -> Iterator[_FileStart | tuple[Staged, int] | _FileEnd]:
+    """Each file's start, its staged batches (with the raw byte position reached), its end."""
+    for path, ident, size, mtime_ns in todo:
+        stream, compression = open_decompressed(path)
+        raw_file = stream.raw
+        with stream:
+            kind = sniff_format(stream)
+            yield _FileStart(ident, size, mtime_ns, compression, kind)
             staged: Iterator[Staged]
             if kind == "json":
                 units = iter_json_units(stream, batch_spans * CHUNK_BYTES_PER_SPAN)
@@ -326,25 +396,9 @@ def ingest_file(
                 staged = map(Staged.from_batch, _batches(iter_proto_records(stream), batch_spans))
             else:
                 staged = iter(())
-            last_pos = 0
-            for batch in _prefetched(staged):
-                total.add(merge_staged(con, batch, file_id, ident))
-                if bar is not None:
-                    pos = _raw_position(raw_file, size)
-                    bar.update(pos - last_pos)
-                    last_pos = pos
-            fmt = _format_name(kind)
-            con.execute(
-                "INSERT INTO ingested_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
-                [file_id, ident, size, mtime_ns, fmt, compression, total.accepted, total.new_spans, total.rejected],
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    if bar is not None:
-        bar.update(size - last_pos)
-    return FileResult(ident, False, fmt, compression, total)
+            for batch in staged:
+                yield batch, _raw_position(raw_file, size)
+        yield _FileEnd()
 
 
 def _raw_position(raw: object, size: int) -> int:
@@ -380,8 +434,7 @@ def ingest_paths(
         with tqdm(
             total=total_bytes, unit="B", unit_scale=True, desc="ingest", disable=not progress, leave=False
         ) as bar:
-            for f in files:
-                summary.files.append(ingest_file(con, f, batch_spans, bar, columnar))
+            summary.files.extend(ingest_files(con, files, batch_spans, bar, columnar))
         summary.seconds = time.perf_counter() - t0
         _describe(con, summary)
     finally:
@@ -463,6 +516,7 @@ __all__ = [
     "IngestSummary",
     "PayloadError",
     "ingest_file",
+    "ingest_files",
     "ingest_paths",
     "ingest_payload",
     "merge_batch",
