@@ -10,8 +10,9 @@ instances. Per request:
 
 Bug 1 lives in `_on_abort` (immediate free while the write is in flight) and `_take_pages`
 (reuse of those pages); bug 2 in `_prefill_forward` (index_k reads that skip the layer wait).
-All randomness that shapes the dynamics comes from one `random.Random(seed)`; ids come from a
-second one, per-request output detail from generators seeded by (seed, request index).
+All randomness that shapes the dynamics comes from one `random.Random(seed)`; ids come from
+generators salted with the scenario name (`id_stream`), per-request output detail from generators
+seeded by (seed, request index).
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ from simulator.outputs import completion_text, draw_accept_prob, sample_steps
 from simulator.records import STATUS_ERROR, AttrValue, InstanceInfo, SpanRecord, SpanSink
 
 ALLOC_NS = 20_000  # a kv.alloc / kv.free span lasts 20 us
+
+
+def id_stream(purpose: str, scenario: str, seed: int) -> random.Random:
+    """A generator of ids salted with the scenario, so that runs of different scenarios with one seed
+    never share a rid, trace id or span id (sample_traces/ is ingested into one store).
+    Seeding with a str is deterministic across processes (sha512, not hash())."""
+    return random.Random(f"kvtrace-{purpose}:{scenario}:{seed}")
 
 
 @dataclass
@@ -155,8 +163,8 @@ class ClusterModel:
         self.scenario = scenario
         self.sink = sink
         self.rng = random.Random(seed)
-        self.names = random.Random(seed ^ 0x0A3E5)  # rids and bootstrap rooms
-        self.ids = random.Random(seed ^ 0x5EED_1D5)  # span and batch trace ids (emission only)
+        self.names = id_stream("names", scenario, seed)  # rids and bootstrap rooms
+        self.ids = id_stream("ids", scenario, seed)  # span and batch trace ids (emission only)
         self.races: list[Race] = []
         self.requests: list[Request] = []
         self.spans_by_version: dict[str, int] = {}

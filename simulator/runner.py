@@ -10,7 +10,7 @@ from typing import Any
 from simulator.config import PROFILES, SAMPLE_PROFILE, Knobs, SimulatorError, scenario_knobs
 from simulator.fastpath import FastJsonSink
 from simulator.labels import write_labels
-from simulator.model import ClusterModel, Instance, Request, RunResult
+from simulator.model import ClusterModel, Instance, Request, RunResult, id_stream
 from simulator.otlp_sdk import FORMATS, SdkSink
 from simulator.outputs import draw_accept_prob, sample_steps
 from simulator.records import CountingSink, SpanSink
@@ -85,7 +85,7 @@ def run_pr35049(knobs: Knobs, seed: int, sink: SpanSink) -> RunResult:
     model.prefills, model.decodes = model._fresh_state(knobs.phases[0])
     model.phase = knobs.phases[0]
     pre, dec = model.prefills[0], model.decodes[0]
-    names = random.Random(seed)
+    names = id_stream("names", "pr35049", seed)
     c = _scripted(model, names, 0, pre, dec, arrive=869.90, prealloc=869.905, prompt=500, out_tokens=300,
                   dec_pages=(1, 14), pre_pages=(1, 9), fwd=(869.907, 870.10), tx=(870.10, 870.15),
                   decode=(870.16, 880.50))
