@@ -312,3 +312,19 @@ def test_replay_page_shows_stored_runs(mixed: Path, tmp_path: Path, monkeypatch:
     stored = _rows(db, "SELECT damaged_pages FROM replay_runs WHERE mode = 'as-recorded'")
     heat = _charts(at)["replay_stored_heatmap"]["data"][0]
     assert [int(x) for x in heat["x"]] == sorted(stored[0][0])
+
+
+def test_links_carry_the_rid_and_the_finding(mixed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finding links to its victim's request and to its replay; the pages open on them."""
+    [(fid, victim)] = _rows(mixed, "SELECT finding_id, victim_rid FROM findings "
+                                   "WHERE kind = 'abort_before_write_complete' ORDER BY finding_id LIMIT 1")
+    monkeypatch.setenv(DB_ENV, str(mixed))
+    at = AppTest.from_file(str(ENTRY), default_timeout=60)
+    at.query_params["rid"] = victim
+    at.switch_page("pages/requests.py").run()
+    assert not at.exception
+    assert at.selectbox(key="requests_pick").value == victim
+    at = AppTest.from_file(str(ENTRY), default_timeout=60)
+    at.query_params["finding"] = fid
+    at.switch_page("pages/replay.py").run()
+    assert at.selectbox(key="replay_finding").value == fid

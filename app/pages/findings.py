@@ -39,6 +39,14 @@ with section():
         m[3].metric("victim", str(f["victim_rid"] or "-"))
         st.caption(f"culprit `{f['culprit_rid']}`, window starts {ns_to_text(f['window_start_ns'])} UTC "
                    f"(clock of {f['instance']}); evidence spans: {', '.join(map(str, f['evidence_span_ids']))}")
+        links = st.columns(3)
+        if f["victim_rid"]:
+            links[0].page_link("pages/requests.py", label="victim in Requests", icon=":material/search:",
+                               query_params={"rid": str(f["victim_rid"])})
+        links[1].page_link("pages/requests.py", label="culprit in Requests", icon=":material/search:",
+                           query_params={"rid": str(f["culprit_rid"])})
+        links[2].page_link("pages/replay.py", label="replay this finding", icon=":material/replay:",
+                           query_params={"finding": str(picked)})
         clock = st.radio("clock", ["skew-corrected", "raw"], horizontal=True, key="findings_clock",
                          help="raw: each span on its emitting host's clock; skew-corrected: prefill-host "
                               "times moved onto the decode instance's clock by the estimated offset.")

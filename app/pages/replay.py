@@ -19,7 +19,9 @@ with section():
     else:
         ids = list(table["finding_id"])
         kinds = dict(zip(table["finding_id"], table["kind"], strict=True))
-        picked = st.selectbox("finding", ids, key="replay_finding", format_func=lambda i: f"{i} · {kinds[i]}")
+        wanted = st.query_params.get("finding")
+        picked = st.selectbox("finding", ids, index=ids.index(wanted) if wanted in ids else 0, key="replay_finding",
+                              format_func=lambda i: f"{i} · {kinds[i]}")
         if st.button("Run the CPU replay", key="replay_run", type="primary") or \
                 st.session_state.get("replay_done") == picked:
             st.session_state["replay_done"] = picked
