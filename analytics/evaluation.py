@@ -76,27 +76,20 @@ def _race_key(r: dict[str, Any]) -> tuple[str, str, int, str, str]:
 
 
 def score_findings(findings: pa.Table, labels: dict[str, Any]) -> list[RaceScore]:
-    """Match findings to injected races on kind, resource and culprit with overlapping pages.
+    """Match findings to labelled races on kind, resource and culprit with overlapping pages.
 
     A finding that matches a race counts for precision; a race matched by any finding counts for
-    recall; `victims_right` counts matched races whose victim the finding names; a `certain`
-    finding that matches no race is one the truth contradicts.
-
-    The simulator labels only races that corrupted a request, never near misses, so an
-    `unsafe_free` finding is checked differently: it is right when the truth says its culprit was
-    aborted and no labelled race has that culprit (otherwise it should have been a race finding).
-    Its recall cannot be measured and reads 1.0.
+    recall; `victims_right` counts matched races whose victim the finding names (an `unsafe_free`
+    near miss has none: both sides null); a `certain` finding that matches no race is one the truth
+    contradicts. The simulator labels every kind it injects, near misses (`unsafe_free`) and
+    `page_hazard` included, so every kind is scored the same way.
     """
     races = list(labels["races"])
     rows = findings.to_pylist()
-    aborted = {str(r["rid"]) for r in _request_rows(labels) if r.get("aborted")}
-    race_culprits = {str(r["culprit_rid"]) for r in races}
     scores: list[RaceScore] = []
     for kind in (*RACE_KINDS_EVALUATED, "all"):
         kr = [r for r in races if kind in ("all", r["kind"])]
-        kf = [f for f in rows if kind in ("all", f["kind"]) and f["kind"] != "unsafe_free"]
-        near = [f for f in rows if kind in ("all", "unsafe_free") and f["kind"] == "unsafe_free"]
-        near_right = sum(1 for f in near if f["culprit_rid"] in aborted and f["culprit_rid"] not in race_culprits)
+        kf = [f for f in rows if kind in ("all", f["kind"])]
         matched_races = 0
         victims_right = 0
         matched_f: set[int] = set()
@@ -109,10 +102,7 @@ def score_findings(findings: pa.Table, labels: dict[str, Any]) -> list[RaceScore
                 if any(kf[i]["victim_rid"] == race.get("victim_rid") for i in hits):
                     victims_right += 1
         contradicted = sum(1 for i, f in enumerate(kf) if f["confidence"] == "certain" and i not in matched_f)
-        contradicted += sum(1 for f in near if f["confidence"] == "certain"
-                            and not (f["culprit_rid"] in aborted and f["culprit_rid"] not in race_culprits))
-        scores.append(RaceScore(kind, len(kr), len(kf) + len(near), matched_races, len(matched_f) + near_right,
-                                victims_right, contradicted))
+        scores.append(RaceScore(kind, len(kr), len(kf), matched_races, len(matched_f), victims_right, contradicted))
     return scores
 
 

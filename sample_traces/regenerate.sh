@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KV=${KVTRACE:-.venv/bin/kvtrace}
 $KV simulate --scenario pr35049 --seed 0 --out sample_traces/pr35049
-$KV simulate --scenario pd-abort-race --profile sample --seed 2 --requests 50 --out sample_traces/pd-abort-race
+$KV simulate --scenario pd-abort-race --profile sample --seed 4 --requests 50 --concurrency 4 --rdma-stall-rate 400 --out sample_traces/pd-abort-race
 $KV simulate --scenario hicache-race --profile sample --seed 3 --requests 50 --out sample_traces/hicache-race
 $KV simulate --scenario mixed --profile sample --seed 3 --requests 120 --out sample_traces/mixed
 $KV simulate --scenario clean --profile sample --seed 0 --requests 30 --out sample_traces/clean

@@ -50,7 +50,7 @@ class Race:
     pages: list[int]
     layers: list[int]
     culprit_rid: str
-    victim_rid: str
+    victim_rid: str | None  # None for unsafe_free (a near miss has no victim)
     window_start_ns: int
     window_end_ns: int
     service_version: str
@@ -103,6 +103,7 @@ class Request:
     corrupted_at: float | None = None
     feedback: tuple[float, str] | None = None
     victim_of: list[tuple[Request, Runs, float]] = field(default_factory=list)
+    reused_in_flight: bool = False  # another request took these decode pages while our write was in flight
 
     @property
     def aborted(self) -> bool:
@@ -297,6 +298,7 @@ class ClusterModel:
         dec.pending_writes = [(end, c) for end, c in dec.pending_writes if end > self.now]
         for end, culprit in dec.pending_writes:
             if runs_intersect(culprit.dec_runs, runs):
+                culprit.reused_in_flight = True
                 req.victim_of.append((culprit, runs, end))
                 self._corrupt(req, self.now)
         return runs
@@ -322,6 +324,7 @@ class ClusterModel:
             dec.allocator.free(req.dec_runs)
             if req.tx_end > self.now:
                 dec.pending_writes.append((req.tx_end, req))
+                self._at(req.tx_end, self._record_near_miss, req)
             self._release_victim_windows(req, req.t_dec_free)
         else:
             req.free_mode, req.t_dec_free = "deferred", req.tx_end + self.rng.uniform(0.0005, 0.003)
@@ -396,6 +399,19 @@ class ClusterModel:
                 if victim.cause is None:
                     victim.cause = race.race_id
         victim.victim_of = []
+
+    def _record_near_miss(self, culprit: Request) -> None:
+        """The late write has landed: if nobody took the freed pages meanwhile, it was a near miss."""
+        if culprit.reused_in_flight:
+            return
+        dec = culprit.decode
+        assert dec is not None
+        pages = sorted(runs_pages(culprit.dec_runs))
+        start, end = self._ns(culprit.t_dec_free, dec.info), self._ns(culprit.tx_end, dec.info)
+        for rank in range(self.k.tp):
+            for pool in self.k.pools:
+                self.races.append(Race(f"race-{len(self.races) + 1:05d}", "unsafe_free", dec.id, rank, pool, pages,
+                                       [], culprit.rid, None, start, end, culprit.phase.version))
 
     # ---------------------------------------------------------------- prefill side
     def _enqueue_prefill(self, req: Request) -> None:

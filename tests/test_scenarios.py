@@ -73,14 +73,16 @@ def test_pr35049_gives_exactly_the_logged_pages_and_window(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("scenario", "seed", "skew_ms"), [
-    ("mixed", 11, 5.0), ("pd-abort-race", 12, 5.0), ("hicache-race", 13, 2.0), ("clean", 14, 5.0),
+@pytest.mark.parametrize(("scenario", "seed", "skew_ms", "extra"), [
+    ("mixed", 11, 5.0, []), ("pd-abort-race", 12, 5.0, []), ("hicache-race", 13, 2.0, []), ("clean", 14, 5.0, []),
+    # a lightly loaded pool: near misses (unsafe_free) beside bug-1 victims
+    ("pd-abort-race", 15, 5.0, ["--concurrency", "4", "--rdma-stall-rate", "400"]),
 ])
 def test_other_seeds_and_clock_skews_keep_recall_precision_and_honest_confidence(
-        tmp_path: Path, scenario: str, seed: int, skew_ms: float) -> None:
+        tmp_path: Path, scenario: str, seed: int, skew_ms: float, extra: list[str]) -> None:
     out = tmp_path / "traces"
     result = CliRunner().invoke(main, ["simulate", "--scenario", scenario, "--seed", str(seed), "--requests", "60",
-                                       "--clock-skew-ms", str(skew_ms), "--fast", "--out", str(out)])
+                                       "--clock-skew-ms", str(skew_ms), "--fast", "--out", str(out), *extra])
     assert result.exit_code == 0, result.output
     db = tmp_path / "store.duckdb"
     ingest(out, db)

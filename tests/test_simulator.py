@@ -60,6 +60,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         folder = tmp_path_factory.mktemp(scenario)
         simulate(scenario, seed, folder, {"requests": requests}, mode="fast", profile="sample")  # == SDK bytes, see fastpath test
         out[scenario] = folder
+    # a lightly loaded pool: some aborted requests' pages are not reused before the late write lands
+    out["near-miss"] = tmp_path_factory.mktemp("near-miss")
+    simulate("pd-abort-race", 4, out["near-miss"], {"requests": 50, "concurrency": 4, "rdma_stall_rate": 400.0},
+             mode="fast", profile="sample")
     out["pr35049"] = tmp_path_factory.mktemp("pr35049")
     simulate("pr35049", 0, out["pr35049"])
     return out
@@ -100,6 +104,26 @@ def _check_abort_race(race: dict[str, Any], spans: list[dict[str, Any]], clock: 
     assert race["window_end_ns"] - clock.offset[inst] <= clock.true(tx, "end")
 
 
+def _check_near_miss(race: dict[str, Any], spans: list[dict[str, Any]], clock: TrueClock) -> None:
+    """unsafe_free: freed while the write was in flight, and nobody allocated those pages before it ended."""
+    inst, rank, pool = race["instance"], race["tp_rank"], race["kv_pool"]
+    assert race["victim_rid"] is None
+    [tx] = [s for s in _by(spans, "kv.transfer") if s["attrs"]["rid"] == race["culprit_rid"]
+            and s["attrs"]["kv.pool"] == pool and s["attrs"]["kv.transfer.dst_rank"] == rank]
+    [free] = [s for s in _by(spans, "kv.free") if s["attrs"]["rid"] == race["culprit_rid"]
+              and s["resource"]["service.instance.id"] == inst and s["attrs"]["tp_rank"] == rank
+              and s["attrs"]["kv.pool"] == pool]
+    assert (free["attrs"]["kv.free.mode"], free["attrs"]["kv.free.reason"]) == ("immediate", "aborted")
+    assert race["pages"] == sorted(tx["attrs"]["kv.page_ids"]) == sorted(free["attrs"]["kv.page_ids"])
+    assert (race["window_start_ns"], race["window_end_ns"] - clock.offset[inst]) == (free["start"], clock.true(tx, "end"))
+    assert clock.true(free) < clock.true(tx, "end")
+    reused = [s for s in _by(spans, "kv.alloc") if s["resource"]["service.instance.id"] == inst
+              and s["attrs"]["tp_rank"] == rank and s["attrs"]["kv.pool"] == pool
+              and clock.true(free) <= clock.true(s) < clock.true(tx, "end")
+              and set(s["attrs"]["kv.page_ids"]) & set(race["pages"])]
+    assert reused == []
+
+
 def _check_load_race(race: dict[str, Any], spans: list[dict[str, Any]], clock: TrueClock) -> None:
     inst, rank = race["instance"], race["tp_rank"]
     loads = [s for s in _by(spans, "hicache.load") if s["attrs"]["rid"] == race["culprit_rid"]
@@ -118,15 +142,19 @@ def _check_load_race(race: dict[str, Any], spans: list[dict[str, Any]], clock: T
     assert race["window_end_ns"] == max(done_at[layer] for layer in early)
 
 
-@pytest.mark.parametrize("scenario", ["mixed", "pd-abort-race", "hicache-race", "pr35049"])
+@pytest.mark.parametrize("scenario", ["mixed", "pd-abort-race", "hicache-race", "pr35049", "near-miss"])
 def test_every_labelled_race_is_visible_in_the_spans(runs: dict[str, Path], scenario: str) -> None:
     labels = read_labels(runs[scenario] / "labels.json")
     spans = load_spans(runs[scenario])
     clock = TrueClock(labels)
     assert labels["races"], "the scenario must inject races"
+    if scenario == "near-miss":
+        assert {r["kind"] for r in labels["races"]} == {"abort_before_write_complete", "unsafe_free"}
     for race in labels["races"]:
         if race["kind"] == "abort_before_write_complete":
             _check_abort_race(race, spans, clock)
+        elif race["kind"] == "unsafe_free":
+            _check_near_miss(race, spans, clock)
         else:
             assert race["kind"] == "read_before_load"
             _check_load_race(race, spans, clock)
@@ -180,7 +208,8 @@ def test_fixed_builds_show_no_unsafe_overlap(runs: dict[str, Path], scenario: st
     assert (checked_read > 0) == fixed2
     for race in labels["races"]:
         phase = fixes[race["service_version"]]
-        assert phase["bug1_abort_free"] if race["kind"] == "abort_before_write_complete" else phase["bug2_index_nowait"]
+        bug = "bug2_index_nowait" if race["kind"] == "read_before_load" else "bug1_abort_free"
+        assert phase[bug], race
 
 
 def test_pr35049_has_exactly_the_logged_pages_and_times(runs: dict[str, Path]) -> None:
