@@ -51,6 +51,7 @@ from ingest.store import open_store
 DEFAULT_BATCH_SPANS = 50_000
 # JSON lines are read in chunks of batch_spans * this many bytes (simulator spans are ~1 KB).
 CHUNK_BYTES_PER_SPAN = 1024
+DUCKDB_MEMORY_LIMIT = "1GB"
 T = TypeVar("T")
 
 
@@ -430,6 +431,9 @@ def ingest_paths(
     summary = IngestSummary(db_path=str(db_path))
     con = open_store(db_path)
     try:
+        # Bound DuckDB's buffer pool (default: 80% of RAM) so that memory follows the batch size,
+        # not the store's size; a batch's joins need far less, and DuckDB spills beyond it.
+        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
         total_bytes = sum(f.stat().st_size for f in files)
         with tqdm(
             total=total_bytes, unit="B", unit_scale=True, desc="ingest", disable=not progress, leave=False

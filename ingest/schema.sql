@@ -194,6 +194,14 @@ CREATE TABLE IF NOT EXISTS ingested_files (
     ingested_at    TIMESTAMP
 );
 
+-- Dedup keys: hash(trace_id, span_id) of every row of spans, written in the same transaction.
+-- A batch looks its spans up here (8 bytes a stored span to scan, instead of both id strings),
+-- and confirms a hit on the ids in spans. open_store rebuilds it when its count differs from
+-- spans' (a store written before it existed).
+CREATE TABLE IF NOT EXISTS span_keys (
+    span_key  UBIGINT NOT NULL
+);
+
 -- Records that could not be stored: a bad JSON line, an undecodable protobuf frame, a span with
 -- missing or malformed ids or wrongly typed fields. Every good record of the same file is kept.
 CREATE TABLE IF NOT EXISTS quarantine (

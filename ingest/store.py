@@ -31,4 +31,15 @@ def open_store(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConn
         raise IngestError(f"cannot open store {path}: {exc}") from exc
     if not read_only:
         con.execute(schema_sql())
+        _rebuild_span_keys(con)
     return con
+
+
+def _rebuild_span_keys(con: duckdb.DuckDBPyConnection) -> None:
+    """Fill span_keys from spans when they disagree (a store from before span_keys existed)."""
+    row = con.execute("SELECT (SELECT count(*) FROM spans), (SELECT count(*) FROM span_keys)").fetchone()
+    if row is not None and row[0] != row[1]:
+        con.execute(
+            "BEGIN TRANSACTION; DELETE FROM span_keys; "
+            "INSERT INTO span_keys SELECT hash(trace_id, span_id) FROM spans; COMMIT"
+        )

@@ -3,16 +3,33 @@
 -- Returns: nothing; leaves temp table `new_spans` (the spans this batch added) for the
 -- normalise_* files. Parameters: variable file_id (ingested_files.file_id, NULL for live batches).
 -- Dedup: a span is (trace_id, span_id); doubles inside the batch keep the first occurrence,
--- doubles of stored spans are dropped by an anti-join (no per-row index maintenance).
-CREATE OR REPLACE TEMP TABLE new_spans AS
-WITH first_in_batch AS (
-    SELECT *
-    FROM stage_spans
-    QUALIFY row_number() OVER (PARTITION BY trace_id, span_id ORDER BY seq) = 1
+-- doubles of stored spans are found through span_keys (below; no per-row index maintenance).
+CREATE OR REPLACE TEMP TABLE batch_spans AS
+SELECT *, hash(trace_id, span_id) AS span_key
+FROM stage_spans
+QUALIFY row_number() OVER (PARTITION BY trace_id, span_id ORDER BY seq) = 1;
+
+-- Doubles of stored spans: first by key (span_keys holds hash(trace_id, span_id) of every stored
+-- span: 8 bytes a span to scan, the hash table is built on the batch), then the few key hits
+-- are confirmed on the ids themselves, so a hash collision never drops a span. No hit, no scan
+-- of spans (a hash join with an empty build side skips its probe side).
+CREATE OR REPLACE TEMP TABLE stored_doubles AS
+WITH key_hits AS (
+    SELECT b.trace_id, b.span_id
+    FROM batch_spans AS b
+    SEMI JOIN (SELECT k.span_key FROM span_keys AS k SEMI JOIN batch_spans AS b USING (span_key)) AS h
+        USING (span_key)
 )
+SELECT h.trace_id, h.span_id
+FROM key_hits AS h
+SEMI JOIN spans AS s ON s.trace_id = h.trace_id AND s.span_id = h.span_id;
+
+CREATE OR REPLACE TEMP TABLE new_spans AS
 SELECT b.*, hash(b.resource_attributes) AS resource_id
-FROM first_in_batch AS b
-ANTI JOIN spans AS s ON s.trace_id = b.trace_id AND s.span_id = b.span_id;
+FROM batch_spans AS b
+ANTI JOIN stored_doubles AS d ON d.trace_id = b.trace_id AND d.span_id = b.span_id;
+
+INSERT INTO span_keys SELECT span_key FROM new_spans;
 
 INSERT OR IGNORE INTO resources
 SELECT DISTINCT ON (resource_id)
