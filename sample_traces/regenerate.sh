@@ -10,3 +10,4 @@ $KV simulate --scenario pd-abort-race --profile sample --seed 4 --requests 50 --
 $KV simulate --scenario hicache-race --profile sample --seed 3 --requests 50 --out sample_traces/hicache-race
 $KV simulate --scenario mixed --profile sample --seed 3 --requests 120 --out sample_traces/mixed
 $KV simulate --scenario clean --profile sample --seed 0 --requests 30 --out sample_traces/clean
+$KV simulate --scenario offload-race --profile sample --seed 8 --requests 24 --prefill 1 --decode 1 --tp 1 --l2-hit-prob 0.9 --client-abort-prob 0.3 --out sample_traces/offload-race

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-SCENARIOS: tuple[str, ...] = ("clean", "pd-abort-race", "hicache-race", "mixed", "pr35049")
+SCENARIOS: tuple[str, ...] = ("clean", "pd-abort-race", "hicache-race", "mixed", "pr35049", "offload-race")
 PROFILES: tuple[str, ...] = ("sample", "realistic")
 
 # The `sample` profile: a small cluster, short contexts and rate knobs raised far above the
@@ -29,18 +29,23 @@ class SimulatorError(Exception):
 
 @dataclass(frozen=True)
 class Phase:
-    """One deployed build: its `service.version` and which of the two bugs it still has."""
+    """One deployed build: its `service.version` and which of the three bugs it still has."""
 
     version: str
     bug1_abort_free: bool  # decode frees aborted requests' pages immediately (bug 1 present)
     bug2_index_nowait: bool  # index_k accessors skip wait_until(layer) (bug 2 present)
     share: float = 1.0  # fraction of the run's requests served by this build
+    # a host->GPU load into freshly allocated pages skips waiting for the compute stream, which may
+    # still be reading them for the request that released them (vLLM #47282 / #47324: write-while-read)
+    bug3_load_nowait_compute: bool = False
 
 
 BEFORE_FIX = Phase("before-fix", True, True)
 AFTER_FIX_1 = Phase("after-fix-1", False, True)
 AFTER_FIX_2 = Phase("after-fix-2", True, False)
 AFTER_BOTH = Phase("after-both", False, False)
+BEFORE_LOAD_FIX = Phase("before-load-fix", False, False, bug3_load_nowait_compute=True)
+AFTER_LOAD_FIX = Phase("after-load-fix", False, False)
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,8 @@ class Knobs:
     hicache_stall_min_ms: float = 20.0
     hicache_stall_alpha: float = 1.4
     sched_prep_ms: float = 2.0  # CPU batch preparation between load issue and forward start
+    # --- bug 3: load overwrites pages still being read (offload-race) -------------------------
+    client_abort_prob: float = 0.0  # chance a client disconnects during its prefill forward
     # --- consequences and observability -----------------------------------------------------
     garbled_share: float = 0.75  # a corrupted request is garbled with this chance, else repetition
     feedback_prob: float = 0.3  # chance a bad output gets a user `feedback` span
@@ -108,7 +115,7 @@ class Knobs:
             raise SimulatorError(f"clock_skew_ms must be >= 0, got {self.clock_skew_ms}")
         if not self.phases:
             raise SimulatorError("a run needs at least one phase")
-        for name in ("rdma_stall_rate", "hicache_stall_rate", "feedback_prob", "ok_feedback_prob"):
+        for name in ("rdma_stall_rate", "hicache_stall_rate", "feedback_prob", "ok_feedback_prob", "client_abort_prob"):
             if getattr(self, name) < 0:
                 raise SimulatorError(f"{name} must be >= 0, got {getattr(self, name)}")
         bad_pools = set(self.pools) - {"kv", "index_k"}
@@ -123,7 +130,8 @@ class Knobs:
             value = getattr(self, f.name)
             if f.name == "phases":
                 value = [{"version": p.version, "bug1_abort_free": p.bug1_abort_free,
-                          "bug2_index_nowait": p.bug2_index_nowait, "share": p.share} for p in value]
+                          "bug2_index_nowait": p.bug2_index_nowait,
+                          "bug3_load_nowait_compute": p.bug3_load_nowait_compute, "share": p.share} for p in value]
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
@@ -142,6 +150,9 @@ def scenario_knobs(scenario: str) -> Knobs:
     if scenario == "mixed":
         return replace(base, phases=(replace(BEFORE_FIX, share=1 / 3), replace(AFTER_FIX_1, share=1 / 3),
                                      replace(AFTER_BOTH, share=1 / 3)))
+    if scenario == "offload-race":
+        return replace(base, client_abort_prob=0.1, phases=(replace(BEFORE_LOAD_FIX, share=0.5),
+                                                            replace(AFTER_LOAD_FIX, share=0.5)))
     if scenario == "pr35049":
         return replace(base, prefill=1, decode=1, tp=1, pools=("kv",), clock_skew_ms=0.0, time_base_ns=0,
                        layers=8, phases=(BEFORE_FIX,), requests=4)

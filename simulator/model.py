@@ -103,6 +103,9 @@ class Request:
     corrupted_at: float | None = None
     feedback: tuple[float, str] | None = None
     victim_of: list[tuple[Request, Runs, float]] = field(default_factory=list)
+    t_pre_abort: float | None = None  # client disconnected during the prefill forward (offload-race)
+    abort_reason: str = "transfer_timeout"
+    poll_state: str = "Transferring"  # KVPoll at the decode-side abort
     reused_in_flight: bool = False  # another request took these decode pages while our write was in flight
 
     @property
@@ -122,6 +125,7 @@ class Instance:
     active_tx: list[float] = field(default_factory=list)  # heap of in-flight transfer end times
     pending_writes: list[tuple[float, Request]] = field(default_factory=list)
     running: dict[str, Request] = field(default_factory=dict)
+    released_reading: list[Request] = field(default_factory=list)  # freed while their forward still reads
     outstanding: int = 0
     batches: int = 0
     tick_scheduled: bool = False
@@ -430,7 +434,9 @@ class ClusterModel:
         req.pre_runs = pre.allocator.alloc(self._pages_for(req.prompt))
         pre.batches += 1
         req.batch_id = f"{pre.id}-b{pre.batches}"
-        req.fwd_start = self.now + rng.uniform(0.6, 1.4) * k.sched_prep_ms / 1000
+        # the compute stream is serial: a forward starts after the previous one (still running if its
+        # request was aborted mid-forward and the scheduler moved on)
+        req.fwd_start = max(self.now + rng.uniform(0.6, 1.4) * k.sched_prep_ms / 1000, pre.gpu_free)
         new_tokens = req.prompt - req.cached
         fwd_time = 0.015 + new_tokens / k.prefill_tokens_per_s * (1 + req.prompt / 131_072)
         per_layer = fwd_time / k.layers
@@ -438,6 +444,8 @@ class ClusterModel:
         kv_done: list[float] | None = None
         if req.loaded:
             req.load_start = max(self.now, pre.load_free)
+            if not req.phase.bug3_load_nowait_compute:  # the fix: the load stream waits for the compute stream
+                req.load_start = max(req.load_start, pre.gpu_free)
             others = pre.active_transfers(self.now, req.load_start)
             pcie = k.pcie_gbps * 1e9 / 8 / (1 + 0.5 * others)  # RDMA DMA shares the host's PCIe
             load = self._load_per_instance()
@@ -457,6 +465,7 @@ class ClusterModel:
             req.load_end = kv_done[-1]
             pre.load_free = req.load_end
             req.load_done = {"kv": kv_done, "index_k": idx_done}
+            self._record_write_while_read(req, pre)
         x = req.fwd_start
         idx_reads: list[float] = []
         kv_reads: list[float] = []
@@ -471,7 +480,11 @@ class ClusterModel:
             kv_reads.append(x)
             x += 0.92 * per_layer
         req.reads = {"kv": kv_reads, "index_k": idx_reads}
-        req.fwd_end = x
+        req.fwd_end = pre.gpu_free = x
+        if k.client_abort_prob > 0 and rng.random() < k.client_abort_prob:
+            # the client goes away after the request's own load, while its forward still reads
+            first_read = max(reads[0] for pool, reads in req.reads.items() if pool in k.pools)
+            self._at(rng.uniform(max(first_read, req.load_end), req.fwd_end), self._prefill_client_abort, req)
         if idx_done is not None and "index_k" in k.pools:
             self._record_bug2(req, idx_reads, idx_done)
         self._at(req.fwd_end, self._prefill_done, req)
@@ -493,9 +506,52 @@ class ClusterModel:
             if req.cause is None:
                 req.cause = race.race_id  # cleared again if the request never produced bad output
 
+    def _prefill_client_abort(self, req: Request) -> None:
+        """The scheduler drops the request and frees its pages at once, while the GPU still runs its forward."""
+        pre = req.prefill
+        assert pre is not None
+        req.t_pre_abort = self.now
+        pre.allocator.free(req.pre_runs)
+        pre.released_reading.append(req)
+        pre.busy = False
+        if pre.queue:
+            self._prefill_forward(pre)
+        self._at(self.now + self.rng.uniform(0.001, 0.005), self._client_abort_decode, req)
+
+    def _client_abort_decode(self, req: Request) -> None:
+        dec = req.decode
+        assert dec is not None
+        if not req.dec_runs:  # the decode prealloc has not happened yet
+            self._at(self.now + 0.005, self._client_abort_decode, req)
+            return
+        req.t_abort = req.t_dec_free = self.now
+        req.abort_reason, req.poll_state, req.free_mode = "client_disconnect", "WaitingForInput", "immediate"
+        dec.allocator.free(req.dec_runs)  # nothing was written into them yet: safe
+        dec.outstanding -= 1
+        self._finish(req)
+
+    def _record_write_while_read(self, loader: Request, pre: Instance) -> None:
+        """A load into pages that a released request's forward is still reading (vLLM #47324)."""
+        pre.released_reading = [r for r in pre.released_reading if r.fwd_end > self.now]
+        loaded = runs_slice(loader.pre_runs, self._pages_for(loader.loaded))
+        for reader in pre.released_reading:
+            pages = runs_intersect(reader.pre_runs, loaded)
+            if not pages or loader.load_start >= reader.fwd_end:
+                continue
+            assert reader.t_pre_abort is not None
+            start = self._ns(max(loader.load_start, reader.t_pre_abort), pre.info)
+            for rank in range(self.k.tp):
+                for pool in self.k.pools:
+                    end = self._ns(min(loader.load_done[pool][-1], reader.fwd_end), pre.info)
+                    self.races.append(Race(f"race-{len(self.races) + 1:05d}", "page_hazard", pre.id, rank, pool,
+                                           pages, [], loader.rid, reader.rid, start, end, loader.phase.version))
+
     def _prefill_done(self, req: Request) -> None:
         pre, k, rng = req.prefill, self.k, self.rng
         assert pre is not None
+        if req.t_pre_abort is not None:  # dropped mid-forward: pages already freed, no transfer
+            pre.outstanding -= 1
+            return
         pre.busy = False
         if pre.queue:
             self._prefill_forward(pre)
@@ -563,15 +619,19 @@ class ClusterModel:
             return self._ns(t, p)
 
         room = f"{req.room:016x}"
-        root = self._emit(p, v, trace, None, f"prefill Req {req.rid[:8]}", ns(req.t_enqueue),
-                          ns(req.tx_end) + 200_000, {"rid": req.rid, "bootstrap_room": room})
+        dropped = req.t_pre_abort is not None
+        root_end = ns(req.fwd_end) if dropped else ns(req.tx_end) + 200_000
+        root = self._emit(p, v, trace, None, f"prefill Req {req.rid[:8]}", ns(req.t_enqueue), root_end,
+                          {"rid": req.rid, "bootstrap_room": room}, status=STATUS_ERROR if dropped else 0,
+                          message="client disconnected" if dropped else None)
         boot = self._emit(p, v, trace, root, "prefill_bootstrap", ns(req.t_enqueue),
                           ns(max(req.t_enqueue, req.t_prealloc) + 0.0002),
                           {"rid": req.rid, "bootstrap_room": room})
         fwd = self._emit(p, v, trace, root, "prefill_forward", ns(req.t_issue), ns(req.fwd_end),
                          {"rid": req.rid, "bootstrap_room": room}, links=[(trace, boot)])
-        self._emit(p, v, trace, root, "prefill_transfer_kv_cache", ns(req.tx_start), ns(req.tx_end),
-                   {"rid": req.rid, "bootstrap_room": room}, links=[(trace, fwd)])
+        if not dropped:
+            self._emit(p, v, trace, root, "prefill_transfer_kv_cache", ns(req.tx_start), ns(req.tx_end),
+                       {"rid": req.rid, "bootstrap_room": room}, links=[(trace, fwd)])
         pages = runs_pages(req.pre_runs)
         self._kv_spans(p, v, trace, root, "kv.alloc", ns(req.t_issue), ns(req.t_issue) + ALLOC_NS, req.rid, pages,
                        lambda pool, rank: {"kv.page_size": k.page_size})
@@ -595,6 +655,11 @@ class ClusterModel:
                 offsets = [ns(t) - f_start for t in req.reads[pool]]
                 self._emit(p, v, batch_trace, parent, "forward.read", f_start + offsets[0], f_end,
                            {"tp_rank": rank, "kv.pool": pool, "forward.layer_read_offsets_ns": offsets})
+        if req.t_pre_abort is not None:
+            at = ns(req.t_pre_abort)
+            self._kv_spans(p, v, trace, root, "kv.free", at, at + ALLOC_NS, req.rid, pages,
+                           lambda pool, rank: {"kv.free.mode": "immediate", "kv.free.reason": "aborted"})
+            return
         dst = runs_pages(req.dec_runs)
         self._kv_spans(p, v, trace, root, "kv.transfer", ns(req.tx_start), ns(req.tx_end), req.rid, dst,
                        lambda pool, rank: {"bootstrap_room": room, "kv.transfer.dst_instance": dec.id,
@@ -617,7 +682,8 @@ class ClusterModel:
         root_attrs.update(self._finish_attrs(req))
         root = self._emit(d, v, trace, None, f"decode Req {req.rid[:8]}", ns(req.t_arrive), ns(end), root_attrs,
                           status=STATUS_ERROR if req.aborted else 0,
-                          message="KV transfer timed out" if req.aborted else None)
+                          message=(("KV transfer timed out" if req.abort_reason == "transfer_timeout"
+                                    else "client disconnected") if req.aborted else None))
         ids = {"rid": req.rid, "bootstrap_room": room}
         boot_end = ns(req.t_prealloc) + ALLOC_NS + 5_000  # page indices sent right after the alloc
         boot = self._emit(d, v, trace, root, "decode_bootstrap", ns(req.t_arrive), boot_end, dict(ids))
@@ -627,8 +693,8 @@ class ClusterModel:
                        lambda pool, rank: {"kv.page_size": k.page_size})
         if req.t_abort is not None:
             self._emit(d, v, trace, root, "request.abort", ns(req.t_abort), ns(req.t_abort) + 50_000,
-                       {"rid": req.rid, "tp_rank": 0, "abort.reason": "transfer_timeout",
-                        "kv.poll_state": "Transferring"})
+                       {"rid": req.rid, "tp_rank": 0, "abort.reason": req.abort_reason,
+                        "kv.poll_state": req.poll_state})
             self._kv_spans(d, v, trace, root, "kv.free", ns(req.t_dec_free), ns(req.t_dec_free) + ALLOC_NS, req.rid,
                            pages, lambda pool, rank: {"kv.free.mode": req.free_mode, "kv.free.reason": "aborted"})
             return

@@ -29,7 +29,7 @@ def file_span_ids(folder: Path) -> list[tuple[str, str]]:
 
 def test_all_sample_traces_ingest_into_one_store_keeping_every_span(tmp_path: Path) -> None:
     folders = sorted(p for p in SAMPLES.iterdir() if (p / "labels.json").exists())
-    assert {p.name for p in folders} >= {"clean", "pd-abort-race", "hicache-race", "mixed", "pr35049"}
+    assert {p.name for p in folders} >= {"clean", "pd-abort-race", "hicache-race", "mixed", "pr35049", "offload-race"}
     per_folder = {p.name: file_span_ids(p) for p in folders}
     all_ids = [i for ids in per_folder.values() for i in ids]
     assert len({span for _, span in all_ids}) == len(all_ids), "span ids collide across sample folders"

@@ -77,6 +77,10 @@ def test_pr35049_gives_exactly_the_logged_pages_and_window(tmp_path: Path) -> No
     ("mixed", 11, 5.0, []), ("pd-abort-race", 12, 5.0, []), ("hicache-race", 13, 2.0, []), ("clean", 14, 5.0, []),
     # a lightly loaded pool: near misses (unsafe_free) beside bug-1 victims
     ("pd-abort-race", 15, 5.0, ["--concurrency", "4", "--rdma-stall-rate", "400"]),
+    ("pd-abort-race", 16, 0.0, ["--concurrency", "6", "--rdma-stall-rate", "400"]),
+    # write-while-read (vLLM #47324 shape) by a HiCache load: page_hazard
+    ("offload-race", 17, 5.0, ["--prefill", "1", "--decode", "1", "--l2-hit-prob", "0.9", "--client-abort-prob", "0.3"]),
+    ("offload-race", 18, 1.0, ["--l2-hit-prob", "0.9", "--client-abort-prob", "0.3", "--concurrency", "32"]),
 ])
 def test_other_seeds_and_clock_skews_keep_recall_precision_and_honest_confidence(
         tmp_path: Path, scenario: str, seed: int, skew_ms: float, extra: list[str]) -> None:
@@ -87,3 +91,8 @@ def test_other_seeds_and_clock_skews_keep_recall_precision_and_honest_confidence
     db = tmp_path / "store.duckdb"
     ingest(out, db)
     check_against_truth(db, out / "labels.json")
+    kinds = {race["kind"] for race in evaluation.load_labels(out / "labels.json")["races"]}
+    want = {"clean": set(), "offload-race": {"page_hazard"}}.get(scenario, set())
+    assert want <= kinds and (kinds or scenario == "clean")
+    if "--rdma-stall-rate" in extra:
+        assert "unsafe_free" in kinds

@@ -64,6 +64,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["near-miss"] = tmp_path_factory.mktemp("near-miss")
     simulate("pd-abort-race", 4, out["near-miss"], {"requests": 50, "concurrency": 4, "rdma_stall_rate": 400.0},
              mode="fast", profile="sample")
+    out["offload-race"] = tmp_path_factory.mktemp("offload-race")
+    simulate("offload-race", 8, out["offload-race"], {"requests": 24, "prefill": 1, "decode": 1, "tp": 1,
+                                                     "l2_hit_prob": 0.9, "client_abort_prob": 0.3},
+             mode="fast", profile="sample")
     out["pr35049"] = tmp_path_factory.mktemp("pr35049")
     simulate("pr35049", 0, out["pr35049"])
     return out
@@ -124,6 +128,26 @@ def _check_near_miss(race: dict[str, Any], spans: list[dict[str, Any]], clock: T
     assert reused == []
 
 
+def _check_write_while_read(race: dict[str, Any], spans: list[dict[str, Any]]) -> None:
+    """page_hazard: the culprit's load writes pages that the victim, after releasing them, still reads."""
+    inst, rank, pool = race["instance"], race["tp_rank"], race["kv_pool"]
+
+    def mine(s: dict[str, Any], rid: str) -> bool:
+        return (s["attrs"]["rid"] == rid and s["resource"]["service.instance.id"] == inst
+                and s["attrs"]["tp_rank"] == rank and s["attrs"]["kv.pool"] == pool)
+    [load] = [s for s in _by(spans, "hicache.load") if mine(s, race["culprit_rid"])]
+    [free] = [s for s in _by(spans, "kv.free") if mine(s, race["victim_rid"])]
+    [alloc] = [s for s in _by(spans, "kv.alloc") if mine(s, race["culprit_rid"])]
+    forwards = {s["span_id"]: s for s in _by(spans, "forward") if s["attrs"]["forward.rids"] == [race["victim_rid"]]
+                and s["attrs"]["tp_rank"] == rank and s["resource"]["service.instance.id"] == inst}
+    [read] = [s for s in _by(spans, "forward.read") if s["parent"] in forwards and s["attrs"]["kv.pool"] == pool]
+    assert (free["attrs"]["kv.free.reason"], free["attrs"]["kv.free.mode"]) == ("aborted", "immediate")
+    assert race["pages"] == sorted(set(load["attrs"]["kv.page_ids"]) & set(free["attrs"]["kv.page_ids"]))
+    # released while its read was in flight; the new owner's load overlaps the rest of that read
+    assert read["start"] < free["start"] <= alloc["start"] <= load["start"] < read["end"]
+    assert (race["window_start_ns"], race["window_end_ns"]) == (load["start"], min(load["end"], read["end"]))
+
+
 def _check_load_race(race: dict[str, Any], spans: list[dict[str, Any]], clock: TrueClock) -> None:
     inst, rank = race["instance"], race["tp_rank"]
     loads = [s for s in _by(spans, "hicache.load") if s["attrs"]["rid"] == race["culprit_rid"]
@@ -142,7 +166,7 @@ def _check_load_race(race: dict[str, Any], spans: list[dict[str, Any]], clock: T
     assert race["window_end_ns"] == max(done_at[layer] for layer in early)
 
 
-@pytest.mark.parametrize("scenario", ["mixed", "pd-abort-race", "hicache-race", "pr35049", "near-miss"])
+@pytest.mark.parametrize("scenario", ["mixed", "pd-abort-race", "hicache-race", "pr35049", "near-miss", "offload-race"])
 def test_every_labelled_race_is_visible_in_the_spans(runs: dict[str, Path], scenario: str) -> None:
     labels = read_labels(runs[scenario] / "labels.json")
     spans = load_spans(runs[scenario])
@@ -155,12 +179,19 @@ def test_every_labelled_race_is_visible_in_the_spans(runs: dict[str, Path], scen
             _check_abort_race(race, spans, clock)
         elif race["kind"] == "unsafe_free":
             _check_near_miss(race, spans, clock)
+        elif race["kind"] == "page_hazard":
+            _check_write_while_read(race, spans)
         else:
             assert race["kind"] == "read_before_load"
             _check_load_race(race, spans, clock)
     bad = {r["rid"]: r for r in labels["requests"] if r["state"] != "ok"}
     race_ids = {race["race_id"]: race for race in labels["races"]}
-    assert bad and all(r["cause"] in race_ids and race_ids[r["cause"]]["victim_rid"] == rid for rid, r in bad.items())
+    assert all(r["cause"] in race_ids and race_ids[r["cause"]]["victim_rid"] == rid for rid, r in bad.items())
+    if scenario == "offload-race":  # the readers were dropped mid-forward: no output to spoil
+        requests = {r["rid"]: r for r in labels["requests"]}
+        assert not bad and all(requests[race["victim_rid"]]["aborted"] for race in labels["races"])
+    else:
+        assert bad
 
 
 def test_mixed_holds_both_bugs_before_the_fix_and_none_after_both(runs: dict[str, Path]) -> None:
@@ -172,7 +203,7 @@ def test_mixed_holds_both_bugs_before_the_fix_and_none_after_both(runs: dict[str
     assert not any(k == "abort_before_write_complete" for v, k in kinds if v == "after-fix-1")
 
 
-@pytest.mark.parametrize("scenario", ["clean", "mixed", "hicache-race", "pd-abort-race"])
+@pytest.mark.parametrize("scenario", ["clean", "mixed", "hicache-race", "pd-abort-race", "offload-race"])
 def test_fixed_builds_show_no_unsafe_overlap(runs: dict[str, Path], scenario: str) -> None:
     """Fix 1: aborted pages are freed deferred, after the write ends. Fix 2: index_k reads wait."""
     labels = read_labels(runs[scenario] / "labels.json")
@@ -184,6 +215,9 @@ def test_fixed_builds_show_no_unsafe_overlap(runs: dict[str, Path], scenario: st
     checked_free = checked_read = 0
     for s in _by(spans, "kv.free"):
         version = s["resource"]["service.version"]
+        key = (s["attrs"]["rid"], s["attrs"]["kv.pool"], s["attrs"]["tp_rank"])
+        if key not in tx_end:  # dropped before its transfer (client disconnect): no write in flight
+            continue
         if s["attrs"]["kv.free.reason"] == "aborted" and not fixes[version]["bug1_abort_free"]:
             assert s["attrs"]["kv.free.mode"] == "deferred"
             assert clock.true(s) > tx_end[(s["attrs"]["rid"], s["attrs"]["kv.pool"], s["attrs"]["tp_rank"])]
@@ -204,11 +238,31 @@ def test_fixed_builds_show_no_unsafe_overlap(runs: dict[str, Path], scenario: st
         checked_read += 1
     fixed1 = any(not p["bug1_abort_free"] for p in fixes.values())
     fixed2 = any(not p["bug2_index_nowait"] for p in fixes.values())
-    assert (checked_free > 0) == fixed1 or scenario == "mixed"
-    assert (checked_read > 0) == fixed2
+    assert (checked_free > 0) == fixed1 or scenario in ("mixed", "offload-race")
+    assert (checked_read > 0) == fixed2 or scenario == "offload-race"
+    # fix 3: a load never overlaps the forward still reading the pages it was given (compute stream first)
+    checked_load = 0
+    frees = {(s["attrs"]["rid"], s["resource"]["service.instance.id"], s["attrs"]["tp_rank"], s["attrs"]["kv.pool"]): s
+             for s in _by(spans, "kv.free") if s["resource"]["sglang.role"] == "prefill"}
+    for load in _by(spans, "hicache.load"):
+        if fixes[load["resource"]["service.version"]].get("bug3_load_nowait_compute", False):
+            continue
+        inst, rank, pool = load["resource"]["service.instance.id"], load["attrs"]["tp_rank"], load["attrs"]["kv.pool"]
+        for fwd in _by(spans, "forward"):
+            if fwd["resource"]["service.instance.id"] != inst or fwd["attrs"]["tp_rank"] != rank:
+                continue
+            reader = fwd["attrs"]["forward.rids"][0]
+            free = frees.get((reader, inst, rank, pool))
+            if reader != load["attrs"]["rid"] and free is not None and free["start"] < fwd["end"] and \
+                    set(free["attrs"]["kv.page_ids"]) & set(load["attrs"]["kv.page_ids"]) and \
+                    free["start"] <= load["start"]:
+                assert load["start"] >= fwd["end"]
+                checked_load += 1
+    assert (checked_load > 0) == (scenario == "offload-race")
     for race in labels["races"]:
         phase = fixes[race["service_version"]]
-        bug = "bug2_index_nowait" if race["kind"] == "read_before_load" else "bug1_abort_free"
+        bug = {"read_before_load": "bug2_index_nowait", "page_hazard": "bug3_load_nowait_compute"}.get(
+            race["kind"], "bug1_abort_free")
         assert phase[bug], race
 
 

@@ -6,9 +6,11 @@
 --   pages and another request got them (SGLang #36738); a load by one request into pages another
 --   request's step was still reading after releasing them (vLLM #47324); a request's step reading
 --   its own decode pages before the transfer into them completed.
+--   A hazard that a named kind already reports (same resource, culprit and victim, shared pages,
+--   overlapping window) is left to that kind, so one race is never reported twice.
 -- returns: one row per hazard in the findings columns plus shape (load_after_release /
 --   write_while_read / read_before_transfer), service_version.
--- requires: kv_ownership, transfer_windows
+-- requires: kv_ownership, transfer_windows, abort_before_write_complete, unsafe_free, read_before_load
 WITH loads AS (
     SELECT span_id, rid, instance_id, tp_rank, kv_pool, page_ids, page_lo, page_hi, start_ns, end_ns, service_version
     FROM kv_events WHERE op = 'load' AND rid IS NOT NULL
@@ -83,6 +85,15 @@ hazards AS (
     UNION ALL BY NAME
     SELECT * EXCLUDE (all_certain), CASE WHEN all_certain THEN 'certain' ELSE 'possible' END AS confidence
     FROM read_before_transfer
+),
+named AS (
+    SELECT instance, tp_rank, kv_pool, pages, culprit_rid, victim_rid, window_start_ns, window_end_ns
+    FROM abort_before_write_complete
+    UNION ALL
+    SELECT instance, tp_rank, kv_pool, pages, culprit_rid, victim_rid, window_start_ns, window_end_ns FROM unsafe_free
+    UNION ALL
+    SELECT instance, tp_rank, kv_pool, pages, culprit_rid, victim_rid, window_start_ns, window_end_ns
+    FROM read_before_load
 )
 SELECT
     substr(md5(concat_ws('|', 'page_hazard', shape, array_to_string(evidence_span_ids, ','))), 1, 16) AS finding_id,
@@ -100,6 +111,14 @@ SELECT
     evidence_span_ids,
     shape,
     service_version
-FROM hazards
+FROM hazards h
 WHERE len(pages) > 0
+  AND NOT EXISTS (
+      SELECT 1 FROM named n
+      WHERE n.instance = h.instance_id AND n.tp_rank = h.tp_rank AND n.kv_pool = h.kv_pool
+        AND n.culprit_rid = h.culprit_rid AND n.victim_rid IS NOT DISTINCT FROM h.victim_rid
+        AND intervals_overlap(n.window_start_ns, greatest(n.window_end_ns, n.window_start_ns + 1),
+                              h.window_start_ns, greatest(h.window_end_ns, h.window_start_ns + 1))
+        AND pages_intersect(n.pages, h.pages)
+  )
 ORDER BY instance, tp_rank, kv_pool, window_start_ns, finding_id

@@ -38,6 +38,8 @@ _KNOB_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
      "Bug 2 rate knob: host->GPU load stall hazard per load-second per other active DMA stream."),
     ("--hicache-stall-min-ms", "hicache_stall_min_ms", click.FloatRange(0, min_open=True),
      "Bug 2 rate knob: shortest load stall (Pareto scale)."),
+    ("--client-abort-prob", "client_abort_prob", click.FloatRange(0, 1),
+     "Bug 3 rate knob: chance a client disconnects during its prefill forward (offload-race)."),
     ("--pcie-gbps", "pcie_gbps", click.FloatRange(0, min_open=True), "Host->GPU load bandwidth of a rank (Gbit/s)."),
     ("--feedback-prob", "feedback_prob", click.FloatRange(0, 1), "Chance a bad output gets a `feedback` span."),
     ("--completion-chars", "completion_chars", click.IntRange(0), "Cut gen_ai.completion to this many characters (0 = omit)."),
