@@ -7,7 +7,8 @@
 #   bash bench/gpu_replay_check.sh --export   # here: sample_traces -> store -> replay/plans/samples/*.json (committed)
 #   bash bench/gpu_replay_check.sh            # on the GPU host: needs python3 with torch only
 # Env: PYTHON (default python3), OUT (folder for results.jsonl, default bench/out), SWEEP,
-#      JITTER (default 10), REPEATS (GPU replays per mode, default 2); SWEEP default 10.
+#      JITTER (default 10), REPEATS (GPU replays per mode, default 2); SWEEP default 10;
+#      SANITIZE_SAMPLE (plans per scenario and kind run under CSAN, default 2; 0 = all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PLANS=replay/plans/samples
@@ -36,7 +37,7 @@ print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}, device {tor
 PY
 mapfile -t plans < <(find "$PLANS" -name '*.json' | sort)
 for s in $SCENARIOS; do echo "$s: $(find "$PLANS/$s" -name '*.json' 2>/dev/null | wc -l) findings"; done
-$PY -m replay.run "${plans[@]}" --device cuda --sanitize --repeats "${REPEATS:-2}" \
+$PY -m replay.run "${plans[@]}" --device cuda --sanitize --sanitize-sample "${SANITIZE_SAMPLE:-2}" --repeats "${REPEATS:-2}" \
   --sweep "${SWEEP:-10}" --jitter "${JITTER:-10}" --json "$OUT/gpu_replay_results.jsonl" > "$OUT/gpu_replay_table.txt"
 cat "$OUT/gpu_replay_table.txt"
 $PY - "$OUT/gpu_replay_results.jsonl" <<'PY'
@@ -49,9 +50,9 @@ print(f"certain findings reproduced as-recorded on GPU: {sum(r['verdict']['corru
 print(f"fixed replays with any corruption on GPU: {sum(r['verdict']['corrupted'] for r in fixed)}/{len(fixed)}")
 print(f"GPU verdict == CPU verdict (every repeat): {sum(bool(r.get('agrees_with_cpu')) for r in recs)}/{len(recs)} replays")
 san = [r.get("sanitizer") or {} for r in recs if r["mode"] == "as-recorded"]
-ok = [s for s in san if "error" not in s]
+ok = [s for s in san if s and "error" not in s]
 print(f"CSAN (per-cell views): flags {sum(s['as-recorded/cell']['reports'] > 0 for s in ok)}/{len(ok)} as-recorded, "
-      f"clean {sum(s['fixed/cell']['reports'] == 0 for s in ok)}/{len(ok)} fixed; errors {len(san) - len(ok)}")
+      f"clean {sum(s['fixed/cell']['reports'] == 0 for s in ok)}/{len(ok)} fixed; errors {sum(1 for s in san if s and 'error' in s)}; not run {sum(1 for s in san if not s)}")
 print(f"CSAN (whole-pool tensor, production layout): flags {sum(s['as-recorded/pool']['reports'] > 0 for s in ok)}/{len(ok)} "
       f"as-recorded and {sum(s['fixed/pool']['reports'] > 0 for s in ok)}/{len(ok)} FIXED (false alarms: it tracks whole tensors)")
 ms = sorted(r["gpu_ms"] for r in recs if r.get("gpu_ms") is not None)

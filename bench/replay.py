@@ -72,10 +72,10 @@ def main() -> None:
                     "mode": mode,
                     "ms": statistics.median(r.gpu_ms or 0.0 for r in runs),
                     "planned_ms": runs[-1].timing.get("planned_ms"),
-                    "enqueue_ms": statistics.median(r.timing["enqueue_ms"] for r in runs),
+                    "enqueue_ms": statistics.median(r.timing.get("enqueue_ms", 0.0) for r in runs),
                     "agree": all(v.signature() == want for v in verdicts),
                     "late": len(verdicts[-1].late_writes),
-                    "gate_overruns": sum(bool(r.timing["gate_overrun"]) for r in runs),
+                    "gate_overruns": sum(bool(r.timing.get("eager_gate_overrun") or r.timing.get("gate_overrun")) for r in runs),
                     "lane_dev_ms": runs[-1].timing.get("lane_end_deviation_ms"),
                     "device": name,
                 })
