@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import statistics
 import sys
 import time
@@ -35,8 +36,14 @@ from typing import Any
 import torch
 
 from replay.cpu import Schedule, schedule
-from replay.plan import Action, Instr, Key, Plan, Program, compile_plan
+from replay.plan import Action, Instr, Key, Plan, PlanError, Program, compile_plan
 from replay.verdict import ACTION_KIND, CELL_WIDTH, Observations, cell, initial_tags
+
+# Every lane is a stream, and lanes must run concurrently: with the default 8 hardware queues, the
+# streams of a plan with more lanes share queues and serialize (or stall behind each other's event
+# waits). 32 is the most CUDA allows; read when the CUDA context is created (lazily, after import).
+os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")
+MAX_LANES = 31  # + the launching stream
 
 # torch.cuda's stream/event API is untyped; one Any-typed handle keeps the checker honest elsewhere.
 cuda: Any = torch.cuda
@@ -249,6 +256,11 @@ class Replayer:
         return result
 
     def _run_once(self, program: Program, scale: float, predicted: Schedule | None) -> GpuRun:
+        if len(program.lanes) > MAX_LANES:
+            raise PlanError(
+                f"{len(program.lanes)} lanes: more concurrent streams than CUDA's {MAX_LANES + 1} hardware queues "
+                "(replay a shorter window)"
+            )
         if self.cycles_per_ms is None:
             self.cycles_per_ms = 1_000_000.0  # warm-up only: any value will do
         self._csan: list[dict[str, Any]] = []

@@ -137,7 +137,8 @@ def sanitizer_child(plan: Plan, time_scale: float | None) -> dict[str, Any]:
 
     # CSAN captures a Python stack for every tensor access; the replay's accesses are all alike, and
     # the stacks make a per-cell replay minutes long. Its verdict does not depend on them.
-    traceback.StackSummary.extract = classmethod(lambda cls, *a, **k: traceback.StackSummary())  # type: ignore[method-assign,assignment]
+    stub = traceback.StackSummary.from_list([traceback.FrameSummary("replay", 0, "replay", lookup_line=False)])
+    traceback.StackSummary.extract = classmethod(lambda cls, *a, **k: traceback.StackSummary(stub))  # type: ignore[method-assign,assignment]
     scale = time_scale if time_scale is not None else 0.0
     result: dict[str, Any] = {}
     for granularity in ("cell", "pool"):
