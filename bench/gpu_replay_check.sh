@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PLANS=replay/plans/samples
-SCENARIOS="pr35049 pd-abort-race hicache-race mixed clean"
+SCENARIOS="pr35049 pd-abort-race hicache-race offload-race mixed clean"
 
 if [[ "${1:-}" == "--export" ]]; then
   KV=${KVTRACE:-.venv/bin/kvtrace}

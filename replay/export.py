@@ -200,7 +200,10 @@ def build_plan(
         chosen.append((r, p))
     t0 = min(r.start_ns - shift(r) for r, _ in chosen)
     ops = [_to_op(i, r, p, instance, tp_rank, shift(r), t0) for i, (r, p) in enumerate(chosen)]
-    ops.sort(key=lambda o: (o.start_ns, o.id))
+    # At equal times the allocator's causal order: a release before the alloc that reuses its pages,
+    # an alloc before the writes into its pages, writes before reads.
+    rank = {"free": 0, "alloc": 1, "transfer": 2, "load": 2, "read": 3}
+    ops.sort(key=lambda o: (o.start_ns, rank[o.op], o.id))
     ops = [Op(i, o.op, o.actor, o.rid, o.kv_pool, o.pages, o.start_ns, o.end_ns, o.layer_offsets_ns, o.span_id, o.info) for i, o in enumerate(ops)]
     num_layers = max((len(o.layer_offsets_ns) for o in ops), default=0) or max(
         (len(r.layer_offsets) for r in rows if r.layer_offsets), default=1

@@ -33,7 +33,7 @@ RECORDED_EDGE_KINDS = (
     "step_before_step",
     "read_before_free",
 )
-FIX_EDGE_KINDS = ("write_before_free", "layer_load_before_read")
+FIX_EDGE_KINDS = ("write_before_free", "read_before_free", "layer_load_before_read")
 
 
 class PlanError(ValueError):
@@ -350,6 +350,8 @@ def fix_edges(plan: Plan) -> list[Edge]:
 
     - write_before_free: a free waits for the completion event of every write into those pages by
       the same request posted before it (SGLang's deferred release, #35049);
+    - read_before_free: a free also waits for the request's reads of those pages still in flight
+      (a dropped request's forward may still read them: vLLM #47324's fix);
     - layer_load_before_read: a read of layer l waits for layer l's load event of every load into
       its pages issued before it (`wait_until(layer)` in every KV accessor, #22811).
     """
@@ -362,6 +364,11 @@ def fix_edges(plan: Plan) -> list[Edge]:
                 Edge(w.id, op.id, "write_before_free")
                 for w in earlier
                 if w.op in WRITE_OPS and w.rid == op.rid and _overlap(w, op)
+            )
+            edges.extend(
+                Edge(r.id, op.id, "read_before_free")
+                for r in earlier
+                if r.op == "read" and r.rid == op.rid and _overlap(r, op) and r.end_ns > op.start_ns
             )
         elif op.op == "read":
             for ld in earlier:
