@@ -33,12 +33,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ops", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--scales", default="1,0.1,0.02")
+    ap.add_argument("--scales", default="0.02,0.1,1", help="time scales, the compressing target first")
     ap.add_argument("--out", default="bench/out/replay.json")
     args = ap.parse_args()
     plan = synthetic_plan(args.ops, seed=0)
     window_ms = (plan.window_ns()[1] - plan.window_ns()[0]) / 1e6
-    rows = []
+    lanes = len(compile_plan(plan, "as-recorded").lanes)
+    print(f"plan: {len(plan.ops)} ops, {lanes} lanes (CUDA streams), recorded window {window_ms:.1f} ms", flush=True)
+    rows: list[dict] = []
     for mode in ("as-recorded", "fixed"):
         times = []
         for _ in range(args.repeats):
@@ -47,6 +49,7 @@ def main() -> None:
             times.append((time.perf_counter() - t) * 1e3)
         rows.append({"variant": f"CPU executor ({mode})", "mode": mode, "ms": statistics.median(times), "planned_ms": None,
                      "enqueue_ms": None, "agree": True, "late": len(v.late_writes), "device": platform.processor() or "cpu"})
+        print(f"  {rows[-1]['variant']}: {rows[-1]['ms']:.1f} ms", flush=True)
     try:
         import torch
         has_cuda = torch.cuda.is_available()
@@ -65,7 +68,8 @@ def main() -> None:
                 want = judge(plan, obs, clean).signature()
                 t0 = time.perf_counter()
                 runs = [rp.run(program, scale, sched) for _ in range(args.repeats)]
-                print(f"  scale {scale:g} {mode}: {args.repeats} replays in {time.perf_counter() - t0:.1f} s wall", flush=True)
+                print(f"  scale {scale:g} {mode}: {args.repeats} replays in {time.perf_counter() - t0:.1f} s wall, GPU ms "
+                      f"{sorted(round(r.gpu_ms or 0.0, 2) for r in runs)}", flush=True)
                 verdicts = [judge(plan, r.obs, clean) for r in runs]
                 rows.append({
                     "variant": f"GPU replay scale {scale:g} ({mode})",
@@ -102,7 +106,7 @@ def main() -> None:
             f"{'overruns':>8} {'vs scale 1':>10}")
     print(head)
     print("-" * len(head))
-    base = {r["mode"]: r["ms"] for r in rows if r["variant"].startswith("GPU replay scale 1 ")}
+    base = {r["mode"]: r["ms"] for r in rows if r["variant"].startswith("GPU replay scale 1 (")}
     for r in rows:
         ratio = f"{base[r['mode']] / r['ms']:.1f}x" if r["mode"] in base and r["variant"].startswith("GPU") and r["ms"] else "-"
         planned = f"{r['planned_ms']:.2f}" if r["planned_ms"] is not None else "-"
