@@ -30,7 +30,7 @@ fi
 PY=${PYTHON:-python3}
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 CUDA_DEVICE_MAX_CONNECTIONS=32
 $PY - <<'PY'
 import torch
 print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}, device {torch.cuda.get_device_name() if torch.cuda.is_available() else '-'}")
@@ -55,6 +55,9 @@ print(f"CSAN (per-cell views): flags {sum(s['as-recorded/cell']['reports'] > 0 f
       f"clean {sum(s['fixed/cell']['reports'] == 0 for s in ok)}/{len(ok)} fixed; errors {sum(1 for s in san if s and 'error' in s)}; not run {sum(1 for s in san if not s)}")
 print(f"CSAN (whole-pool tensor, production layout): flags {sum(s['as-recorded/pool']['reports'] > 0 for s in ok)}/{len(ok)} "
       f"as-recorded and {sum(s['fixed/pool']['reports'] > 0 for s in ok)}/{len(ok)} FIXED (false alarms: it tracks whole tensors)")
+errs = sorted({" ".join(s["error"]) for s in san if s and "error" in s})
+if errs:
+    print("CSAN errors:", *errs[:3], sep="\n  ")
 ms = sorted(r["gpu_ms"] for r in recs if r.get("gpu_ms") is not None)
 print(f"GPU ms per replay: median {ms[len(ms)//2]:.2f}, max {ms[-1]:.2f}; overruns of the launch gate: "
       f"{sum(bool(r.get('timing', {}).get('gate_overrun')) for r in recs)}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")  # 10 lanes = 10 streams: more than CUDA's default 8 queues
 
 from replay.cpu import predict, run_cpu
 from replay.examples import synthetic_plan
