@@ -49,6 +49,11 @@ fixed = [r for r in recs if r["mode"] == "fixed"]
 print(f"certain findings reproduced as-recorded on GPU: {sum(r['verdict']['corrupted'] for r in asrec)}/{len(asrec)}")
 print(f"fixed replays with any corruption on GPU: {sum(r['verdict']['corrupted'] for r in fixed)}/{len(fixed)}")
 print(f"GPU verdict == CPU verdict (every repeat): {sum(bool(r.get('agrees_with_cpu')) for r in recs)}/{len(recs)} replays")
+for r in recs:
+    if not r.get("agrees_with_cpu"):
+        dev = (r.get("timing") or {}).get("lane_end_deviation_ms")
+        print(f"  disagrees: {r['plan']} {r['mode']} ({r.get('confidence')}): critical gap on the device "
+              f"{r.get('critical_gap_us')} us, lane end deviation {dev} ms")
 san = [r.get("sanitizer") or {} for r in recs if r["mode"] == "as-recorded"]
 ok = [s for s in san if s and "error" not in s]
 print(f"CSAN (per-cell views): flags {sum(s['as-recorded/cell']['reports'] > 0 for s in ok)}/{len(ok)} as-recorded, "
