@@ -1,11 +1,17 @@
 """Ingest: trace files or live OTLP payloads -> the DuckDB store, loss-free and idempotent.
 
-Flow of one file: records (sources) -> spans decoded into a column-wise staging batch (decode)
--> every `batch_spans` spans the batch is handed to DuckDB as Arrow tables and merged by the SQL
-files in ingest/sql/ (dedup anti-join, then set-based normalisation) -> the file's transaction
-commits once, with its ingested_files row. A crash before the commit leaves the store as it
-was; a re-run skips committed files and redoes the rest.
-"""
+Flow of one file: records (sources) -> staged Arrow tables, one row per span -> every
+`batch_spans` spans the batch is merged by the SQL files in ingest/sql/ (dedup through
+span_keys, then set-based normalisation) -> the file's transaction commits once, with its
+ingested_files row. A crash before the commit leaves the store as it was; a re-run skips
+committed files and redoes the rest.
+
+Decoding: JSON lines are read in chunks of whole lines (~batch_spans KB) and decoded by the
+columnar fast path (columnar.py: pyarrow's JSON reader + Arrow kernels, no Python per span);
+a chunk it declines (anything it cannot reproduce byte for byte, including every malformed
+line) goes through the validating decoder (decode.py), which quarantines bad records. Single
+JSON documents and protobuf go through the validating decoder. Decoding runs one batch ahead in
+a worker thread (pyarrow releases the GIL) while DuckDB merges the batch before."""
 
 from __future__ import annotations
 
@@ -51,7 +57,7 @@ from ingest.store import open_store
 DEFAULT_BATCH_SPANS = 50_000
 # JSON lines are read in chunks of batch_spans * this many bytes (simulator spans are ~1 KB).
 CHUNK_BYTES_PER_SPAN = 1024
-DUCKDB_MEMORY_LIMIT = "1GB"
+DUCKDB_MEMORY_LIMIT = "512MB"
 T = TypeVar("T")
 
 

@@ -4,8 +4,8 @@
 -- normalise_* files. Parameters: variable file_id (ingested_files.file_id, NULL for live batches).
 -- Dedup: a span is (trace_id, span_id); doubles inside the batch keep the first occurrence,
 -- doubles of stored spans are found through span_keys (below; no per-row index maintenance).
-CREATE OR REPLACE TEMP TABLE batch_spans AS
-SELECT *, hash(trace_id, span_id) AS span_key
+CREATE OR REPLACE TEMP TABLE batch_keys AS
+SELECT seq, trace_id, span_id, hash(trace_id, span_id) AS span_key
 FROM stage_spans
 QUALIFY row_number() OVER (PARTITION BY trace_id, span_id ORDER BY seq) = 1;
 
@@ -16,18 +16,19 @@ QUALIFY row_number() OVER (PARTITION BY trace_id, span_id ORDER BY seq) = 1;
 CREATE OR REPLACE TEMP TABLE stored_doubles AS
 WITH key_hits AS (
     SELECT b.trace_id, b.span_id
-    FROM batch_spans AS b
-    SEMI JOIN (SELECT k.span_key FROM span_keys AS k SEMI JOIN batch_spans AS b USING (span_key)) AS h
+    FROM batch_keys AS b
+    SEMI JOIN (SELECT k.span_key FROM span_keys AS k SEMI JOIN batch_keys AS b USING (span_key)) AS h
         USING (span_key)
 )
 SELECT h.trace_id, h.span_id
 FROM key_hits AS h
 SEMI JOIN spans AS s ON s.trace_id = h.trace_id AND s.span_id = h.span_id;
 
+-- The batch's rows are copied once, here (the keys above carry no attribute text).
 CREATE OR REPLACE TEMP TABLE new_spans AS
-SELECT b.*, hash(b.resource_attributes) AS resource_id
-FROM batch_spans AS b
-ANTI JOIN stored_doubles AS d ON d.trace_id = b.trace_id AND d.span_id = b.span_id;
+SELECT b.*, k.span_key, hash(b.resource_attributes) AS resource_id
+FROM stage_spans AS b
+JOIN (SELECT * FROM batch_keys ANTI JOIN stored_doubles AS d USING (trace_id, span_id)) AS k ON k.seq = b.seq;
 
 INSERT INTO span_keys SELECT span_key FROM new_spans;
 
