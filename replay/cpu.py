@@ -8,7 +8,7 @@ reproduced. This is what CI tests run, and what GPU verdicts are checked against
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from replay.plan import Action, Key, Plan, PlanError, Program, compile_plan
@@ -29,6 +29,8 @@ class Schedule:
     completion_ns: dict[Key, float]
     lane_end_ns: dict[str, float]
     delayed_ns: float  # total time lanes spent blocked on waits
+    # lane -> the lane's clock after each of its instructions (aligned with the lane program)
+    clocks: dict[str, list[float]] = field(default_factory=dict)
 
     def makespan_ns(self) -> float:
         return max(self.lane_end_ns.values(), default=0.0)
@@ -43,6 +45,7 @@ def schedule(program: Program, start_ns: int = 0) -> Schedule:
     done: dict[Key, float] = {}
     done_depth: dict[Key, int] = {}
     timed: list[TimedAction] = []
+    clocks: dict[str, list[float]] = {lane: [] for lane in lanes}
     delayed = 0.0
     progress = True
     while progress:
@@ -65,6 +68,7 @@ def schedule(program: Program, start_ns: int = 0) -> Schedule:
                 elif kind == "record":
                     done[arg] = clock[lane]
                     done_depth[arg] = depth[lane]
+                clocks[lane].append(clock[lane])
                 pc[lane] += 1
                 progress = True
     stuck = [lane for lane, prog in lanes.items() if pc[lane] < len(prog)]
@@ -72,7 +76,7 @@ def schedule(program: Program, start_ns: int = 0) -> Schedule:
         waits = [lanes[lane][pc[lane]][1] for lane in stuck]
         raise PlanError(f"ordering edges form a cycle or wait on a missing op: lanes {stuck} wait on {waits}")
     timed.sort(key=lambda t: (t.time_ns, t.depth, t.action.planned_ns, t.action.op_id))
-    return Schedule(timed, done, clock, delayed)
+    return Schedule(timed, done, clock, delayed, clocks)
 
 
 def observe(plan: Plan, sched: Schedule) -> Observations:
@@ -116,30 +120,3 @@ def run_cpu(plan: Plan, mode: str, clean: Observations | None = None) -> CpuRun:
     if clean is None:
         clean = obs if mode == "fixed" else predict(plan, "fixed")[0]
     return CpuRun(judge(plan, obs, clean), sched)
-
-
-def critical_gap_ns(plan: Plan, sched: Schedule) -> float | None:
-    """The smallest time between two effects on one cell from different lanes, at least one a write.
-
-    On a device the effects themselves take microseconds, so the time scale must keep this gap well
-    above that for the hardware to follow the recorded order.
-    """
-    ordered = {(e.before, e.after) for e in plan.edges}
-    last: dict[tuple[str, int, int], tuple[float, str, str, int]] = {}
-    best: float | None = None
-    for t in sched.actions:
-        a = t.action
-        for page in a.pages:
-            for layer in a.layers:
-                c = (a.kv_pool, page, layer)
-                prev = last.get(c)
-                if (
-                    prev is not None
-                    and prev[1] != t.lane
-                    and not (prev[2] == a.kind == "read")
-                    and (prev[3], a.op_id) not in ordered
-                ):
-                    gap = t.time_ns - prev[0]
-                    best = gap if best is None else min(best, gap)
-                last[c] = (t.time_ns, t.lane, a.kind, a.op_id)
-    return best

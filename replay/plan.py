@@ -32,6 +32,7 @@ RECORDED_EDGE_KINDS = (
     "transfer_before_read",
     "step_before_step",
     "read_before_free",
+    "alloc_before_use",
 )
 FIX_EDGE_KINDS = ("write_before_free", "read_before_free", "layer_load_before_read")
 
@@ -313,7 +314,10 @@ def recorded_edges(ops: Iterable[Op]) -> list[Edge]:
     - transfer_before_read: decode schedules a request only after it saw its transfer complete
       (KVPoll Success), so a read follows the completion of the request's own transfers;
     - step_before_step: a request's forward steps run one after the other;
-    - read_before_free: a request's pages are released only after its last step finished.
+    - read_before_free: a request's pages are released only after its last step finished;
+    - alloc_before_use: a request reads or releases pages only after it was allocated them (the
+      scheduler allocates before it schedules, on the rank's one compute stream: the compute actor's
+      overlapping ops may be replayed on several lanes, and this keeps them ordered).
     A HiCache load gives a read no edge: the missing `wait_until(layer)` is the bug replayed.
     """
     ordered = sorted(ops, key=_op_order)
@@ -331,7 +335,13 @@ def recorded_edges(ops: Iterable[Op]) -> list[Edge]:
                 if frees:
                     befores.setdefault(frees[-1].id, None)
             edges.extend(Edge(b, op.id, "free_before_realloc") for b in befores)
-        elif op.op == "read":
+        if op.op in ("read", "free"):
+            edges.extend(
+                Edge(a.id, op.id, "alloc_before_use")
+                for a in earlier
+                if a.op == "alloc" and a.rid == op.rid and _overlap(a, op)
+            )
+        if op.op == "read":
             for t in earlier:
                 if t.op == "transfer" and t.rid == op.rid and t.end_ns <= op.start_ns and _overlap(t, op):
                     edges.append(Edge(t.id, op.id, "transfer_before_read"))
@@ -513,6 +523,29 @@ def compile_plan(plan: Plan, mode: str) -> Program:
         prog.append(("record", (o.id, None)))
         cursor[lane] = now
     return Program(lanes=lanes, edges=tuple(edges), mode=mode)
+
+
+def launch_order(program: Program) -> list[tuple[str, Instr | None]]:
+    """Every lane's instructions interleaved so that each event is recorded before it is awaited
+    (a CUDA stream waits on an event's latest record at the time of the wait call)."""
+    lanes = program.lanes
+    pc = dict.fromkeys(lanes, 0)
+    recorded: set[Key] = set()
+    out: list[tuple[str, Instr | None]] = [(lane, None) for lane in lanes]
+    progress = True
+    while progress:
+        progress = False
+        for lane, prog in lanes.items():
+            while pc[lane] < len(prog):
+                kind, arg = prog[pc[lane]]
+                if kind == "wait" and arg not in recorded:
+                    break
+                if kind == "record":
+                    recorded.add(arg)
+                out.append((lane, prog[pc[lane]]))
+                pc[lane] += 1
+                progress = True
+    return out
 
 
 def ownership_at_end(plan: Plan) -> dict[tuple[str, int], str]:

@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from replay.cpu import critical_gap_ns, predict, run_cpu
+from replay.cpu import observe, predict, run_cpu
 from replay.plan import Plan, PlanError, compile_plan, load_plan
 from replay.sweep import sweep
+from replay.timing import DEFAULT_FLOOR_NS, DeviceTiming, device_timing
 from replay.verdict import Verdict, judge
 
 # Lanes are CUDA streams; more than CUDA's default 8 hardware queues would serialize them. Read when
@@ -31,21 +32,21 @@ from replay.verdict import Verdict, judge
 os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")
 
 MODES = ("as-recorded", "fixed")
-TARGET_WINDOW_NS = 20_000_000  # an auto-scaled window lasts about 20 ms on the device
-MIN_CRITICAL_GAP_NS = 50_000  # ... unless that leaves two racing effects closer than 50 us
-MAX_WINDOW_NS = 100_000_000  # ... but never longer than 100 ms (then the critical gap is what it is)
+TARGET_WINDOW_NS = 20_000_000  # an auto-scaled window lasts about 20 ms on the device (plus the floors)
 
 
 def auto_time_scale(plan: Plan) -> float:
-    """Compress (or stretch) recorded time so the window lasts ~20 ms but racing effects stay 50 us
-    apart, within a 100 ms cap (HiCache races are microseconds apart in 100 ms windows)."""
+    """Compress (or stretch) recorded time so the as-recorded window lasts ~20 ms on the device.
+    Races closer than that are kept apart by the time warp's floor (replay.timing), not by the scale."""
     run = run_cpu(plan, "as-recorded")
     span = max(1.0, run.schedule.makespan_ns() - plan.window_ns()[0])
-    scale = TARGET_WINDOW_NS / span
-    gap = critical_gap_ns(plan, run.schedule)
-    if gap and gap * scale < MIN_CRITICAL_GAP_NS:
-        scale = MIN_CRITICAL_GAP_NS / gap
-    return min(scale, MAX_WINDOW_NS / span)
+    return TARGET_WINDOW_NS / span
+
+
+def count_diff(got: Verdict, want: Verdict) -> dict[str, list[int]]:
+    """Record counts that differ between two verdicts that may still agree on every claim."""
+    g, w = got.counts(), want.counts()
+    return {k: [g[k], w[k]] for k in g if g[k] != w[k]}
 
 
 def _describe(plan: Plan, name: str) -> dict[str, Any]:
@@ -59,9 +60,18 @@ def _describe(plan: Plan, name: str) -> dict[str, Any]:
     }
 
 
-def run_plan_cpu(plan: Plan, name: str, modes: tuple[str, ...], sweep_n: int, jitter: float) -> list[dict[str, Any]]:
+def run_plan_cpu(
+    plan: Plan,
+    name: str,
+    modes: tuple[str, ...],
+    sweep_n: int,
+    jitter: float,
+    time_scale: float | None = None,
+    floor_ns: float = DEFAULT_FLOOR_NS,
+) -> list[dict[str, Any]]:
     out = []
     clean = predict(plan, "fixed")[0]
+    scale = time_scale if time_scale is not None else auto_time_scale(plan)
     for mode in modes:
         t = time.perf_counter()
         v = run_cpu(plan, mode, clean).verdict
@@ -73,6 +83,9 @@ def run_plan_cpu(plan: Plan, name: str, modes: tuple[str, ...], sweep_n: int, ji
             "verdict": v.summary(),
             "details": v.to_json(),
             "cpu_ms": round((time.perf_counter() - t) * 1e3, 3),
+            "time_scale": scale,
+            "floor_us": floor_ns / 1e3,
+            **_timing_fields(device_timing(plan, mode, scale, floor_ns)),
         }
         if sweep_n:
             rec["sweep"] = sweep(plan, sweep_n, jitter, mode)
@@ -88,6 +101,7 @@ def run_plan_gpu(
     sweep_n: int,
     jitter: float,
     repeats: int = 1,
+    floor_ns: float = DEFAULT_FLOOR_NS,
 ) -> list[dict[str, Any]]:
     import torch
 
@@ -95,43 +109,59 @@ def run_plan_gpu(
 
     scale = time_scale if time_scale is not None else auto_time_scale(plan)
     rp = Replayer(plan, "cuda")
-    gap = critical_gap_ns(plan, run_cpu(plan, "as-recorded").schedule)
     clean = predict(plan, "fixed")[0]
     device_name = torch.cuda.get_device_name()
     out = []
     for mode in modes:
-        program = compile_plan(plan, mode)
-        cpu_obs, sched = predict(plan, mode)
-        cpu_v = judge(plan, cpu_obs, clean)
-        runs = [rp.run(program, scale, sched) for _ in range(max(1, repeats))]
-        gv = judge(plan, runs[-1].obs, clean)
-        agree = all(judge(plan, r.obs, clean).signature() == cpu_v.signature() for r in runs)
+        dt = device_timing(plan, mode, scale, floor_ns)
+        cpu_v = judge(plan, observe(plan, dt.schedule), clean)
+        runs = [rp.run(dt.program, 1.0, dt.lane_end_ns) for _ in range(max(1, repeats))]
+        verdicts = [judge(plan, r.obs, clean) for r in runs]
+        gv = verdicts[-1]
+        diffs = [count_diff(v, cpu_v) for v in verdicts]
         rec: dict[str, Any] = {
             **_describe(plan, name),
             "mode": mode,
             "device": "cuda",
             "device_name": device_name,
             "time_scale": scale,
+            "floor_us": floor_ns / 1e3,
             "verdict": gv.summary(),
             "details": gv.to_json(),
             "cpu_verdict": cpu_v.summary(),
-            "agrees_with_cpu": agree,
+            # Agreement is on what the verdict claims (corruption, pages, stale cells, victim);
+            # record counts that differ are reported beside it, never hidden.
+            "agrees_with_cpu": all(v.claims() == cpu_v.claims() for v in verdicts),
+            "count_diff": next((d for d in diffs if d), {}),
             "repeats": len(runs),
             "gpu_ms": round(sorted(r.gpu_ms or 0.0 for r in runs)[len(runs) // 2], 4),
             "timing": runs[-1].timing,
-            # The closest two racing effects on one cell come on the device, as planned: when this is
-            # below the lanes' timing error (timing.lane_end_deviation_ms), the order is a coin toss.
-            "critical_gap_us": None if gap is None else round(gap * scale / 1e3, 3),
+            **_timing_fields(dt),
         }
         if sweep_n:
 
             def gpu_runner(variant: Plan, m: str) -> Verdict:
-                prog = compile_plan(variant, m)
-                return judge(variant, rp.run(prog, scale, predict(variant, m)[1]).obs, clean)
+                vt = device_timing(variant, m, scale, floor_ns)
+                return judge(variant, rp.run(vt.program, 1.0, vt.lane_end_ns).obs, clean)
 
             rec["sweep"] = sweep(plan, sweep_n, jitter, mode, gpu_runner)
         out.append(rec)
     return out
+
+
+def _timing_fields(dt: DeviceTiming) -> dict[str, Any]:
+    """How close to the edge the replay ran: the races (conflicting accesses that only timing orders;
+    fixed mode has none), their smallest gap as recorded and as achieved on the device by the time
+    warp, and the planned device window."""
+    return {
+        "races": dt.n_races,
+        "race_cells": dt.race_cells,
+        "ties": dt.ties,
+        "untied": dt.untied,
+        "recorded_critical_gap_us": None if dt.critical_gap_ns is None else round(dt.critical_gap_ns / 1e3, 3),
+        "critical_gap_us": None if dt.device_critical_gap_ns is None else round(dt.device_critical_gap_ns / 1e3, 3),
+        "planned_device_ms": round(dt.makespan_ns / 1e6, 4),
+    }
 
 
 def sanitizer_child(plan: Plan, time_scale: float | None) -> dict[str, Any]:
@@ -205,13 +235,16 @@ def _sanitize_sample(paths: list[str], records: list[dict[str, Any]], k: int) ->
     return out
 
 
-def sanitizer_label(s: dict[str, Any] | None) -> str:
+def sanitizer_label(s: dict[str, Any] | None, predicted: tuple[Any, Any] = (None, None)) -> str:
+    """CSAN's per-cell verdict, with the cells the happens-before analysis predicts (replay.timing)."""
     if not s:
         return "not run"
     if "error" in s:
         return "error"
     a, f = s["as-recorded/cell"], s["fixed/cell"]
-    return f"{'flags' if a['reports'] else 'silent'} {a['n_cells']} cells / fixed {'clean' if not f['reports'] else 'FLAGS ' + str(f['n_cells'])}"
+    pa, pf = ("?" if p is None else p for p in predicted)
+    fixed = "clean" if not f["reports"] else f"FLAGS {f['n_cells']}"
+    return f"{'flags' if a['reports'] else 'silent'} {a['n_cells']} (pred {pa}) / fixed {fixed} (pred {pf})"
 
 
 def _sweep_cell(a: dict[str, Any], f: dict[str, Any]) -> str:
@@ -221,31 +254,55 @@ def _sweep_cell(a: dict[str, Any], f: dict[str, Any]) -> str:
     return f"{sa['corruption_rate']:.2f}/{sf['corruption_rate']:.2f} (n={sa['n']},{sa['jitter_pct']:g}%)"
 
 
+def _agree_cell(a: dict[str, Any], f: dict[str, Any]) -> str:
+    recs = [m for m in (a, f) if m and "agrees_with_cpu" in m]
+    if not recs:
+        return "-"
+    if not all(m["agrees_with_cpu"] for m in recs):
+        return "NO"
+    return "yes*" if any(m.get("count_diff") for m in recs) else "yes"
+
+
+def _gap_cell(a: dict[str, Any]) -> str:
+    rec, dev = a.get("recorded_critical_gap_us"), a.get("critical_gap_us")
+    if rec is None:
+        return "-"
+    return f"{rec:.0f}->{dev:.0f}" if dev is not None else f"{rec:.0f}"
+
+
 def table(records: list[dict[str, Any]]) -> str:
-    """The check table: one line per plan, both modes side by side."""
+    """The check table: one line per plan, both modes side by side, then every count that differs
+    between the GPU and the CPU executor where their verdicts agree (marked yes*)."""
     by_plan: dict[str, dict[str, dict[str, Any]]] = {}
     for r in records:
         by_plan.setdefault(r["plan"], {})[r["mode"]] = r
     head = (
-        f"{'finding':<28} {'kind':<28} {'conf':<8} {'dmg/late as-rec':>15} {'dmg/late fixed':>14} "
-        f"{'sanitizer':<34} {'cos / maxerr':>16} {'ms/replay':>10} {'agree':>6} {'P(corrupt) as-rec/fixed':>24}"
+        f"{'finding':<18} {'kind':<28} {'conf':<8} {'dmg/late as-rec':>15} {'dmg/late fixed':>14} {'races a/f':>10} "
+        f"{'gap us rec->dev':>16} {'sanitizer per cell (pred = happens-before)':<46} {'cos / maxerr':>18} "
+        f"{'ms/replay':>12} {'agree':>5} {'P(corrupt) as-rec/fixed':>24}"
     )
     lines = [head, "-" * len(head)]
+    notes = []
     for name, modes in by_plan.items():
         a, f = modes.get("as-recorded", {}), modes.get("fixed", {})
         va, vf = a.get("verdict", {}), f.get("verdict", {})
         div = va.get("divergence") or {}
         ms = [m.get("gpu_ms") for m in (a, f) if m.get("gpu_ms") is not None]
-        agree = all(m.get("agrees_with_cpu", True) for m in (a, f) if m)
-        fid = str(a.get("finding_id") or name)[:28]
+        fid = str(a.get("finding_id") or name)[:18]
+        races = f"{a.get('races', '-')}/{f.get('races', '-')}"
         lines.append(
-            f"{fid:<28} {str(a.get('kind') or '-')[:28]:<28} {a.get('confidence') or '-'!s:<8} "
+            f"{fid:<18} {str(a.get('kind') or '-')[:28]:<28} {a.get('confidence') or '-'!s:<8} "
             f"{len(va.get('damaged_pages', [])):>7}/{va.get('n_late_writes', 0):<7} "
-            f"{len(vf.get('damaged_pages', [])):>6}/{vf.get('n_late_writes', 0):<7} "
-            f"{sanitizer_label(a.get('sanitizer')):<34} "
-            f"{(str(div.get('cosine', '-')) + ' / ' + str(div.get('max_abs_err', '-'))):>16} "
-            f"{('/'.join(f'{x:.2f}' for x in ms) or '-'):>10} {('yes' if agree else 'NO'):>6} {_sweep_cell(a, f):>24}"
+            f"{len(vf.get('damaged_pages', [])):>6}/{vf.get('n_late_writes', 0):<7} {races:>10} {_gap_cell(a):>16} "
+            f"{sanitizer_label(a.get('sanitizer'), (a.get('race_cells'), f.get('race_cells'))):<46} "
+            f"{(str(div.get('cosine', '-')) + ' / ' + str(div.get('max_abs_err', '-'))):>18} "
+            f"{('/'.join(f'{x:.2f}' for x in ms) or '-'):>12} {_agree_cell(a, f):>5} {_sweep_cell(a, f):>24}"
         )
+        for m in (a, f):
+            for key, (gpu, cpu) in (m.get("count_diff") or {}).items():
+                notes.append(f"  {fid} {m['mode']}: {key} {gpu} on the GPU vs {cpu} on the CPU executor")
+    if notes:
+        lines += ["", "counts that differ where the verdicts agree (yes*):", *notes]
     return "\n".join(lines)
 
 
@@ -255,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--mode", choices=(*MODES, "both"), default="both")
     ap.add_argument("--time-scale", type=float, default=None, help="device time per recorded time (default: auto)")
+    ap.add_argument(
+        "--min-gap-ms", type=float, default=DEFAULT_FLOOR_NS / 1e6,
+        help="keep every race's two accesses at least this far apart on the device (time warp floor; 0 = off)",
+    )
     ap.add_argument("--sweep", type=int, default=0, metavar="N")
     ap.add_argument("--jitter", type=float, default=10.0, metavar="PCT")
     ap.add_argument("--repeats", type=int, default=1, help="GPU replays per mode (agreement must hold for all)")
@@ -284,9 +345,11 @@ def main(argv: list[str] | None = None) -> int:
             name = Path(path).stem
             print(f"[{i + 1}/{len(args.plans)}] {name}: {len(plan.ops)} ops (t={time.perf_counter() - t_start:.1f} s)", file=sys.stderr, flush=True)
             if args.device == "cpu":
-                recs = run_plan_cpu(plan, name, modes, args.sweep, args.jitter)
+                recs = run_plan_cpu(plan, name, modes, args.sweep, args.jitter, args.time_scale, args.min_gap_ms * 1e6)
             else:
-                recs = run_plan_gpu(plan, name, modes, args.time_scale, args.sweep, args.jitter, args.repeats)
+                recs = run_plan_gpu(
+                    plan, name, modes, args.time_scale, args.sweep, args.jitter, args.repeats, args.min_gap_ms * 1e6
+                )
                 for r in recs:
                     r["plan_path"] = path
             records.extend(recs)

@@ -31,7 +31,7 @@ def sweep(plan: Plan, n: int, jitter_pct: float, mode: str, runner: Runner = cpu
         c = v if runner is cpu_runner else cpu_runner(variant, mode)
         hits += v.corrupted
         cpu_hits += c.corrupted
-        agree += v.signature() == c.signature()
+        agree += v.claims() == c.claims()
         for p in v.corrupted_pages:
             pages[p] = pages.get(p, 0) + 1
     return {
@@ -43,12 +43,3 @@ def sweep(plan: Plan, n: int, jitter_pct: float, mode: str, runner: Runner = cpu
         "agree_rate": agree / n if n else 0.0,
         "page_hit_rate": {p: c / n for p, c in sorted(pages.items())},
     }
-
-
-def margin_ns(plan: Plan) -> dict[str, float]:
-    """How far the recorded timing is from the edge: the critical gap of the as-recorded schedule."""
-    from replay.cpu import critical_gap_ns
-
-    run = run_cpu(plan, "as-recorded")
-    gap = critical_gap_ns(plan, run.schedule)
-    return {"critical_gap_ns": gap if gap is not None else -1.0}

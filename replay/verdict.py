@@ -93,6 +93,25 @@ class Verdict:
             "stale": sorted((r["op_id"], r["kv_pool"], r["page"], r["layer"]) for r in self.stale_reads),
         }
 
+    def claims(self) -> dict[str, Any]:
+        """What the verdict asserts, and so what two executors must agree on: whether it corrupts,
+        which pages, which (pool, page, layer) cells were read stale, and the victim. How many
+        foreign-page or late-write records it took to see that is not a claim (see `counts`)."""
+        return {
+            "corrupted": self.corrupted,
+            "corrupted_pages": self.corrupted_pages,
+            "damaged_pages": self.damaged_pages(),
+            "stale_cells": sorted({(r["kv_pool"], r["page"], r["layer"]) for r in self.stale_reads}),
+            "victim_rid": self.victim_rid,
+        }
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "foreign_pages": len(self.foreign_pages),
+            "late_writes": len({(w["op_id"], w["kv_pool"], w["page"]) for w in self.late_writes}),
+            "stale_reads": len(self.stale_reads),
+        }
+
     def summary(self) -> dict[str, Any]:
         return {
             "corrupted": self.corrupted,

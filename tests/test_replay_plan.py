@@ -22,6 +22,7 @@ def test_plan_round_trips_through_json(tmp_path):
 def test_recorded_edges_of_pr35049_are_the_ones_that_existed():
     assert pr35049_plan().edges == (
         Edge(0, 1, "alloc_before_write"),  # page indices sent to prefill after the prealloc
+        Edge(0, 2, "alloc_before_use"),  # A released pages it had been allocated
         Edge(2, 3, "free_before_realloc"),  # B got pages 14..32 only once A's free returned them
     )
 
@@ -39,7 +40,7 @@ def test_fix_edges_make_the_free_wait_for_the_write_and_reads_wait_per_layer():
         (lambda d: d["ops"][1].update(op="write"), "ops[1]: unknown op 'write'"),
         (lambda d: d["ops"][1].update(end_ns=0), "ops[1]: end_ns 0 is before start_ns"),
         (lambda d: d["ops"][0].pop("pages"), "ops[0]: missing `pages`"),
-        (lambda d: d["edges"].append({"before": 0, "after": 99}), "edges[2]: `before` and `after` must name op ids"),
+        (lambda d: d["edges"].append({"before": 0, "after": 99}), "edges[3]: `before` and `after` must name op ids"),
     ],
 )
 def test_bad_plans_name_the_file_and_the_entry(tmp_path, mutate, message):
