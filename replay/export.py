@@ -48,22 +48,48 @@ class _Row:
     bootstrap_room: str | None
 
 
-def _rows(con: duckdb.DuckDBPyConnection, instance: str, tp_rank: int) -> list[_Row]:
+_ROW_COLUMNS = """
+    span_id, op, rid, kv_pool, coalesce(page_ids, []), start_ns, end_ns, clock_host, emit_instance_id,
+    coalesce(layer_offsets_ns, []), free_mode, free_reason, status_code, bootstrap_room
+"""
+
+
+def _rows(con: duckdb.DuckDBPyConnection, instance: str, tp_rank: int, rids: set[str]) -> list[_Row]:
+    """Every KV event of `rids` on (instance, tp_rank): their whole lifetimes, allocs to frees."""
     cur = con.execute(
-        """
-        SELECT span_id, op, rid, kv_pool, coalesce(page_ids, []), start_ns, end_ns, clock_host,
-               emit_instance_id, coalesce(layer_offsets_ns, []), free_mode, free_reason, status_code,
-               bootstrap_room
+        f"""
+        SELECT {_ROW_COLUMNS}
         FROM kv_events
-        WHERE instance_id = ? AND tp_rank = ? AND rid IS NOT NULL
+        WHERE instance_id = ? AND tp_rank = ? AND rid = ANY(?::VARCHAR[])
         ORDER BY start_ns, span_id, rid
         """,
-        [instance, tp_rank],
+        [instance, tp_rank, sorted(rids)],
     )
     return [
         _Row(r[0], r[1], r[2], r[3], tuple(sorted(r[4])), r[5], r[6], r[7], r[8], tuple(r[9]), r[10], r[11], r[12], r[13])
         for r in cur.fetchall()
     ]
+
+
+def _rids_near(con: duckdb.DuckDBPyConnection, instance: str, tp_rank: int, lo: int, hi: int) -> set[str]:
+    """Requests with a KV event on (instance, tp_rank) overlapping [lo, hi] (raw times: the caller
+    widens the window by the largest clock offset). A time-range filter: zone maps prune it."""
+    rows = con.execute(
+        """
+        SELECT DISTINCT rid FROM kv_events
+        WHERE instance_id = ? AND tp_rank = ? AND rid IS NOT NULL AND end_ns >= ? AND start_ns <= ?
+        """,
+        [instance, tp_rank, lo, hi],
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def _num_layers(con: duckdb.DuckDBPyConnection, instance: str, tp_rank: int) -> int:
+    row = con.execute(
+        "SELECT max(len(layer_offsets_ns)) FROM kv_events WHERE instance_id = ? AND tp_rank = ? AND layer_offsets_ns IS NOT NULL",
+        [instance, tp_rank],
+    ).fetchone()
+    return int(row[0]) if row and row[0] else 1
 
 
 def _instance_host(con: duckdb.DuckDBPyConnection, instance: str) -> str | None:
@@ -168,12 +194,18 @@ def build_plan(
     meta: dict[str, Any] | None = None,
     expected: dict[str, Any] | None = None,
 ) -> Plan:
-    """The plan of the window [lo, hi] (instance clock) on (instance, tp_rank)."""
-    rows = _rows(con, instance, tp_rank)
-    if not rows:
-        raise ExportError(f"no KV events for instance {instance!r} rank {tp_rank} in the store")
+    """The plan of the window [lo, hi] (instance clock) on (instance, tp_rank).
+
+    Reads only what the plan can contain: the requests with an event near the window (a time-range
+    query) and the given ones, and of those every event (their lifetimes): a store of days costs
+    what the window's requests cost, not what the instance's history does."""
     host = _instance_host(con, instance)
     offsets = _offsets(con, host)
+    reach = max((abs(o) for o in offsets.values()), default=0)
+    candidates = _rids_near(con, instance, tp_rank, lo - reach, hi + reach) | set(rids or ())
+    rows = _rows(con, instance, tp_rank, candidates) if candidates else []
+    if not rows:
+        raise ExportError(f"no KV events on {instance} rank {tp_rank} between {lo} and {hi} ns")
 
     def shift(r: _Row) -> int:
         return offsets.get(r.clock_host or "", 0) if r.clock_host and r.clock_host != host else 0
@@ -205,9 +237,7 @@ def build_plan(
     rank = {"free": 0, "alloc": 1, "transfer": 2, "load": 2, "read": 3}
     ops.sort(key=lambda o: (o.start_ns, rank[o.op], o.id))
     ops = [Op(i, o.op, o.actor, o.rid, o.kv_pool, o.pages, o.start_ns, o.end_ns, o.layer_offsets_ns, o.span_id, o.info) for i, o in enumerate(ops)]
-    num_layers = max((len(o.layer_offsets_ns) for o in ops), default=0) or max(
-        (len(r.layer_offsets) for r in rows if r.layer_offsets), default=1
-    )
+    num_layers = max((len(o.layer_offsets_ns) for o in ops), default=0) or _num_layers(con, instance, tp_rank)
     ops = [o if not o.layer_offsets_ns or len(o.layer_offsets_ns) == num_layers else _pad_offsets(o, num_layers) for o in ops]
     initial = _initial(ops)
     m = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import duckdb
 import pandas as pd
 
 from app.data.common import require
@@ -20,7 +19,6 @@ from replay.export import export_finding
 from replay.plan import Plan
 
 MODES = ("as-recorded", "fixed")
-EXPORT_MARGIN_NS = 600 * 1_000_000_000  # 10 minutes either side of a finding's window
 STORE_HINT = "kvtrace replay run PLAN --device cuda --db {db} (on the GPU host)"
 
 
@@ -36,7 +34,7 @@ class CpuReplay:
 def cpu_replay(store: Store, finding_id: str) -> CpuReplay:
     """Export the finding's window as a plan and predict both modes on the CPU executor."""
     require(store, "findings")
-    plan: Plan = store.call(_export_near, finding_id, str(store.source))
+    plan: Plan = store.call(export_finding, finding_id, str(store.source))
     clean = predict(plan, "fixed")[0]
     verdicts: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
@@ -52,33 +50,6 @@ def cpu_replay(store: Store, finding_id: str) -> CpuReplay:
                   "layer": r["layer"]} for r in verdict.stale_reads]
     cells = pd.DataFrame(rows, columns=["mode", "hazard", "kv_pool", "page", "layer"])
     return CpuReplay(finding_id, len(plan.ops), plan.num_layers, verdicts, cells)
-
-
-def _export_near(cur: duckdb.DuckDBPyConnection, finding_id: str, source: str) -> Plan:
-    """`export_finding` on a cursor whose `kv_events` holds only the finding's resource near its window.
-
-    The exporter reads every KV event of the (instance, rank); on a store of days that is millions
-    of rows (20 s at 10M spans here). A temporary view of the same name shadows the table for this
-    cursor only, keeping events within EXPORT_MARGIN_NS of the window: every request alive in the
-    window starts and ends inside it unless it lived longer than the margin.
-    """
-    row = cur.execute(
-        "SELECT instance, tp_rank, window_start_ns, window_end_ns FROM findings WHERE finding_id = ?", [finding_id]
-    ).fetchone()
-    if row is not None:
-        instance, rank, start, end = row
-        catalog_row = cur.execute("SELECT current_database()").fetchone()
-        catalog = str(catalog_row[0] if catalog_row else "main").replace('"', '""')
-        cur.execute(
-            f"""CREATE OR REPLACE TEMP VIEW kv_events AS SELECT * FROM "{catalog}".main.kv_events
-                WHERE instance_id = {_literal(instance)} AND tp_rank = {int(rank)}
-                  AND end_ns >= {int(start) - EXPORT_MARGIN_NS} AND start_ns <= {int(end) + EXPORT_MARGIN_NS}"""
-        )
-    return export_finding(cur, finding_id, source)
-
-
-def _literal(text: str) -> str:
-    return "'" + str(text).replace("'", "''") + "'"
 
 
 def heatmap_cells(replay: CpuReplay, mode: str) -> pd.DataFrame:
