@@ -94,7 +94,7 @@ def analyze_command(db: str) -> None:
 
 @click.command("findings")
 @db_option
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet", "csv"]), default="jsonl", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet", "csv"]), default="jsonl", show_default=True, help="Output format.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file [default: stdout for jsonl and csv].")
 def findings_command(db: str, fmt: str, out: Path | None) -> None:
