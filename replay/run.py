@@ -200,17 +200,40 @@ def sanitizer_check(plan_path: str, time_scale: float | None) -> dict[str, Any]:
     return sanitizer_check_many([plan_path], time_scale)[plan_path]
 
 
-def sanitizer_check_many(plan_paths: list[str], time_scale: float | None) -> dict[str, dict[str, Any]]:
-    """One child under TORCH_CUDA_SANITIZER=1 for all plans (CSAN must be on before torch is imported)."""
-    cmd = [sys.executable, "-m", "replay.run", *plan_paths, "--device", "cuda", "--csan-child"]
-    if time_scale is not None:
-        cmd += ["--time-scale", str(time_scale)]
+def sanitizer_check_many(
+    plan_paths: list[str], time_scale: float | None, jobs: int = 1, timeout_s: float = 600.0
+) -> dict[str, dict[str, Any]]:
+    """Children under TORCH_CUDA_SANITIZER=1 (CSAN must be on before torch is imported), `jobs` of
+    them at once over interleaved shares of the plans: CSAN judges happens-before, not timing, so
+    they may share the GPU. Each child prints one line per plan as it finishes; a child still
+    running at `timeout_s` is stopped, and its unfinished plans say so."""
     env = {**os.environ, "TORCH_CUDA_SANITIZER": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        err = {"error": (proc.stderr or proc.stdout).strip().splitlines()[-3:] or ["exit " + str(proc.returncode)]}
-        return dict.fromkeys(plan_paths, err)
-    out: dict[str, dict[str, Any]] = json.loads(proc.stdout.strip().splitlines()[-1])
+    shares = [plan_paths[i :: max(1, jobs)] for i in range(max(1, jobs))]
+    procs = []
+    for share in (s for s in shares if s):
+        cmd = [sys.executable, "-m", "replay.run", *share, "--device", "cuda", "--csan-child"]
+        if time_scale is not None:
+            cmd += ["--time-scale", str(time_scale)]
+        procs.append((share, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    deadline = time.monotonic() + timeout_s
+    out: dict[str, dict[str, Any]] = {}
+    for share, proc in procs:
+        try:
+            stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            failure = None if proc.returncode == 0 else ((stderr or "").strip().splitlines()[-3:] or [f"exit {proc.returncode}"])
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+            failure = [f"timeout: CSAN did not finish within {timeout_s:.0f} s"]
+        for line in (stdout or "").splitlines():
+            try:
+                done = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(done, dict):
+                out.update(done)
+        for path in share:
+            out.setdefault(path, {"error": failure or ["no result"]})
     for raw in out.values():
         if "error" in raw:
             continue
@@ -324,23 +347,31 @@ def main(argv: list[str] | None = None) -> int:
         "--sanitize-sample", type=int, default=0, metavar="K",
         help="sanitize at most K plans per (folder, kind) (CSAN is slow; 0 = every plan)",
     )
+    ap.add_argument("--sanitize-jobs", type=int, default=8, help="CSAN processes at once (they may share the GPU)")
+    ap.add_argument("--sanitize-timeout", type=float, default=300.0, metavar="S", help="stop CSAN after S seconds")
+    ap.add_argument(
+        "--from-json", default=None, metavar="FILE",
+        help="take the replay records from FILE (an earlier --json) instead of replaying: e.g. to add --sanitize",
+    )
     ap.add_argument("--json", dest="json_out", default=None, help="write one JSON record per line here")
     ap.add_argument("--csan-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     modes = MODES if args.mode == "both" else (args.mode,)
     try:
         if args.csan_child:
-            results: dict[str, Any] = {}
-            for path in args.plans:
+            for path in args.plans:  # one line per plan, as it finishes (the parent may stop us)
                 try:
-                    results[path] = sanitizer_child(load_plan(path), args.time_scale)
+                    result = sanitizer_child(load_plan(path), args.time_scale)
                 except Exception as exc:  # one plan's failure must not hide the others' verdicts
-                    results[path] = {"error": [f"{type(exc).__name__}: {exc}"]}
-            print(json.dumps(results))
+                    result = {"error": [f"{type(exc).__name__}: {exc}"]}
+                print(json.dumps({path: result}), flush=True)
             return 0
         records: list[dict[str, Any]] = []
+        if args.from_json:
+            with open(args.from_json) as fh:
+                records = [json.loads(line) for line in fh if line.strip()]
         t_start = time.perf_counter()
-        for i, path in enumerate(args.plans):
+        for i, path in enumerate([] if args.from_json else args.plans):
             plan = load_plan(path)
             name = Path(path).stem
             print(f"[{i + 1}/{len(args.plans)}] {name}: {len(plan.ops)} ops (t={time.perf_counter() - t_start:.1f} s)", file=sys.stderr, flush=True)
@@ -354,11 +385,17 @@ def main(argv: list[str] | None = None) -> int:
                     r["plan_path"] = path
             records.extend(recs)
         if args.device == "cuda" and args.sanitize:
-            print("sanitizer: replaying every plan under TORCH_CUDA_SANITIZER=1", file=sys.stderr, flush=True)
             chosen = _sanitize_sample(list(args.plans), records, args.sanitize_sample)
-            verdicts = sanitizer_check_many(chosen, args.time_scale)
+            print(
+                f"sanitizer: {len(chosen)} plans under TORCH_CUDA_SANITIZER=1, {args.sanitize_jobs} processes, "
+                f"stopped after {args.sanitize_timeout:g} s",
+                file=sys.stderr, flush=True,
+            )
+            t_csan = time.perf_counter()
+            verdicts = sanitizer_check_many(chosen, args.time_scale, args.sanitize_jobs, args.sanitize_timeout)
+            print(f"sanitizer: done in {time.perf_counter() - t_csan:.0f} s", file=sys.stderr, flush=True)
             for r in records:
-                r["sanitizer"] = verdicts.get(r["plan_path"])
+                r["sanitizer"] = verdicts.get(r.get("plan_path", ""))
     except PlanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
