@@ -335,7 +335,9 @@ class Replayer:
         if cached is not None and cached[0] is program and cached[1] == time_scale:
             return self._launch_graph(cached[2])
         if self.cycles_per_ms is None:
-            self.run(program, time_scale)  # warm-up and calibration
+            warm = self.run(program, time_scale)  # warm-up and calibration
+            if warm.timing.get("launch") == "graph":
+                return warm  # the warm-up fell back to a graph: captured and cached already
         t_capture = time.perf_counter()
         graph = cuda.CUDAGraph()
         capture = cuda.Stream(device=self.device)
