@@ -93,8 +93,10 @@ def export_command(db: str, finding_id: str | None, window: str | None, tp_rank:
 
 @replay_group.command("run")
 @click.argument("plans", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--mode", type=click.Choice(MODES), default="both", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cpu: the deterministic executor; cuda: re-execute on the GPU (needs torch).")
+@click.option("--mode", type=click.Choice(MODES), default="both", show_default=True,
+              help="as-recorded (the missing synchronization), fixed (the fix's), or both.")
 @click.option("--time-scale", type=float, default=None, help="Device time per recorded time (default: auto, ~20 ms windows).")
 @click.option("--sweep", "sweep_n", type=click.IntRange(0), default=0, help="Jittered variants per mode.")
 @click.option("--jitter", type=click.FloatRange(0), default=10.0, show_default=True, help="Duration jitter, percent.")
