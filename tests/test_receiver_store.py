@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -197,6 +198,8 @@ def test_sigkill_under_load_then_restart_keeps_exactly_the_acknowledged_spans(tm
         threading.Thread(target=load, args=(range(30, 60), lambda: HttpExporter(
             endpoint=f"http://127.0.0.1:{http_port}/v1/traces", timeout=1))),
     ]
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/status", timeout=10) as resp:
+        writer_pid = int(orjson.loads(resp.read())["store_writer_pid"])
     for t in threads:
         t.start()
     deadline = time.monotonic() + 20
@@ -205,6 +208,11 @@ def test_sigkill_under_load_then_restart_keeps_exactly_the_acknowledged_spans(tm
     os.kill(proc.pid, signal.SIGKILL)
     killed.set()
     proc.wait()
+    # The store-writer process dies with its parent (it must not keep the store's lock, or write on).
+    deadline = time.monotonic() + 5
+    while _alive(writer_pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(writer_pid)
     for t in threads:
         t.join()
     assert 12 <= len(acked) < 60, "the kill must land in the middle of the load"
@@ -230,6 +238,33 @@ def test_sigkill_under_load_then_restart_keeps_exactly_the_acknowledged_spans(tm
     got, rows = stored(db)
     assert got == {k for b in batches for k in keys(b)}
     assert rows == 60 * 200
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie awaiting its reaper counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_killed_store_writer_is_restarted_and_nothing_is_lost_or_doubled(receiver: Receiver) -> None:
+    spans = make_spans(400, "wk")
+    exporter = GrpcExporter(endpoint=f"127.0.0.1:{receiver.grpc_port}", insecure=True, compression=None)
+    assert exporter.export(spans[:200]) == SpanExportResult.SUCCESS
+    first = receiver.writer.pid()
+    assert first is not None
+    os.kill(first, signal.SIGKILL)  # maybe mid-transaction: the spool still holds what is not committed
+    assert exporter.export(spans[200:]) == SpanExportResult.SUCCESS  # acknowledged while no writer runs
+    exporter.shutdown()
+    deadline = time.monotonic() + 20
+    while receiver.writer.pid() in (None, first) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert receiver.writer.pid() not in (None, first)
+    assert receiver.stop(drain_timeout_s=20)
+    assert receiver.status()["store_writer_restarts"] == 1
+    assert stored(receiver.config.db_path) == (keys(spans), 400)
 
 
 def _wait_for_store(proc: subprocess.Popen[bytes], db: Path, want: set[Key]) -> tuple[set[Key], int]:

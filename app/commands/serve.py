@@ -67,8 +67,8 @@ def serve(
 ) -> None:
     """Receive OTLP traces live (gRPC and HTTP) and store them durably in the DuckDB store.
 
-    A batch is acknowledged only once it is fsync'd in the write-ahead spool; a background writer
-    moves it into the store. Stop with Ctrl-C or SIGTERM: what is spooled is stored first (or at the
+    A batch is acknowledged only once it is fsync'd in the write-ahead spool; a store-writer child
+    process (restarted if it dies, gone with this one) moves it into the store. Stop with Ctrl-C or SIGTERM: what is spooled is stored first (or at the
     next start). While it runs, `kvtrace report` and the app read the store between writer spells.
 
     Example:

@@ -1,8 +1,9 @@
 """Live OTLP receiver (`kvtrace serve`): OTLP/gRPC and OTLP/HTTP in, the DuckDB store out.
 
 The durability contract: a batch is acknowledged only after it is in the fsync'd write-ahead
-spool (`spool.py`); a single background writer (`store_writer.py`) moves spooled batches into the
-store through `ingest.ingest_payload`, which is idempotent per (trace_id, span_id). So a SIGKILL
+spool (`spool.py`); a single store writer (`store_writer.py`), in its own supervised process
+(`writer_process.py`) so that it never competes with request threads for the GIL, moves spooled
+batches into the store through `ingest.ingest_payload`, which is idempotent per (trace_id, span_id). So a SIGKILL
 at any moment loses no acknowledged span, a restart stores whatever was spooled, and a client's
 retry of a batch it never saw acknowledged is not stored twice.
 

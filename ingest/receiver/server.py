@@ -1,4 +1,4 @@
-"""`Receiver`: the spool, the store writer and both OTLP transports, started and stopped together."""
+"""`Receiver`: the spool, the store-writer process and both OTLP transports, started and stopped together."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ingest.receiver.board import Board
 from ingest.receiver.front import Front, Limits
 from ingest.receiver.grpc_transport import start_grpc_server
 from ingest.receiver.http_transport import OtlpHttpServer
 from ingest.receiver.spool import Spool
-from ingest.receiver.store_writer import StoreWriter
+from ingest.receiver.writer_process import WriterProcess
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,15 @@ class Receiver:
     """A running OTLP receiver (see the package docstring for the durability contract)."""
 
     def __init__(self, config: ReceiverConfig) -> None:
-        from ingest import ingest_payload, open_store  # the ingest library owns decoding and the store
-
         self.config = config
-        self.spool = Spool(config.spool_dir or default_spool_dir(config.db_path),
-                           max_bytes=config.limits.max_spool_bytes)
+        spool_dir = config.spool_dir or default_spool_dir(config.db_path)
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        self.board = Board(spool_dir, create=True)
+        self.spool = Spool(spool_dir, max_bytes=config.limits.max_spool_bytes, board=self.board)
         self.front = Front(self.spool, config.limits, config.token)
-        self.writer = StoreWriter(self.spool, config.db_path, open_store=open_store, ingest_payload=ingest_payload,
-                                  hold_s=config.store_hold_s, release_s=config.store_release_s)
+        # The store writer (ingest.ingest_payload into DuckDB) runs in its own process: see writer_process.py.
+        self.writer = WriterProcess(spool_dir, config.db_path, self.board,
+                                    hold_s=config.store_hold_s, release_s=config.store_release_s)
         self._grpc: Any = None
         self._http: OtlpHttpServer | None = None
         self._http_thread: threading.Thread | None = None
@@ -87,6 +89,8 @@ class Receiver:
             "refused_requests": front.refused,
             "spool_backlog_bytes": self.spool.backlog_bytes(),
             "store_holds_lock": self.writer.holds_store(),
+            "store_writer_pid": self.writer.pid(),
+            "store_writer_restarts": self.writer.restarts,
             **{f"store_{k}": v for k, v in asdict(writer).items()},
         }
 
@@ -102,6 +106,6 @@ class Receiver:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
-        drained = self.writer.stop(drain_timeout_s) if self.writer.running() else self.spool.backlog_bytes() == 0
-        self.spool.close()
+        self.spool.close()  # every acknowledged frame is fsync'd and published on the board already
+        drained = self.writer.stop(drain_timeout_s) or self.spool.backlog_bytes() == 0
         return drained

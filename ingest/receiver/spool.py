@@ -27,10 +27,13 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from ingest.receiver.board import Board
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,36 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def load_cursor(directory: Path) -> Position:
+    """The reader's persisted cursor; (0, 0) when there is none yet."""
+    path = directory / "cursor.json"
+    if not path.exists():
+        return Position(0, 0)
+    try:
+        raw = json.loads(path.read_text())
+        return Position(int(raw["segment"]), int(raw["offset"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SpoolError(f"{path}: unreadable spool cursor ({exc}); fix or delete it") from exc
+
+
+def save_cursor(directory: Path, position: Position) -> None:
+    """Replace `cursor.json` atomically (no fsync: losing it only replays stored, deduplicated frames)."""
+    tmp = directory / "cursor.json.tmp"
+    tmp.write_text(json.dumps({"segment": position.segment, "offset": position.offset}))
+    os.replace(tmp, directory / "cursor.json")
+
+
+def segment_ids(directory: Path) -> list[int]:
+    """Ids of the segment files in `directory`, ascending."""
+    ids = []
+    for path in directory.glob("seg-*.wal"):
+        try:
+            ids.append(int(path.stem.split("-", 1)[1]))
+        except ValueError:
+            continue
+    return sorted(ids)
+
+
 def scan_frames(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
     """Yield (start, end, kind, payload) for each valid frame of `data`; stop at the first bad one."""
     pos = 0
@@ -104,8 +137,12 @@ def scan_frames(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
 class Spool:
     """Append-only, fsync'd, segmented write-ahead log of OTLP batches (see module docstring)."""
 
-    def __init__(self, directory: Path, *, max_bytes: int, segment_bytes: int = 64 << 20) -> None:
+    def __init__(self, directory: Path, *, max_bytes: int, segment_bytes: int = 64 << 20,
+                 board: Board | None = None) -> None:
+        """`board`: the reader is another process (`SpoolReader`); publish the durable position there
+        and take the reader's cursor from it."""
         self.directory = directory
+        self.board = board
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         directory.mkdir(parents=True, exist_ok=True)
@@ -123,17 +160,13 @@ class Spool:
         self._written = 0  # bytes written to the active segment
         self._synced = 0  # bytes of the active segment known to be on disk
         self._durable = Position(self._active, 0)  # readers see frames before this point
+        if board is not None:
+            board.publish_durable(self._active, 0)
 
     # -- files ---------------------------------------------------------------------------------
 
     def _segments(self) -> list[int]:
-        ids = []
-        for path in self.directory.glob("seg-*.wal"):
-            try:
-                ids.append(int(path.stem.split("-", 1)[1]))
-            except ValueError:
-                continue
-        return sorted(ids)
+        return segment_ids(self.directory)
 
     def _open_segment(self, segment: int) -> int:
         fd = os.open(self.directory / _segment_name(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -141,14 +174,7 @@ class Spool:
         return fd
 
     def _load_cursor(self) -> Position:
-        path = self.directory / "cursor.json"
-        if not path.exists():
-            return Position(0, 0)
-        try:
-            raw = json.loads(path.read_text())
-            return Position(int(raw["segment"]), int(raw["offset"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SpoolError(f"{path}: unreadable spool cursor ({exc}); fix or delete it") from exc
+        return load_cursor(self.directory)
 
     def _repair_tail(self) -> None:
         """Truncate a torn frame at the end of the newest segment (an unacknowledged write)."""
@@ -172,6 +198,12 @@ class Spool:
     def backlog_bytes(self) -> int:
         """Bytes spooled but not yet consumed by the reader."""
         with self._state:
+            if self.board is not None:
+                reader = Position(*self.board.writer().cursor)
+                if reader > self._cursor:
+                    self._cursor = reader
+                    for seg in [s for s in self._sizes if s < reader.segment]:
+                        del self._sizes[seg]
             total = 0
             for seg, size in self._sizes.items():
                 if seg > self._cursor.segment:
@@ -203,17 +235,20 @@ class Spool:
                 if self._durable >= Position(segment, end):
                     return
             with self._append_lock:
+                if self._active != segment:
+                    return  # a rotation sealed (fsync'd) our segment meanwhile
                 target = Position(self._active, self._written)
                 # dup: a concurrent rotation may close the segment's descriptor while we fsync.
-                dup = os.dup(self._fd) if self._active == segment else -1
-            if dup >= 0:
-                try:
-                    os.fsync(dup)
-                finally:
-                    os.close(dup)
+                dup = os.dup(self._fd)
+            try:
+                os.fsync(dup)
+            finally:
+                os.close(dup)
             with self._state:
                 if target > self._durable:
                     self._durable = target
+                    if self.board is not None:
+                        self.board.publish_durable(target.segment, target.offset)
                 self._state.notify_all()
 
     def _rotate(self) -> None:
@@ -227,6 +262,8 @@ class Spool:
             # Everything in the sealed segment is on disk now.
             self._sizes[self._active] = 0
             self._durable = Position(self._active, 0)
+            if self.board is not None:
+                self.board.publish_durable(self._active, 0)
             self._state.notify_all()
 
     # -- reading (the single store writer) -------------------------------------------------------
@@ -296,9 +333,7 @@ class Spool:
             done = [s for s in self._sizes if s < position.segment]
             for seg in done:
                 del self._sizes[seg]
-        tmp = self.directory / "cursor.json.tmp"
-        tmp.write_text(json.dumps({"segment": position.segment, "offset": position.offset}))
-        os.replace(tmp, self.directory / "cursor.json")
+        save_cursor(self.directory, position)
         for seg in done:
             (self.directory / _segment_name(seg)).unlink(missing_ok=True)
 
@@ -308,3 +343,91 @@ class Spool:
                 os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
+
+
+class SpoolReader:
+    """The store-writer process's view of a spool that another process appends to.
+
+    Same reading interface as `Spool` (`wait_for_data`, `read_frames`, `commit`, `backlog_bytes`),
+    but the durable position comes from the receiver through the `Board`, and the cursor goes back
+    to it after each commit (the receiver counts its backlog from it). Frames past the durable
+    position are never read: they may be torn, and they are not acknowledged yet.
+    """
+
+    def __init__(self, directory: Path, board: Board, *, poll_s: float = 0.005) -> None:
+        self.directory = directory
+        self.board = board
+        self.poll_s = poll_s
+        self._cursor = load_cursor(directory)
+
+    @property
+    def cursor(self) -> Position:
+        return self._cursor
+
+    def _durable(self) -> Position:
+        return Position(*self.board.durable())
+
+    def _spans(self) -> list[tuple[int, int, int]]:
+        """(segment, first byte, end byte) still to read, from the cursor up to the durable position."""
+        cur, durable = self._cursor, self._durable()
+        out = []
+        for seg in segment_ids(self.directory):
+            if seg < cur.segment or seg > durable.segment:
+                continue
+            start = cur.offset if seg == cur.segment else 0
+            if seg == durable.segment:
+                end = durable.offset
+            else:
+                try:
+                    end = (self.directory / _segment_name(seg)).stat().st_size
+                except FileNotFoundError:
+                    continue
+            if end > start:
+                out.append((seg, start, end))
+        return out
+
+    def backlog_bytes(self) -> int:
+        return sum(end - start for _seg, start, end in self._spans())
+
+    def wait_for_data(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._spans():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(self.poll_s)
+
+    def read_frames(self, max_bytes: int) -> list[Frame]:
+        """Durable frames after the cursor, up to about `max_bytes` of payload (at least one if any)."""
+        frames: list[Frame] = []
+        total = 0
+        durable_segment = self._durable().segment
+        for seg, start, end in self._spans():
+            path = self.directory / _segment_name(seg)
+            with path.open("rb") as fh:
+                fh.seek(start)
+                data = fh.read(end - start)
+            consumed = 0
+            for fstart, fend, kind, payload in scan_frames(data):
+                frames.append(Frame(kind, payload, Position(seg, start + fstart), Position(seg, start + fend)))
+                total += len(payload)
+                consumed = fend
+                if total >= max_bytes:
+                    return frames
+            if consumed < len(data):
+                if seg >= durable_segment:
+                    raise SpoolError(f"corrupt frame in the active spool segment {path} at byte {start + consumed}")
+                dst = self.directory / "corrupt" / _segment_name(seg)
+                log.error("spool: corrupt frame in %s at byte %d; segment moved to %s, later segments continue",
+                          path, start + consumed, dst)
+                os.replace(path, dst)
+        return frames
+
+    def commit(self, position: Position) -> None:
+        """Record that everything before `position` is in the store; delete consumed segments."""
+        self._cursor = position
+        save_cursor(self.directory, position)
+        for seg in segment_ids(self.directory):
+            if seg < position.segment:
+                (self.directory / _segment_name(seg)).unlink(missing_ok=True)

@@ -37,7 +37,7 @@ import duckdb
 
 from ingest.errors import IngestError, PayloadError
 from ingest.pipeline import BatchResult
-from ingest.receiver.spool import KIND_JSON, KIND_PROTOBUF, Frame, Spool, SpoolError
+from ingest.receiver.spool import KIND_JSON, KIND_PROTOBUF, Frame, Spool, SpoolError, SpoolReader
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,15 @@ def _group_frames(frames: list[Frame], max_merge_bytes: int) -> list[list[Frame]
 
 
 class StoreWriter:
-    """Background thread that moves spooled batches into the DuckDB store (see module docstring)."""
+    """Background thread that moves spooled batches into the DuckDB store (see module docstring).
+
+    In `kvtrace serve` it runs in its own process (`writer_process.py`) over a `SpoolReader`; in
+    one process (tests, embedding) it can also read a `Spool` directly.
+    """
 
     def __init__(
         self,
-        spool: Spool,
+        spool: Spool | SpoolReader,
         db_path: Path,
         *,
         open_store: Callable[[Path], duckdb.DuckDBPyConnection],
@@ -83,7 +87,9 @@ class StoreWriter:
         release_s: float = 1.0,
         read_bytes: int = 32 << 20,
         max_merge_bytes: int = 16 << 20,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
+        """`on_change` is called (on the writer thread) after each open, close and transaction."""
         self.spool = spool
         self.db_path = db_path
         self._open_store = open_store
@@ -92,6 +98,7 @@ class StoreWriter:
         self.release_s = release_s
         self.read_bytes = read_bytes
         self.max_merge_bytes = max_merge_bytes
+        self._on_change = on_change or (lambda: None)
         self.stats = WriterStats()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -167,6 +174,7 @@ class StoreWriter:
         self._opened_at = time.monotonic()
         with self._lock:
             self.stats.opens += 1
+        self._on_change()
         return True
 
     def _close(self) -> None:
@@ -177,6 +185,7 @@ class StoreWriter:
                 log.warning("store writer: closing the store: %s", exc)
             self._con = None
             self._closed_at = time.monotonic()
+            self._on_change()
 
     def _drain_once(self) -> None:
         assert self._con is not None
@@ -184,6 +193,7 @@ class StoreWriter:
         for group in _group_frames(frames, self.max_merge_bytes):
             self._ingest_group(self._con, group)
             self.spool.commit(group[-1].end)
+            self._on_change()
 
     def _ingest_group(self, con: duckdb.DuckDBPyConnection, group: list[Frame]) -> None:
         fmt: Literal["json", "protobuf"] = "json" if group[0].kind == KIND_JSON else "protobuf"
