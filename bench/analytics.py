@@ -1,20 +1,27 @@
 """bench/analytics: the race analyses on a store, ours vs a pandas/Python sweep vs the naive DuckDB join.
 
-    .venv/bin/python bench/analytics.py --db STORE [--db STORE2 ...] [--repeat 3]
-    .venv/bin/python bench/analytics.py --spans 1000000 --spans 10000000   # generate (fastpath) + ingest
+    .venv/bin/python bench/analytics.py --spans 1000000 --spans 10000000 --repeat 3 --limit 120
+    .venv/bin/python bench/analytics.py --db STORE [--db STORE2 ...]      # any store, no label check
 
-Each store is measured side by side in one run: (1) ours: every race analysis of the registry
-(skew bounds -> findings); (2) a straightforward pandas/Python sweep of the same two race checks
-(abort_before_write_complete, read_before_load); (3) the naive DuckDB overlap join for bug 1
-(transfers x allocs on page-list overlap + range predicates, no release pre-filter). Medians of
---repeat runs and ratios are printed as a Markdown table; the finding counts are printed too so the
-three are seen to agree.
+Stores (bench/out/analytics/store_N.duckdb) are built once with the real `kvtrace ingest` from
+bench/out/ingest/json-1000000 (bench/ingest.py makes it: simulator fastpath, seed 1, 1,000,163
+spans, labels.json) and, for N > 1M, from N / 1M disjoint copies of it (shifted_input below).
+
+Each store is measured side by side in one run, every method in its own process: (1) ours: every
+race analysis of the registry (skew bounds -> findings), median of --repeat; (2) a straightforward
+pandas/Python sweep of the two race checks abort_before_write_complete and read_before_load (no
+skew correction); (3) the naive DuckDB overlap join for bug 1: page lists unnested, page equality
+plus range predicates. A baseline still running after --limit s is stopped and printed as
+"> N (stopped)". Then the whole `kvtrace report` command (wall time, process start included),
+and the findings per kind against the simulator's labels (the 1M labels once per copy).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -28,6 +35,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from analytics import runner  # noqa: E402
+
+INGEST_OUT = ROOT / "bench" / "out" / "ingest"
+OUT = ROOT / "bench" / "out" / "analytics"
+BASE = 1_000_000
+# In copy k of the base input: trace ids get k in their (zero) upper 64 bits, as bench/ingest.py does;
+# span times move by k * 1000 s (the 1M run lasts 983 s, so copies never overlap in time); every rid
+# (rid, forward.rids) and bootstrap_room gets k as its first two hex digits. The 10M store is then ten
+# disjoint runs of the same workload, not ten copies of each request on the same pages at the same
+# instant (which bench/ingest.py's json-10000000, rewriting trace ids only, is: right for ingest, a
+# page-race storm of identical rids for the analyses).
+_ID_VALUE = re.compile(rb'("stringValue":")[0-9a-f]{2}((?:[0-9a-f]{30}|[0-9a-f]{14})")')
 
 RACE_ANALYSES = ["abort_before_write_complete", "unsafe_free", "read_before_load", "page_hazard", "findings"]
 
@@ -70,64 +88,181 @@ def pandas_sweep(con: duckdb.DuckDBPyConnection) -> int:
 
 
 NAIVE_BUG1 = """
-SELECT count(*) FROM kv_events t
-JOIN kv_events f ON f.op = 'free' AND f.rid = t.rid AND f.instance_id = t.instance_id
-     AND f.tp_rank = t.tp_rank AND f.kv_pool = t.kv_pool
-JOIN kv_events a ON a.op = 'alloc' AND a.instance_id = t.instance_id AND a.tp_rank = t.tp_rank
-     AND a.kv_pool = t.kv_pool AND a.rid <> t.rid
+WITH pages AS (
+    SELECT op, span_id, rid, instance_id, tp_rank, kv_pool, start_ns, end_ns, unnest(page_ids) AS page
+    FROM kv_events WHERE op IN ('transfer', 'free', 'alloc')
+)
+SELECT count(DISTINCT (t.span_id, a.span_id)) FROM pages t
+JOIN pages f ON f.op = 'free' AND f.rid = t.rid AND f.instance_id = t.instance_id AND f.tp_rank = t.tp_rank
+     AND f.kv_pool = t.kv_pool AND f.page = t.page
+JOIN pages a ON a.op = 'alloc' AND a.instance_id = t.instance_id AND a.tp_rank = t.tp_rank
+     AND a.kv_pool = t.kv_pool AND a.page = t.page AND a.rid <> t.rid
 WHERE t.op = 'transfer' AND f.start_ns < t.end_ns AND a.start_ns >= f.start_ns AND a.start_ns < t.end_ns
-  AND len(list_intersect(list_intersect(t.page_ids, f.page_ids), a.page_ids)) > 0
 """
 
 
 def naive_duckdb(con: duckdb.DuckDBPyConnection) -> int:
+    """Bug 1 as the overlap join one writes first: pages unnested, page equality plus range predicates."""
     row = con.execute(NAIVE_BUG1).fetchone()
     return int(row[0]) if row else 0
 
 
-def median_time(fn, con, repeat: int) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+METHODS = {"ours": ours, "pandas": pandas_sweep, "naive": naive_duckdb}
+
+
+def shifted_input(n_spans: int) -> Path:
+    """OTLP JSON lines of n_spans // 1M disjoint copies of bench/out/ingest/json-1000000 (see _ID_VALUE)."""
+    src = INGEST_OUT / f"json-{BASE}"
+    if n_spans <= BASE:
+        return src
+    d = OUT / f"json-{n_spans}-shifted"
+    marker = d / "spans.txt"
+    if not marker.exists():
+        d.mkdir(parents=True, exist_ok=True)
+        for f in sorted(src.glob("*.otlp.jsonl")):
+            data = f.read_bytes()
+            for k in range(n_spans // BASE):
+                copy = data if k == 0 else _ID_VALUE.sub(rb"\g<1>%02x\g<2>" % k, data).replace(
+                    b'Nano":"1764000', b'Nano":"176400%d' % k).replace(
+                    b'"traceId":"' + b"0" * 16, b'"traceId":"%016x' % k)
+                stem, _, suffix = f.name.partition(".")
+                (d / f"{stem}.c{k:02d}.{suffix}").write_bytes(copy)
+                print(f"  {f.name} copy {k}", flush=True)
+        marker.write_text(str(int((src / "spans.txt").read_text()) * (n_spans // BASE)))
+    return d
+
+
+def store(n_spans: int) -> Path:
+    """The store of n_spans, built once with the real `kvtrace ingest` (progress to a log)."""
+    db = OUT / f"store_{n_spans}.duckdb"
+    if not db.exists():
+        src = shifted_input(n_spans)
+        with open(OUT / f"ingest_{n_spans}.log", "w") as log:
+            subprocess.run([str(ROOT / ".venv/bin/kvtrace"), "ingest", str(src), "--db", str(db)],
+                           check=True, stdout=log, stderr=log)
+    return db
+
+
+def child(method: str, db: Path, repeat: int) -> None:
+    """Run one method `repeat` times on a fresh connection; print its times and result as one line."""
+    con = runner.connect(db)
     times, result = [], 0
     for _ in range(repeat):
         t = time.perf_counter()
-        result = fn(con)
+        result = METHODS[method](con)
         times.append(time.perf_counter() - t)
-    return statistics.median(times), result
+    print("RESULT", json.dumps({"times": times, "result": result}), flush=True)
 
 
-def generate(spans: int, out: Path) -> Path:
-    traces, db = out / f"traces_{spans}", out / f"store_{spans}.duckdb"
-    if not db.exists():
-        from simulator.fastpath import write_spans
+def timed_child(method: str, db: Path, repeat: int, limit: float) -> tuple[float | None, int | None]:
+    """Median seconds and result of `method` in a subprocess, or (None, None) once `limit` s passed."""
+    cmd = [sys.executable, __file__, "--child", method, "--db", str(db), "--repeat", str(repeat)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, check=True).stdout
+    except subprocess.TimeoutExpired:
+        return None, None
+    got = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
+    return statistics.median(got["times"]), int(got["result"])
 
-        write_spans(traces, spans, seed=1, scenario="mixed")
-        subprocess.run([str(ROOT / ".venv/bin/kvtrace"), "ingest", str(traces), "--db", str(db)], check=True)
-    return db
+
+def timed_report(db: Path, n_spans: int, limit: float) -> float | None:
+    """Wall seconds of the whole `kvtrace report` command (process start included), or None past `limit`."""
+    t = time.perf_counter()
+    try:
+        subprocess.run([str(ROOT / ".venv/bin/kvtrace"), "report", "--db", str(db), "--out", str(OUT / f"report_{n_spans}")],
+                       check=True, capture_output=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return None
+    return time.perf_counter() - t
+
+
+def label_check(db: Path, n_spans: int) -> list[tuple[str, int, int, int, int]]:
+    """Per kind: labelled races (the 1M labels, once per copy with the copy's rids), races matched by a
+    finding (kind, resource, culprit, shared page), findings, findings matching a race."""
+    labels = json.loads((INGEST_OUT / f"json-{BASE}" / "labels.json").read_text())
+    copies = max(1, n_spans // BASE)
+
+    def rid(r: str | None, k: int) -> str | None:
+        return r if r is None or k == 0 else f"{k:02x}{r[2:]}"
+
+    con = runner.connect(db)
+    runner.compute(con, ["findings"])
+    rows = con.execute("SELECT kind, instance, tp_rank, kv_pool, culprit_rid, pages FROM temp.main.findings").fetchall()
+    con.close()
+    by_key: dict[tuple[object, ...], list[tuple[int, set[int]]]] = defaultdict(list)
+    for i, (kind, inst, rank, pool, culprit, pages) in enumerate(rows):
+        by_key[(kind, inst, rank, pool, culprit)].append((i, set(pages or [])))
+    races: dict[str, int] = defaultdict(int)
+    matched: dict[str, int] = defaultdict(int)
+    hit: set[int] = set()
+    for k in range(copies):
+        for r in labels["races"]:
+            races[r["kind"]] += 1
+            key = (r["kind"], r["instance"], int(r["tp_rank"]), r["kv_pool"], rid(r["culprit_rid"], k))
+            hits = [i for i, pages in by_key.get(key, []) if pages & set(r.get("pages") or [])]
+            hit.update(hits)
+            matched[r["kind"]] += bool(hits)
+    kinds = sorted(set(races) | {row[0] for row in rows})
+    return [(kind, races[kind], matched[kind], sum(1 for r in rows if r[0] == kind),
+             sum(1 for i, r in enumerate(rows) if r[0] == kind and i in hit)) for kind in kinds]
+
+
+def fmt(t: float | None, limit: float) -> str:
+    return f"> {limit:.0f} (stopped)" if t is None else f"{t:.2f}"
+
+
+def ratio(t: float | None, ours_t: float, limit: float) -> str:
+    return f"> {limit / ours_t:.0f}x" if t is None else f"{t / ours_t:.1f}x"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--db", action="append", default=[], type=Path)
-    ap.add_argument("--spans", action="append", default=[], type=int)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--skip-pandas-over", type=int, default=3_000_000, help="spans above which pandas is skipped")
+    ap.add_argument("--db", action="append", default=[], type=Path, help="an existing store (no label check)")
+    ap.add_argument("--spans", action="append", default=[], type=int, help="1000000, 10000000 (built if missing)")
+    ap.add_argument("--repeat", type=int, default=3, help="repeats of ours (median)")
+    ap.add_argument("--baseline-repeat", type=int, default=1)
+    ap.add_argument("--limit", type=float, default=120.0, help="seconds after which a baseline is stopped")
+    ap.add_argument("--report-limit", type=float, default=300.0, help="seconds after which `kvtrace report` is stopped")
+    ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--child", choices=sorted(METHODS), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    stores = list(args.db) + [generate(n, ROOT / "bench" / "out") for n in args.spans]
+    if args.child:
+        child(args.child, args.db[0], args.repeat)
+        return
+    stores = [(db, 0) for db in args.db] + [(store(n), n) for n in args.spans]
     print(f"machine: {platform.machine()}, nproc {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()}, "
-          f"python {platform.python_version()}, duckdb {duckdb.__version__}")
-    print("| store | spans | kv_events | ours (all race analyses) s | pandas sweep s | naive DuckDB join (bug 1 only) s "
-          "| pandas/ours | naive/ours | findings ours / pandas / naive |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for db in stores:
+          f"python {platform.python_version()}, duckdb {duckdb.__version__}; ours median of {args.repeat}, "
+          f"baselines median of {args.baseline_repeat}, each in its own process, stopped after {args.limit:.0f} s")
+    rows, checks, first = [], [], None
+    for db, n in stores:
         con = runner.connect(db)
-        spans = con.execute("SELECT count(*) FROM spans").fetchone()
-        kv = con.execute("SELECT count(*) FROM kv_events").fetchone()
-        n_spans = int(spans[0]) if spans else 0
-        t_ours, n_ours = median_time(ours, con, args.repeat)
-        t_pd, n_pd = (median_time(pandas_sweep, con, 1) if n_spans <= args.skip_pandas_over else (float("nan"), -1))
-        t_naive, n_naive = median_time(naive_duckdb, con, 1)
-        print(f"| {db.name} | {n_spans:,} | {int(kv[0]) if kv else 0:,} | {t_ours:.2f} | {t_pd:.2f} | {t_naive:.2f} "
-              f"| {t_pd / t_ours:.1f}x | {t_naive / t_ours:.1f}x | {n_ours} / {n_pd} / {n_naive} |", flush=True)
+        n_spans = int(con.execute("SELECT count(*) FROM spans").fetchone()[0])  # type: ignore[index]
+        n_kv = int(con.execute("SELECT count(*) FROM kv_events").fetchone()[0])  # type: ignore[index]
         con.close()
+        t_ours, n_ours = timed_child("ours", db, args.repeat, 10 * args.limit)
+        assert t_ours is not None and n_ours is not None
+        t_pd, n_pd = timed_child("pandas", db, args.baseline_repeat, args.limit)
+        t_nv, n_nv = timed_child("naive", db, args.baseline_repeat, args.limit)
+        t_rep = None if args.no_report else timed_report(db, n or n_spans, args.report_limit)
+        first = first or t_ours
+        rows.append(f"| {db.name} | {n_spans:,} | {n_kv:,} | **{t_ours:.2f}** | {t_ours / first:.1f}x "
+                    f"| {fmt(t_pd, args.limit)} | {fmt(t_nv, args.limit)} | {ratio(t_pd, t_ours, args.limit)} "
+                    f"| {ratio(t_nv, t_ours, args.limit)} | {'-' if args.no_report else fmt(t_rep, args.report_limit)} "
+                    f"| {n_ours} / {'-' if n_pd is None else n_pd} / {'-' if n_nv is None else n_nv} |")
+        print(rows[-1], flush=True)
+        if n:
+            checks.append((db.name, label_check(db, n)))
+    print("\n| store | spans | kv_events | ours: all race analyses s | growth vs first | pandas sweep (2 checks) s "
+          "| naive DuckDB join (bug 1) s | pandas/ours | naive/ours | `kvtrace report` s "
+          "| counts ours (bug 1 + read_before_load) / pandas / naive |")
+    print("| --- " * 11 + "|")
+    for r in rows:
+        print(r)
+    for name, check in checks:
+        print(f"\n{name}: findings vs simulator labels\n\n| kind | labelled races | races found | findings "
+              "| findings matching a race |\n| --- | --- | --- | --- | --- |")
+        for kind, races, matched, found, good in check:
+            print(f"| {kind} | {races:,} | {matched:,} | {found:,} | {good:,} |")
 
 
 if __name__ == "__main__":

@@ -10,21 +10,41 @@
 --   transfer_span_id, release_span_id.
 -- requires: early_releases, kv_ownership
 WITH allocs AS (
-    SELECT span_id, rid, instance_id, tp_rank, kv_pool, page_ids, page_lo, page_hi, start_ns
+    SELECT span_id, rid, instance_id, tp_rank, kv_pool, page_ids, page_lo, page_hi, start_ns,
+           start_ns // 1000000000 AS bucket
     FROM kv_events WHERE op = 'alloc' AND rid IS NOT NULL
 ),
-reuses AS (
-    SELECT e.*, a.span_id AS reuse_span_id, a.rid AS reuse_rid, a.start_ns AS reuse_ns,
-           sorted_intersection(e.released_pages, a.page_ids) AS pages,
-           coalesce(o.owned_until_ns, 9223372036854775807) AS victim_release_ns
+-- Time buckets (1 s) turn the per-resource range join into an equi-join: a release with a bounded
+-- window joins only the allocs of the seconds its window spans (an alloc lies in one bucket, so a
+-- pair is met once); the range predicates below still decide. Unbounded windows join as before.
+bounded AS (
+    SELECT e.*, unnest(range(e.release_ns // 1000000000, greatest(e.end_latest_ns, e.release_ns) // 1000000000 + 1))
+               AS bucket
+    FROM early_releases e WHERE e.end_latest_ns IS NOT NULL
+),
+candidates AS (
+    SELECT e.* EXCLUDE (bucket), a.span_id AS reuse_span_id, a.rid AS reuse_rid, a.start_ns AS reuse_ns,
+           a.page_ids AS reuse_page_ids
+    FROM bounded e
+    JOIN allocs a
+      ON a.instance_id = e.instance_id AND a.tp_rank = e.tp_rank AND a.kv_pool = e.kv_pool AND a.bucket = e.bucket
+     AND a.start_ns >= e.release_ns AND a.start_ns < e.end_latest_ns
+    WHERE a.rid <> e.rid
+      AND page_set_overlap(e.page_lo, e.page_hi, e.released_pages, a.page_lo, a.page_hi, a.page_ids)
+    UNION ALL BY NAME
+    SELECT e.*, a.span_id AS reuse_span_id, a.rid AS reuse_rid, a.start_ns AS reuse_ns, a.page_ids AS reuse_page_ids
     FROM early_releases e
     JOIN allocs a
       ON a.instance_id = e.instance_id AND a.tp_rank = e.tp_rank AND a.kv_pool = e.kv_pool
      AND a.start_ns >= e.release_ns
-     AND a.start_ns < coalesce(e.end_latest_ns, 9223372036854775807)
-    LEFT JOIN kv_ownership o ON o.alloc_span_id = a.span_id
-    WHERE a.rid <> e.rid
+    WHERE e.end_latest_ns IS NULL AND a.rid <> e.rid
       AND page_set_overlap(e.page_lo, e.page_hi, e.released_pages, a.page_lo, a.page_hi, a.page_ids)
+),
+reuses AS (
+    SELECT c.* EXCLUDE (reuse_page_ids), sorted_intersection(c.released_pages, c.reuse_page_ids) AS pages,
+           coalesce(o.owned_until_ns, 9223372036854775807) AS victim_release_ns
+    FROM candidates c
+    LEFT JOIN kv_ownership o ON o.alloc_span_id = c.reuse_span_id
 )
 SELECT
     substr(md5(concat_ws('|', 'abort_before_write_complete', span_id, reuse_span_id)), 1, 16) AS finding_id,

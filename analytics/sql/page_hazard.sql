@@ -29,15 +29,19 @@ escaping_loads AS (
     WHERE o.owned_from_ns <= l.start_ns AND o.owned_until_ns < l.end_ns
       AND page_set_overlap(l.page_lo, l.page_hi, l.page_ids, o.page_lo, o.page_hi, o.page_ids)
 ),
+-- Time buckets (1 s) make the per-resource range joins below equi-joins: the interval side is
+-- expanded to the seconds it spans, the point (or the later-starting interval) meets it in one
+-- bucket only, so a pair is met once; the original range predicates still decide.
 load_after_release AS (
     SELECT 'load_after_release' AS shape, e.instance_id, e.tp_rank, e.kv_pool,
            sorted_intersection(e.released_pages, n.page_ids) AS pages,
            e.rid AS culprit_rid, n.rid AS victim_rid,
            n.owned_from_ns AS window_start_ns, e.end_ns AS window_end_ns,
            [e.span_id, e.free_span_id, n.alloc_span_id] AS evidence_span_ids, e.service_version
-    FROM escaping_loads e
-    JOIN kv_ownership n
-      ON n.instance_id = e.instance_id AND n.tp_rank = e.tp_rank AND n.kv_pool = e.kv_pool
+    FROM (SELECT *, unnest(range(release_ns // 1000000000, end_ns // 1000000000 + 1)) AS bucket
+          FROM escaping_loads) e
+    JOIN (SELECT *, owned_from_ns // 1000000000 AS bucket FROM kv_ownership) n
+      ON n.instance_id = e.instance_id AND n.tp_rank = e.tp_rank AND n.kv_pool = e.kv_pool AND n.bucket = e.bucket
      AND n.owned_from_ns >= e.release_ns AND n.owned_from_ns < e.end_ns
     WHERE n.rid <> e.rid
       AND page_set_overlap(n.page_lo, n.page_hi, n.page_ids, e.page_lo, e.page_hi, e.released_pages)
@@ -56,9 +60,12 @@ write_while_read AS (
            l.rid AS culprit_rid, e.rid AS victim_rid,
            greatest(l.start_ns, e.release_ns) AS window_start_ns, least(l.end_ns, e.end_ns) AS window_end_ns,
            [l.span_id, e.span_id, e.free_span_id] AS evidence_span_ids, e.service_version
-    FROM escaping_reads e
-    JOIN loads l
-      ON l.instance_id = e.instance_id AND l.tp_rank = e.tp_rank AND l.kv_pool = e.kv_pool
+    FROM (SELECT *, unnest(range(release_ns // 1000000000, end_ns // 1000000000 + 1)) AS bucket
+          FROM escaping_reads) e
+    JOIN (SELECT *, unnest(range(start_ns // 1000000000, greatest(start_ns, end_ns) // 1000000000 + 1)) AS bucket
+          FROM loads) l
+      ON l.instance_id = e.instance_id AND l.tp_rank = e.tp_rank AND l.kv_pool = e.kv_pool AND l.bucket = e.bucket
+     AND l.bucket = greatest(l.start_ns, e.release_ns) // 1000000000
      AND l.start_ns < e.end_ns AND l.end_ns > e.release_ns
     WHERE l.rid <> e.rid
       AND page_set_overlap(l.page_lo, l.page_hi, l.page_ids, e.page_lo, e.page_hi, e.page_ids)
