@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.receiver.spool import KIND_JSON, KIND_PROTOBUF, Position, Spool, SpoolFull
+from ingest.receiver.spool import KIND_JSON, KIND_PROTOBUF, Position, Spool, SpoolError, SpoolFull
 
 
 def _payloads(spool: Spool) -> list[tuple[int, bytes]]:
@@ -105,3 +105,11 @@ def test_append_returns_only_after_the_bytes_are_on_disk(tmp_path: Path) -> None
         os.close(fd)
     assert end == Position(end.segment, 13 + 7)
     spool.close()
+
+
+def test_a_second_appender_on_the_same_spool_is_refused(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s", max_bytes=1 << 20)
+    with pytest.raises(SpoolError, match="in use by another kvtrace serve"):
+        Spool(tmp_path / "s", max_bytes=1 << 20)
+    spool.close()
+    Spool(tmp_path / "s", max_bytes=1 << 20).close()  # free again once the first one closed

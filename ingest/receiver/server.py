@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingest.receiver.board import Board
 from ingest.receiver.front import Front, Limits
 from ingest.receiver.grpc_transport import start_grpc_server
 from ingest.receiver.http_transport import OtlpHttpServer
@@ -45,9 +44,9 @@ class Receiver:
     def __init__(self, config: ReceiverConfig) -> None:
         self.config = config
         spool_dir = config.spool_dir or default_spool_dir(config.db_path)
-        spool_dir.mkdir(parents=True, exist_ok=True)
-        self.board = Board(spool_dir, create=True)
-        self.spool = Spool(spool_dir, max_bytes=config.limits.max_spool_bytes, board=self.board)
+        self.spool = Spool(spool_dir, max_bytes=config.limits.max_spool_bytes, external_reader=True)
+        assert self.spool.board is not None
+        self.board = self.spool.board
         self.front = Front(self.spool, config.limits, config.token)
         # The store writer (ingest.ingest_payload into DuckDB) runs in its own process: see writer_process.py.
         self.writer = WriterProcess(spool_dir, config.db_path, self.board,

@@ -22,6 +22,7 @@ else is corruption: that segment is moved to `corrupt/` and reported, never skip
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -88,6 +89,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _lock_directory(directory: Path) -> int:
+    """One appender per spool: a second `kvtrace serve` on the same spool would interleave segments."""
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SpoolError(f"{directory} is in use by another kvtrace serve (one receiver per spool)") from None
+    return fd
+
+
 def load_cursor(directory: Path) -> Position:
     """The reader's persisted cursor; (0, 0) when there is none yet."""
     path = directory / "cursor.json"
@@ -138,14 +150,15 @@ class Spool:
     """Append-only, fsync'd, segmented write-ahead log of OTLP batches (see module docstring)."""
 
     def __init__(self, directory: Path, *, max_bytes: int, segment_bytes: int = 64 << 20,
-                 board: Board | None = None) -> None:
-        """`board`: the reader is another process (`SpoolReader`); publish the durable position there
-        and take the reader's cursor from it."""
+                 external_reader: bool = False) -> None:
+        """`external_reader`: the reader is another process (`SpoolReader`); publish the durable
+        position on a fresh `Board` (`self.board`) and take the reader's cursor from it."""
         self.directory = directory
-        self.board = board
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock_directory(directory)
+        self.board = Board(directory, create=True) if external_reader else None
         (directory / "corrupt").mkdir(exist_ok=True)
         self._append_lock = threading.Lock()
         self._sync_lock = threading.Lock()
@@ -160,8 +173,8 @@ class Spool:
         self._written = 0  # bytes written to the active segment
         self._synced = 0  # bytes of the active segment known to be on disk
         self._durable = Position(self._active, 0)  # readers see frames before this point
-        if board is not None:
-            board.publish_durable(self._active, 0)
+        if self.board is not None:
+            self.board.publish_durable(self._active, 0)
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -343,6 +356,9 @@ class Spool:
                 os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = -1
 
 
 class SpoolReader:
