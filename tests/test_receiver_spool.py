@@ -100,7 +100,7 @@ def test_append_returns_only_after_the_bytes_are_on_disk(tmp_path: Path) -> None
     # Read through a separate descriptor: the frame is in the file, whole.
     fd = os.open(segment, os.O_RDONLY)
     try:
-        assert os.read(fd, 100)[13:] == b"payload"
+        assert os.read(fd, 13 + 7)[13:] == b"payload"
     finally:
         os.close(fd)
     assert end == Position(end.segment, 13 + 7)
@@ -113,3 +113,17 @@ def test_a_second_appender_on_the_same_spool_is_refused(tmp_path: Path) -> None:
         Spool(tmp_path / "s", max_bytes=1 << 20)
     spool.close()
     Spool(tmp_path / "s", max_bytes=1 << 20).close()  # free again once the first one closed
+
+
+def test_after_a_crash_the_preallocated_zero_tail_is_cut_and_every_frame_is_kept(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s", max_bytes=1 << 20, segment_bytes=1 << 16)
+    spool.append(KIND_PROTOBUF, b"first")
+    spool.append(KIND_JSON, b'{"second": 2}')
+    segment = next((tmp_path / "s").glob("seg-*.wal"))
+    assert segment.stat().st_size == 1 << 16  # preallocated: syncs flush data, not the file size
+    os.close(spool._fd)  # the process dies: no seal, no truncation, the lock goes with it
+    os.close(spool._lock_fd)
+    reopened = Spool(tmp_path / "s", max_bytes=1 << 20)
+    assert _payloads(reopened) == [(KIND_PROTOBUF, b"first"), (KIND_JSON, b'{"second": 2}')]
+    assert segment.stat().st_size == 2 * 13 + len(b"first") + len(b'{"second": 2}')
+    reopened.close()

@@ -22,6 +22,7 @@ else is corruption: that segment is moved to `corrupt/` and reported, never skip
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -150,12 +151,13 @@ class Spool:
     """Append-only, fsync'd, segmented write-ahead log of OTLP batches (see module docstring)."""
 
     def __init__(self, directory: Path, *, max_bytes: int, segment_bytes: int = 64 << 20,
-                 external_reader: bool = False) -> None:
+                 external_reader: bool = False, preallocate: bool = True) -> None:
         """`external_reader`: the reader is another process (`SpoolReader`); publish the durable
         position on a fresh `Board` (`self.board`) and take the reader's cursor from it."""
         self.directory = directory
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
+        self.preallocate = preallocate
         directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock_directory(directory)
         self.board = Board(directory, create=True) if external_reader else None
@@ -182,7 +184,19 @@ class Spool:
         return segment_ids(self.directory)
 
     def _open_segment(self, segment: int) -> int:
-        fd = os.open(self.directory / _segment_name(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        """Create a segment with its blocks allocated up front (zeros), sized `segment_bytes`.
+
+        Why: appending grows the file, and a grown file makes every fsync commit the filesystem
+        journal (about 4 ms here); writing inside already allocated space lets `fdatasync` flush
+        just the data (about 0.25 ms median). Frames are written with pwrite at `_written`; the
+        zero tail is cut off when the segment is sealed, or by `_repair_tail` after a crash.
+        """
+        path = self.directory / _segment_name(segment)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if self.preallocate:
+            with contextlib.suppress(OSError):  # no space or no support: writes still work, syncs cost more
+                os.posix_fallocate(fd, 0, self.segment_bytes)
+            os.fsync(fd)
         _fsync_dir(self.directory)
         return fd
 
@@ -200,7 +214,9 @@ class Spool:
         for _start, end, _kind, _payload in scan_frames(data):
             good = end
         if good < len(data):
-            log.warning("spool: truncating %d torn bytes at the end of %s (never acknowledged)", len(data) - good, path)
+            if data.count(0, good) != len(data) - good:  # a zero tail is preallocated space, not a torn write
+                log.warning("spool: truncating %d torn bytes at the end of %s (never acknowledged)",
+                            len(data) - good, path)
             with path.open("r+b") as fh:
                 fh.truncate(good)
                 fh.flush()
@@ -233,7 +249,7 @@ class Spool:
                 raise SpoolFull(f"spool holds {self.backlog_bytes()} bytes, limit {self.max_bytes}")
             if self._written and self._written + len(frame) > self.segment_bytes:
                 self._rotate()
-            os.write(self._fd, frame)
+            os.pwrite(self._fd, frame, self._written)
             self._written += len(frame)
             segment, end = self._active, self._written
             with self._state:
@@ -254,7 +270,7 @@ class Spool:
                 # dup: a concurrent rotation may close the segment's descriptor while we fsync.
                 dup = os.dup(self._fd)
             try:
-                os.fsync(dup)
+                os.fdatasync(dup)
             finally:
                 os.close(dup)
             with self._state:
@@ -265,7 +281,10 @@ class Spool:
                 self._state.notify_all()
 
     def _rotate(self) -> None:
-        """Seal the active segment (fsync, close) and start the next; caller holds the append lock."""
+        """Seal the active segment (cut the preallocated tail, fsync, close) and start the next.
+
+        The caller holds the append lock."""
+        os.ftruncate(self._fd, self._written)
         os.fsync(self._fd)
         os.close(self._fd)
         self._active += 1
@@ -353,6 +372,7 @@ class Spool:
     def close(self) -> None:
         with self._append_lock:
             if self._fd >= 0:
+                os.ftruncate(self._fd, self._written)
                 os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
