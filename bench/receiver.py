@@ -15,7 +15,10 @@ Client encodings:
   rewritten per batch (every span stays unique). This measures the receiver, not the encoder.
 
 Reported: acknowledged spans/s, p50/p99 export latency, spans stored (after the store writer
-drained the spool) == spans acknowledged, and the store's drain rate. `--soak S` adds one long
+drained the spool) == spans acknowledged, and the split between the receiving process and the
+store-writer process: spans stored per second while the load ran, the sustained stored rate (spans
+stored / time from the start of the load until the spool was empty), CPU seconds each process used
+during the load, and the 1-minute load average (other work on the machine shows there). `--soak S` adds one long
 run of gRPC prebuilt clients against kvtrace serve, sampling the receiver's RSS and spool backlog.
 
 Run: .venv/bin/python bench/receiver.py [--seconds 15] [--soak 300]
@@ -43,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
+    sys.path.pop(0)  # bench/ingest.py (another bench) would shadow the `ingest` package
 OUT = ROOT / "bench" / "out" / "receiver"
 BATCH = 512
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -278,12 +283,22 @@ def bench_serve(transport: str, encoding: str, seconds: float, clients: int, tag
             shutil.rmtree(p)
         else:
             p.unlink()
+    import psutil
+
     proc, grpc_port, http_port, _log = start_serve(db, ["--store-release", "0.2"])
     try:
         endpoint = f"127.0.0.1:{grpc_port}" if transport == "grpc" else f"http://127.0.0.1:{http_port}/v1/traces"
+        receiver_ps = psutil.Process(proc.pid)
+        writer_ps = psutil.Process(int(serve_status(http_port)["store_writer_pid"]))
+        cpu0 = (sum(receiver_ps.cpu_times()[:2]), sum(writer_ps.cpu_times()[:2]))
         t0 = time.monotonic()
         res = run_clients(transport, encoding, endpoint, seconds, clients)
         status = serve_status(http_port)
+        # The split: the receiving process vs the store-writer process, during the load.
+        res["stored_during_load_per_s"] = status["store_new_spans"] / res["elapsed"]
+        res["receiver_cpu_s"] = sum(receiver_ps.cpu_times()[:2]) - cpu0[0]
+        res["writer_cpu_s"] = sum(writer_ps.cpu_times()[:2]) - cpu0[1]
+        res["loadavg"] = os.getloadavg()[0]
         while status["spool_backlog_bytes"] > 0:
             time.sleep(0.2)
             status = serve_status(http_port)
@@ -307,14 +322,19 @@ def soak(seconds: float, clients: int, rate: float) -> dict[str, Any]:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     proc, grpc_port, http_port, _log = start_serve(db, ["--store-release", "0.2"])
     ps = psutil.Process(proc.pid)
-    samples: list[tuple[float, int, int]] = []
+    samples: list[tuple[float, int, int, int, float]] = []
     stop = threading.Event()
 
     def sample() -> None:
         t0 = time.monotonic()
         while not stop.wait(5.0):
             st = serve_status(http_port)
-            samples.append((time.monotonic() - t0, ps.memory_info().rss, st["spool_backlog_bytes"]))
+            try:  # the writer is a child process; its RSS is reported apart (DuckDB's buffers live there)
+                writer_rss = psutil.Process(int(st["store_writer_pid"])).memory_info().rss
+            except (psutil.Error, TypeError, ValueError):
+                writer_rss = 0
+            samples.append((time.monotonic() - t0, ps.memory_info().rss, st["spool_backlog_bytes"], writer_rss,
+                            os.getloadavg()[0]))
 
     th = threading.Thread(target=sample)
     th.start()
@@ -358,21 +378,25 @@ def main() -> None:
             rows.append((transport, encoding, base, ours))
             print(json.dumps({"transport": transport, "encoding": encoding, "null": base, "serve": ours}), flush=True)
     print()
-    print("| transport | client encoding | receiver | acked spans/s | p50 ms | p99 ms | stored == acked | store drain spans/s |")
-    print("| --- | --- | --- | ---: | ---: | ---: | --- | ---: |")
+    print("| transport | client encoding | receiver | acked spans/s | p50 ms | p99 ms | stored == acked | "
+          "stored spans/s during load | sustained stored spans/s | CPU s receiver / writer | load avg |")
+    print("| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: |")
     for transport, encoding, base, ours in rows:
         name = "OTLP/HTTP protobuf" if transport == "http" else "OTLP/gRPC"
         print(f"| {name} | {encoding} | null sink (baseline) | {base['spans_per_s']:,.0f} | {base['p50_ms']:.1f} | "
-              f"{base['p99_ms']:.1f} | - | - |")
+              f"{base['p99_ms']:.1f} | - | - | - | - | - |")
         ok = "yes" if ours["stored"] == ours["acked"] == ours["acked_by_server"] else (
             f"NO ({ours['stored']} stored, {ours['acked']} acked by clients, {ours['acked_by_server']} by server)")
         print(f"| {name} | {encoding} | kvtrace serve | {ours['spans_per_s']:,.0f} "
               f"({ours['spans_per_s'] / base['spans_per_s']:.2f}x) | {ours['p50_ms']:.1f} | {ours['p99_ms']:.1f} | "
-              f"{ok} ({ours['stored']:,}) | {ours['store_drain_spans_per_s']:,.0f} |")
+              f"{ok} ({ours['stored']:,}) | {ours['stored_during_load_per_s']:,.0f} | "
+              f"{ours['store_drain_spans_per_s']:,.0f} | {ours['receiver_cpu_s']:.1f} / {ours['writer_cpu_s']:.1f} | "
+              f"{ours['loadavg']:.1f} |")
     if args.soak:
         res = soak(args.soak, args.clients, args.soak_rate)
         rss = [s[1] / (1 << 20) for s in res["samples"]]
         backlog = [s[2] / (1 << 20) for s in res["samples"]]
+        writer_rss = [s[3] / (1 << 20) for s in res["samples"]]
         n = len(rss)
         print()
         print(f"soak: {args.soak:.0f} s, {args.clients} gRPC clients offering {args.soak_rate:,.0f} spans/s: "
@@ -381,6 +405,10 @@ def main() -> None:
         print(f"receiver RSS MB: first {rss[0]:.0f}, median of first quarter {statistics.median(rss[: max(1, n // 4)]):.0f}, "
               f"median of last quarter {statistics.median(rss[-max(1, n // 4):]):.0f}, max {max(rss):.0f}; "
               f"spool backlog MB: max {max(backlog):.1f}, last {backlog[-1]:.1f}")
+        print(f"writer process RSS MB: first {writer_rss[0]:.0f}, median of first quarter "
+              f"{statistics.median(writer_rss[: max(1, n // 4)]):.0f}, median of last quarter "
+              f"{statistics.median(writer_rss[-max(1, n // 4):]):.0f}, max {max(writer_rss):.0f}; "
+              f"load average (1 min) median {statistics.median(s[4] for s in res['samples']):.1f}")
         print(json.dumps({"soak_samples": res["samples"]}))
 
 
