@@ -30,6 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import duckdb
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,13 +40,14 @@ from analytics import runner  # noqa: E402
 INGEST_OUT = ROOT / "bench" / "out" / "ingest"
 OUT = ROOT / "bench" / "out" / "analytics"
 BASE = 1_000_000
-# In copy k of the base input: trace ids get k in their (zero) upper 64 bits, as bench/ingest.py does;
-# span times move by k * 1000 s (the 1M run lasts 983 s, so copies never overlap in time); every rid
-# (rid, forward.rids) and bootstrap_room gets k as its first two hex digits. The 10M store is then ten
-# disjoint runs of the same workload, not ten copies of each request on the same pages at the same
-# instant (which bench/ingest.py's json-10000000, rewriting trace ids only, is: right for ingest, a
-# page-race storm of identical rids for the analyses).
-_ID_VALUE = re.compile(rb'("stringValue":")[0-9a-f]{2}((?:[0-9a-f]{30}|[0-9a-f]{14})")')
+# In copy k > 0 of the base input: trace ids get k in their (zero) upper 64 bits, as bench/ingest.py
+# does; span times move by k * 1000 s (the 1M run lasts 983 s, so copies never overlap in time); every
+# rid (rid, forward.rids: 32 hex digits) and bootstrap_room (16) gets k as two more hex digits, so
+# copies share no id (a longer id is never an original one). The 10M store is then ten disjoint
+# runs of the same workload, not ten copies of each request on the same pages at the same instant,
+# which bench/ingest.py's json-10000000 (trace ids rewritten only) is: right for ingest, but for the
+# analyses a storm of identical rids whose free/alloc pairs match across copies.
+_ID_VALUE = re.compile(rb'("stringValue":"(?:[0-9a-f]{32}|[0-9a-f]{16}))"')
 
 RACE_ANALYSES = ["abort_before_write_complete", "unsafe_free", "read_before_load", "page_hazard", "findings"]
 
@@ -122,7 +124,7 @@ def shifted_input(n_spans: int) -> Path:
         for f in sorted(src.glob("*.otlp.jsonl")):
             data = f.read_bytes()
             for k in range(n_spans // BASE):
-                copy = data if k == 0 else _ID_VALUE.sub(rb"\g<1>%02x\g<2>" % k, data).replace(
+                copy = data if k == 0 else _ID_VALUE.sub(rb'\g<1>%02x"' % k, data).replace(
                     b'Nano":"1764000', b'Nano":"176400%d' % k).replace(
                     b'"traceId":"' + b"0" * 16, b'"traceId":"%016x' % k)
                 stem, _, suffix = f.name.partition(".")
@@ -154,15 +156,29 @@ def child(method: str, db: Path, repeat: int) -> None:
     print("RESULT", json.dumps({"times": times, "result": result}), flush=True)
 
 
-def timed_child(method: str, db: Path, repeat: int, limit: float) -> tuple[float | None, int | None]:
-    """Median seconds and result of `method` in a subprocess, or (None, None) once `limit` s passed."""
+def timed_child(method: str, db: Path, repeat: int, limit: float,
+                max_rss_gb: float) -> tuple[float | None, int | None, str]:
+    """Median seconds and result of `method` in a subprocess; (None, None, why) once it passed `limit` s
+    or `max_rss_gb` of resident memory (the machine is shared: a baseline must not take it all)."""
     cmd = [sys.executable, __file__, "--child", method, "--db", str(db), "--repeat", str(repeat)]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, check=True).stdout
-    except subprocess.TimeoutExpired:
-        return None, None
+    t0 = time.perf_counter()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        ps, why = psutil.Process(proc.pid), ""
+        while proc.poll() is None:
+            if time.perf_counter() - t0 > limit:
+                why = f"> {limit:.0f} s (stopped)"
+            elif ps.memory_info().rss > max_rss_gb * 2**30:
+                why = f"> {max_rss_gb:.0f} GB RSS after {time.perf_counter() - t0:.0f} s (stopped)"
+            if why:
+                proc.kill()
+                proc.wait()
+                return None, None, why
+            time.sleep(0.2)
+        out = proc.stdout.read() if proc.stdout else ""
+    if proc.returncode != 0:
+        return None, None, f"failed (exit {proc.returncode})"
     got = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
-    return statistics.median(got["times"]), int(got["result"])
+    return statistics.median(got["times"]), int(got["result"]), ""
 
 
 def timed_report(db: Path, n_spans: int, limit: float) -> float | None:
@@ -183,7 +199,7 @@ def label_check(db: Path, n_spans: int) -> list[tuple[str, int, int, int, int]]:
     copies = max(1, n_spans // BASE)
 
     def rid(r: str | None, k: int) -> str | None:
-        return r if r is None or k == 0 else f"{k:02x}{r[2:]}"
+        return r if r is None or k == 0 else f"{r}{k:02x}"
 
     con = runner.connect(db)
     runner.compute(con, ["findings"])
@@ -207,12 +223,10 @@ def label_check(db: Path, n_spans: int) -> list[tuple[str, int, int, int, int]]:
              sum(1 for i, r in enumerate(rows) if r[0] == kind and i in hit)) for kind in kinds]
 
 
-def fmt(t: float | None, limit: float) -> str:
-    return f"> {limit:.0f} (stopped)" if t is None else f"{t:.2f}"
-
-
-def ratio(t: float | None, ours_t: float, limit: float) -> str:
-    return f"> {limit / ours_t:.0f}x" if t is None else f"{t / ours_t:.1f}x"
+def ratio(t: float | None, ours_t: float, limit: float, why: str) -> str:
+    if t is None:
+        return f"> {limit / ours_t:.0f}x" if why.endswith("s (stopped)") and "GB" not in why else "-"
+    return f"{t / ours_t:.1f}x"
 
 
 def main() -> None:
@@ -223,6 +237,7 @@ def main() -> None:
     ap.add_argument("--baseline-repeat", type=int, default=1)
     ap.add_argument("--limit", type=float, default=120.0, help="seconds after which a baseline is stopped")
     ap.add_argument("--report-limit", type=float, default=300.0, help="seconds after which `kvtrace report` is stopped")
+    ap.add_argument("--max-rss-gb", type=float, default=8.0, help="resident GB at which a method is stopped")
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument("--child", choices=sorted(METHODS), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -239,15 +254,16 @@ def main() -> None:
         n_spans = int(con.execute("SELECT count(*) FROM spans").fetchone()[0])  # type: ignore[index]
         n_kv = int(con.execute("SELECT count(*) FROM kv_events").fetchone()[0])  # type: ignore[index]
         con.close()
-        t_ours, n_ours = timed_child("ours", db, args.repeat, 10 * args.limit)
-        assert t_ours is not None and n_ours is not None
-        t_pd, n_pd = timed_child("pandas", db, args.baseline_repeat, args.limit)
-        t_nv, n_nv = timed_child("naive", db, args.baseline_repeat, args.limit)
+        t_ours, n_ours, why = timed_child("ours", db, args.repeat, 10 * args.limit, args.max_rss_gb)
+        assert t_ours is not None and n_ours is not None, why
+        t_pd, n_pd, why_pd = timed_child("pandas", db, args.baseline_repeat, args.limit, args.max_rss_gb)
+        t_nv, n_nv, why_nv = timed_child("naive", db, args.baseline_repeat, args.limit, args.max_rss_gb)
         t_rep = None if args.no_report else timed_report(db, n or n_spans, args.report_limit)
         first = first or t_ours
+        rep = "-" if args.no_report else f"> {args.report_limit:.0f} (stopped)" if t_rep is None else f"{t_rep:.2f}"
         rows.append(f"| {db.name} | {n_spans:,} | {n_kv:,} | **{t_ours:.2f}** | {t_ours / first:.1f}x "
-                    f"| {fmt(t_pd, args.limit)} | {fmt(t_nv, args.limit)} | {ratio(t_pd, t_ours, args.limit)} "
-                    f"| {ratio(t_nv, t_ours, args.limit)} | {'-' if args.no_report else fmt(t_rep, args.report_limit)} "
+                    f"| {why_pd or f'{t_pd:.2f}'} | {why_nv or f'{t_nv:.2f}'} | {ratio(t_pd, t_ours, args.limit, why_pd)} "
+                    f"| {ratio(t_nv, t_ours, args.limit, why_nv)} | {rep} "
                     f"| {n_ours} / {'-' if n_pd is None else n_pd} / {'-' if n_nv is None else n_nv} |")
         print(rows[-1], flush=True)
         if n:
