@@ -105,6 +105,9 @@ class Receiver:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
-        self.spool.close()  # every acknowledged frame is fsync'd and published on the board already
+        # Every acknowledged frame is fsync'd and on the board already. The spool (and its lock) is
+        # closed only after the writer process is gone, so a new receiver cannot start reading it
+        # while the old writer still commits.
         drained = self.writer.stop(drain_timeout_s) or self.spool.backlog_bytes() == 0
+        self.spool.close()
         return drained
