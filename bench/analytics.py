@@ -46,8 +46,16 @@ BASE = 1_000_000
 # copies share no id (a longer id is never an original one). The 10M store is then ten disjoint
 # runs of the same workload, not ten copies of each request on the same pages at the same instant,
 # which bench/ingest.py's json-10000000 (trace ids rewritten only) is: right for ingest, but for the
-# analyses a storm of identical rids whose free/alloc pairs match across copies.
+# analyses a storm of identical rids whose free/alloc pairs match across copies. Span ids (spanId,
+# parentSpanId, links) are XOR-ed with a per-copy 64-bit constant: the analyses, like OTel, take a
+# span id as unique in a store (a chance collision of random 64-bit ids is ~1e-7 at 10M spans).
 _ID_VALUE = re.compile(rb'("stringValue":"(?:[0-9a-f]{32}|[0-9a-f]{16}))"')
+_SPAN_ID = re.compile(rb'("(?:spanId|parentSpanId)":")([0-9a-f]{16})"')
+
+
+def _xor_span_ids(data: bytes, k: int) -> bytes:
+    key = (k * 0x9E3779B97F4A7C15) & (2**64 - 1)
+    return _SPAN_ID.sub(lambda m: m[1] + b'%016x"' % (int(m[2], 16) ^ key), data)
 
 RACE_ANALYSES = ["abort_before_write_complete", "unsafe_free", "read_before_load", "page_hazard", "findings"]
 
@@ -124,7 +132,7 @@ def shifted_input(n_spans: int) -> Path:
         for f in sorted(src.glob("*.otlp.jsonl")):
             data = f.read_bytes()
             for k in range(n_spans // BASE):
-                copy = data if k == 0 else _ID_VALUE.sub(rb'\g<1>%02x"' % k, data).replace(
+                copy = data if k == 0 else _xor_span_ids(_ID_VALUE.sub(rb'\g<1>%02x"' % k, data), k).replace(
                     b'Nano":"1764000', b'Nano":"176400%d' % k).replace(
                     b'"traceId":"' + b"0" * 16, b'"traceId":"%016x' % k)
                 stem, _, suffix = f.name.partition(".")
