@@ -156,6 +156,7 @@ def store(n_spans: int) -> Path:
 def child(method: str, db: Path, repeat: int) -> None:
     """Run one method `repeat` times on a fresh connection; print its times and result as one line."""
     con = runner.connect(db)
+    con.execute("SET max_temp_directory_size = '8GB'")  # a blow-up must not fill the shared disk
     times, result = [], 0
     for _ in range(repeat):
         t = time.perf_counter()
