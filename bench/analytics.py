@@ -157,6 +157,8 @@ def child(method: str, db: Path, repeat: int) -> None:
     """Run one method `repeat` times on a fresh connection; print its times and result as one line."""
     con = runner.connect(db)
     con.execute("SET max_temp_directory_size = '8GB'")  # a blow-up must not fill the shared disk
+    if method == "naive":  # spill instead of growing past the RSS guard (DuckDB's default: 80% of RAM)
+        con.execute("SET memory_limit = '6GB'")
     times, result = [], 0
     for _ in range(repeat):
         t = time.perf_counter()
