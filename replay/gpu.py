@@ -266,6 +266,29 @@ class Replayer:
                 return graph
         return result
 
+    def _enqueue(self, program: Program, scale: float, start: Any) -> None:
+        """Put the program's lanes on their streams: each lane waits for `start`, then its sleeps,
+        event waits, event records and memory actions in launch order (eager launch and graph
+        capture share this)."""
+        events: dict[Key, Any] = {}
+        for lane, instr in launch_order(program):
+            s = self._stream(lane)
+            if instr is None:  # lane start
+                s.wait_event(start)
+                continue
+            kind, arg = instr
+            with cuda.stream(s):
+                if kind == "sleep":
+                    self._sleep_ns(arg * scale)
+                elif kind == "wait":
+                    s.wait_event(events[arg])
+                elif kind == "record":
+                    ev = cuda.Event()
+                    ev.record(s)
+                    events[arg] = ev
+                elif kind == "act":
+                    self._act(arg)
+
     def _run_once(self, program: Program, scale: float, planned_lane_end_ns: dict[str, float] | None) -> GpuRun:
         if len(program.lanes) > MAX_LANES:
             raise PlanError(
@@ -282,26 +305,9 @@ class Replayer:
         end = cuda.Event(enable_timing=True)
         self._sleep_ns(self.gate_ns)
         gate.record(main)
-        events: dict[Key, Any] = {}
         lane_end: dict[str, Any] = {}
         t_host = time.perf_counter()
-        for lane, instr in launch_order(program):
-            s = self._stream(lane)
-            if instr is None:  # lane start
-                s.wait_event(gate)
-                continue
-            kind, arg = instr
-            with cuda.stream(s):
-                if kind == "sleep":
-                    self._sleep_ns(arg * scale)
-                elif kind == "wait":
-                    s.wait_event(events[arg])
-                elif kind == "record":
-                    ev = cuda.Event()
-                    ev.record(s)
-                    events[arg] = ev
-                elif kind == "act":
-                    self._act(arg)
+        self._enqueue(program, scale, gate)
         for lane in program.lanes:
             ev = cuda.Event(enable_timing=True)
             ev.record(self._stream(lane))
@@ -345,24 +351,7 @@ class Replayer:
         with cuda.graph(graph, stream=capture):
             fork = cuda.Event()
             fork.record(capture)
-            events: dict[Key, Any] = {}
-            for lane, instr in launch_order(program):
-                s = self._stream(lane)
-                if instr is None:
-                    s.wait_event(fork)
-                    continue
-                kind, arg = instr
-                with cuda.stream(s):
-                    if kind == "sleep":
-                        self._sleep_ns(arg * time_scale)
-                    elif kind == "wait":
-                        s.wait_event(events[arg])
-                    elif kind == "record":
-                        ev = cuda.Event()
-                        ev.record(s)
-                        events[arg] = ev
-                    elif kind == "act":
-                        self._act(arg)
+            self._enqueue(program, time_scale, fork)
             for lane in program.lanes:
                 join = cuda.Event()
                 join.record(self._stream(lane))
