@@ -9,9 +9,11 @@ committed files and redoes the rest.
 Decoding: JSON lines are read in chunks of whole lines (~batch_spans KB) and decoded by the
 columnar fast path (columnar.py: pyarrow's JSON reader + Arrow kernels, no Python per span);
 a chunk it declines (anything it cannot reproduce byte for byte, including every malformed
-line) goes through the validating decoder (decode.py), which quarantines bad records. Single
-JSON documents and protobuf go through the validating decoder. Decoding runs one batch ahead in
-a worker thread (pyarrow releases the GIL) while DuckDB merges the batch before."""
+line) goes through the validating decoder (decode.py), which quarantines bad records. Protobuf
+ResourceSpans frames are decoded in groups by the C fast path (protofast.py, _otlpfast.c) with
+the same fallback. Single JSON documents go through the validating decoder. Decoding runs one
+batch ahead in a worker thread (pyarrow and the C decoder release the GIL) while DuckDB merges
+the batch before."""
 
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ from ingest.decode import (
     add_proto_resource_spans,
 )
 from ingest.errors import IngestError, PayloadError
+from ingest.protofast import decode_traces, frame_resource_spans
 from ingest.sources import (
     LineChunk,
     Record,
@@ -57,6 +60,9 @@ from ingest.store import open_store
 DEFAULT_BATCH_SPANS = 50_000
 # JSON lines are read in chunks of batch_spans * this many bytes (simulator spans are ~1 KB).
 CHUNK_BYTES_PER_SPAN = 1024
+# Protobuf ResourceSpans frames are decoded in groups of up to batch_spans * this many bytes
+# (simulator spans are ~320 bytes of protobuf).
+PROTO_BYTES_PER_SPAN = 512
 DUCKDB_MEMORY_LIMIT = "512MB"
 T = TypeVar("T")
 
@@ -267,6 +273,36 @@ def _staged_units(units: Iterable[LineChunk | Record], batch_spans: int, columna
         yield from map(Staged.from_batch, _batches(pending, batch_spans))
 
 
+def _staged_proto(records: Iterable[Record], batch_spans: int, columnar: bool) -> Iterator[Staged]:
+    """Decode a protobuf file's ResourceSpans frames: runs of good frames (up to batch_spans *
+    PROTO_BYTES_PER_SPAN bytes) through the C fast path (protofast.py), or, when it declines or
+    a frame is bad, through the validating decoder, which quarantines as always."""
+    group: list[Record] = []
+    size, limit = 0, batch_spans * PROTO_BYTES_PER_SPAN
+
+    def flush() -> Iterator[Staged]:
+        tables = decode_traces(frame_resource_spans(r.data for r in group)) if columnar else None
+        if tables is not None:
+            yield Staged.from_columnar(tables)
+        else:
+            yield from map(Staged.from_batch, _batches(group, batch_spans))
+
+    for rec in records:
+        if rec.kind != "proto_rs":
+            if group:
+                yield from flush()
+                group, size = [], 0
+            yield from map(Staged.from_batch, _batches([rec], batch_spans))
+            continue
+        group.append(rec)
+        size += len(rec.data)
+        if size >= limit:
+            yield from flush()
+            group, size = [], 0
+    if group:
+        yield from flush()
+
+
 _END = object()
 
 
@@ -400,7 +436,7 @@ def _decoded_files(
                 units = iter_json_units(stream, batch_spans * CHUNK_BYTES_PER_SPAN)
                 staged = _staged_units(units, batch_spans, columnar)
             elif kind == "protobuf":
-                staged = map(Staged.from_batch, _batches(iter_proto_records(stream), batch_spans))
+                staged = _staged_proto(iter_proto_records(stream), batch_spans, columnar)
             else:
                 staged = iter(())
             for batch in staged:
@@ -501,10 +537,14 @@ def ingest_payload(
 
 
 def _decode_payload(data: bytes, fmt: str, source: str) -> Staged:
-    """One payload's staged tables: JSON on one line through the columnar fast path when it
-    takes it, else (and protobuf) through the validating decoder."""
+    """One payload's staged tables: JSON on one line through the columnar fast path, protobuf
+    through the C fast path, when they take it, else through the validating decoder."""
     if fmt == "json" and b"\n" not in data.rstrip():
         tables = decode_json_lines(data)
+        if tables is not None:
+            return Staged.from_columnar(tables)
+    if fmt == "protobuf":
+        tables = decode_traces(data)
         if tables is not None:
             return Staged.from_columnar(tables)
     batch = StagingBatch()

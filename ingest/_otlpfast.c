@@ -1,0 +1,1023 @@
+/* ingest._otlpfast: OTLP protobuf traces -> the staging columns of ingest/decode.py, in C.
+ *
+ * decode(data) takes a TracesData / ExportTraceServiceRequest message (both are `repeated
+ * ResourceSpans resource_spans = 1`) and returns the staging columns as raw buffers (see
+ * ingest/protofast.py, which turns them into Arrow arrays), or None when the message holds
+ * anything the validating decoder (decode.py, over upb) would treat in a way this file does not
+ * reproduce byte for byte: malformed wire data, invalid UTF-8 in a string field, a bad or
+ * missing id, a time or enum out of range, a duplicate attribute key, a singular message field
+ * given twice, string_value_strindex, nesting deeper than MAX_DEPTH. The caller then runs the
+ * validating decoder, which quarantines or rejects as it always does. The GIL is released while
+ * the message is parsed; no Python object is touched there.
+ *
+ * Attribute JSON is written exactly as orjson.dumps writes the validating decoder's dict:
+ * compact, keys in order, orjson's string escapes, doubles in orjson's shortest form, NaN and
+ * infinities as null, bytes as base64. tests/test_ingest_protofast.py holds both paths to that.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_DEPTH 32
+#define DECLINE 1
+#define NOMEM 2
+
+/* ------------------------------------------------------------------------------ buffers */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} Buf;
+
+static int buf_grow(Buf *b, size_t extra) {
+    size_t need = b->len + extra;
+    if (need <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < need) cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) return NOMEM;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int buf_put(Buf *b, const void *src, size_t n) {
+    if (b->len + n > b->cap && buf_grow(b, n)) return NOMEM;
+    memcpy(b->p + b->len, src, n);
+    b->len += n;
+    return 0;
+}
+
+static inline int buf_byte(Buf *b, char c) {
+    if (b->len + 1 > b->cap && buf_grow(b, 1)) return NOMEM;
+    b->p[b->len++] = c;
+    return 0;
+}
+
+#define PUT_VAL(buf, type, v)            \
+    do {                                 \
+        type _v = (v);                   \
+        if (buf_put((buf), &_v, sizeof _v)) return NOMEM; \
+    } while (0)
+
+/* A string column: int32 offsets (n + 1), data, one validity byte a row. */
+typedef struct {
+    Buf off, data, valid;
+} StrCol;
+
+static int strcol_init(StrCol *c) { PUT_VAL(&c->off, int32_t, 0); return 0; }
+
+static int strcol_end_row(StrCol *c, int valid) {
+    if (c->data.len > INT32_MAX) return DECLINE;
+    PUT_VAL(&c->off, int32_t, (int32_t)c->data.len);
+    PUT_VAL(&c->valid, uint8_t, (uint8_t)(valid != 0));
+    return 0;
+}
+
+static void buf_free(Buf *b) { free(b->p); b->p = NULL; b->len = b->cap = 0; }
+static void strcol_free(StrCol *c) { buf_free(&c->off); buf_free(&c->data); buf_free(&c->valid); }
+
+/* ------------------------------------------------------------------------------ wire reading */
+
+typedef struct {
+    const uint8_t *p, *end;
+} Rd;
+
+static inline int rd_varint(Rd *r, uint64_t *out) {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (r->p >= r->end) return DECLINE;
+        uint8_t b = *r->p++;
+        if (shift == 63 && b > 1) return DECLINE;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) { *out = v; return 0; }
+    }
+    return DECLINE;
+}
+
+static inline int rd_fixed64(Rd *r, uint64_t *out) {
+    if (r->end - r->p < 8) return DECLINE;
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | r->p[i];
+    r->p += 8;
+    *out = v;
+    return 0;
+}
+
+typedef struct {
+    const uint8_t *p;
+    size_t n;
+} Slice;
+
+/* Next field: number, wire type; for LEN fields the payload slice. Scalars are left to the
+ * caller (rd_varint / rd_fixed64) except through skip_field. */
+static inline int rd_tag(Rd *r, uint32_t *field, uint32_t *wt) {
+    uint64_t tag;
+    if (rd_varint(r, &tag)) return DECLINE;
+    if (tag >> 32) return DECLINE;
+    *field = (uint32_t)(tag >> 3);
+    *wt = (uint32_t)(tag & 7);
+    if (*field == 0) return DECLINE;
+    return 0;
+}
+
+static inline int rd_len(Rd *r, Slice *s) {
+    uint64_t n;
+    if (rd_varint(r, &n)) return DECLINE;
+    if (n > (uint64_t)(r->end - r->p)) return DECLINE;
+    s->p = r->p;
+    s->n = (size_t)n;
+    r->p += n;
+    return 0;
+}
+
+static int skip_field(Rd *r, uint32_t wt) {
+    uint64_t v;
+    Slice s;
+    switch (wt) {
+    case 0: return rd_varint(r, &v);
+    case 1: if (r->end - r->p < 8) return DECLINE; r->p += 8; return 0;
+    case 2: return rd_len(r, &s);
+    case 5: if (r->end - r->p < 4) return DECLINE; r->p += 4; return 0;
+    default: return DECLINE; /* groups: never in OTLP */
+    }
+}
+
+/* ------------------------------------------------------------------------------ UTF-8, JSON */
+
+static int utf8_valid(const uint8_t *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        if (i + 8 <= n) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (!(w & 0x8080808080808080ULL)) { i += 8; continue; }
+        }
+        uint8_t c = s[i];
+        if (c < 0x80) { i++; continue; }
+        if (c >= 0xC2 && c <= 0xDF) {
+            if (i + 1 >= n || (s[i + 1] & 0xC0) != 0x80) return 0;
+            i += 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            if (i + 2 >= n || (s[i + 1] & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80) return 0;
+            if (c == 0xE0 && s[i + 1] < 0xA0) return 0;  /* overlong */
+            if (c == 0xED && s[i + 1] >= 0xA0) return 0; /* surrogates */
+            i += 3;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            if (i + 3 >= n || (s[i + 1] & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80 ||
+                (s[i + 3] & 0xC0) != 0x80)
+                return 0;
+            if (c == 0xF0 && s[i + 1] < 0x90) return 0;
+            if (c == 0xF4 && s[i + 1] >= 0x90) return 0;
+            i += 4;
+        } else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static const char HEXL[] = "0123456789abcdef";
+
+/* A JSON string as orjson writes it: " and \ escaped, \b \t \n \f \r, other controls as \u00xx,
+ * everything else (DEL and non-ASCII included) as is. `s` is valid UTF-8. */
+static int json_string(Buf *b, const uint8_t *s, size_t n) {
+    if (buf_grow(b, n + 2)) return NOMEM;
+    b->p[b->len++] = '"';
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        if (buf_put(b, s + run, i - run)) return NOMEM;
+        run = i + 1;
+        char esc[6];
+        size_t k = 2;
+        esc[0] = '\\';
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\t': esc[1] = 't'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\r': esc[1] = 'r'; break;
+        default:
+            esc[1] = 'u'; esc[2] = '0'; esc[3] = '0';
+            esc[4] = HEXL[c >> 4]; esc[5] = HEXL[c & 15];
+            k = 6;
+        }
+        if (buf_put(b, esc, k)) return NOMEM;
+    }
+    if (buf_put(b, s + run, n - run)) return NOMEM;
+    return buf_byte(b, '"');
+}
+
+static int json_int(Buf *b, int64_t v) {
+    char tmp[24];
+    int k = snprintf(tmp, sizeof tmp, "%lld", (long long)v);
+    return buf_put(b, tmp, (size_t)k);
+}
+
+/* A finite double as orjson writes it (shortest digits that read back to the same double;
+ * fixed notation for decimal exponents -5..15 with at least one digit after the point,
+ * otherwise d[.ddd]e(+|-)X with no exponent padding); NaN and infinities as null. */
+/* Digits and decimal exponent of the p-digit decimal string "%.{p-1}e" gives for x. */
+static int sci_digits(double x, int p, char *digits, int *exp10) {
+    char tmp[48];
+    snprintf(tmp, sizeof tmp, "%.*e", p - 1, fabs(x));
+    int nd = 0;
+    const char *q = tmp;
+    for (; *q && *q != 'e'; q++)
+        if (*q != '.') digits[nd++] = *q;
+    *exp10 = atoi(q + 1);
+    return nd;
+}
+
+static double digits_value(const char *digits, int nd, int exp10) {
+    char tmp[48];
+    int k = 0;
+    tmp[k++] = digits[0];
+    tmp[k++] = '.';
+    for (int i = 1; i < nd; i++) tmp[k++] = digits[i];
+    snprintf(tmp + k, sizeof tmp - (size_t)k, "e%d", exp10);
+    return strtod(tmp, NULL);
+}
+
+/* The other p-digit neighbour of |x|: one unit in the last place up (dir > 0) or down. */
+static void step_digits(char *digits, int nd, int *exp10, int dir) {
+    int i = nd - 1;
+    if (dir > 0) {
+        while (i >= 0 && digits[i] == '9') digits[i--] = '0';
+        if (i >= 0) {
+            digits[i]++;
+        } else {
+            digits[0] = '1'; /* 9.99 -> 10.0: 1.00 with the exponent one up */
+            for (int j = 1; j < nd; j++) digits[j] = '0';
+            (*exp10)++;
+        }
+    } else {
+        while (i >= 0 && digits[i] == '0') digits[i--] = '9';
+        digits[i]--;
+        if (digits[0] == '0') { /* 1.00 -> 0.99: 9.9..9 with the exponent one down */
+            for (int j = 0; j < nd; j++) digits[j] = '9';
+            (*exp10)--;
+        }
+    }
+}
+
+/* A finite double as orjson writes it (the shortest digits that read back to the same double,
+ * the nearest of them when several; fixed notation for decimal exponents -5..15 with at least
+ * one digit after the point, otherwise d[.ddd]e(+|-)X with no exponent padding); NaN and
+ * infinities as null. */
+static int json_double(Buf *b, double x) {
+    if (!isfinite(x)) return buf_put(b, "null", 4);
+    char digits[24];
+    int nd = 0, e = 0;
+    double ax = fabs(x);
+    if (ax == 0.0) {
+        digits[0] = '0';
+        nd = 1;
+    } else {
+        /* Any decimal of <= 15 significant digits survives a trip through a double, so when the
+         * 15-digit rounding reads back to x, the shortest digits are it without trailing zeros;
+         * otherwise the answer has 16 or 17 digits (or is the 15-digit other neighbour).
+         * Subnormals carry fewer digits: they are searched from one digit up. */
+        for (int p = ax < DBL_MIN ? 1 : 15; p <= 17; p++) {
+            nd = sci_digits(x, p, digits, &e);
+            double v = digits_value(digits, nd, e);
+            if (v == ax) break;
+            char other[24];
+            int e2 = e;
+            memcpy(other, digits, (size_t)nd);
+            step_digits(other, nd, &e2, v < ax ? 1 : -1);
+            if (digits_value(other, nd, e2) == ax) {
+                memcpy(digits, other, (size_t)nd);
+                e = e2;
+                break;
+            }
+        }
+    }
+    /* strip trailing zeros of the digits (keep one) */
+    while (nd > 1 && digits[nd - 1] == '0') nd--;
+    char out[64];
+    int k = 0;
+    if (signbit(x)) out[k++] = '-';
+    if (e >= -5 && e < 16) {
+        if (e < 0) {
+            out[k++] = '0'; out[k++] = '.';
+            for (int i = -1; i > e; i--) out[k++] = '0';
+            for (int i = 0; i < nd; i++) out[k++] = digits[i];
+        } else {
+            for (int i = 0; i <= e; i++) out[k++] = i < nd ? digits[i] : '0';
+            out[k++] = '.';
+            if (nd > e + 1) {
+                for (int i = e + 1; i < nd; i++) out[k++] = digits[i];
+            } else {
+                out[k++] = '0';
+            }
+        }
+    } else {
+        out[k++] = digits[0];
+        if (nd > 1) {
+            out[k++] = '.';
+            for (int i = 1; i < nd; i++) out[k++] = digits[i];
+        }
+        k += snprintf(out + k, sizeof out - (size_t)k, "e%c%d", e < 0 ? '-' : '+', e < 0 ? -e : e);
+    }
+    return buf_put(b, out, (size_t)k);
+}
+
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static int json_base64(Buf *b, const uint8_t *s, size_t n) {
+    if (buf_grow(b, (n + 2) / 3 * 4 + 2)) return NOMEM;
+    char *o = b->p + b->len;
+    *o++ = '"';
+    size_t i = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = ((uint32_t)s[i] << 16) | ((uint32_t)s[i + 1] << 8) | s[i + 2];
+        *o++ = B64[v >> 18]; *o++ = B64[(v >> 12) & 63]; *o++ = B64[(v >> 6) & 63]; *o++ = B64[v & 63];
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)s[i] << 16;
+        *o++ = B64[v >> 18]; *o++ = B64[(v >> 12) & 63]; *o++ = '='; *o++ = '=';
+    } else if (n - i == 2) {
+        uint32_t v = ((uint32_t)s[i] << 16) | ((uint32_t)s[i + 1] << 8);
+        *o++ = B64[v >> 18]; *o++ = B64[(v >> 12) & 63]; *o++ = B64[(v >> 6) & 63]; *o++ = '=';
+    }
+    *o++ = '"';
+    b->len = (size_t)(o - b->p);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------ attributes */
+
+/* Key slices of one attribute list, for the duplicate check (a duplicate key declines: the
+ * validating decoder's dict keeps the last value at the first key's place). */
+typedef struct {
+    Slice *k;
+    size_t n, cap;
+} Keys;
+
+static int keys_add(Keys *ks, Slice key) {
+    for (size_t i = 0; i < ks->n; i++)
+        if (ks->k[i].n == key.n && memcmp(ks->k[i].p, key.p, key.n) == 0) return DECLINE;
+    if (ks->n == ks->cap) {
+        size_t cap = ks->cap ? ks->cap * 2 : 32;
+        Slice *k = realloc(ks->k, cap * sizeof *k);
+        if (!k) return NOMEM;
+        ks->k = k;
+        ks->cap = cap;
+    }
+    ks->k[ks->n++] = key;
+    return 0;
+}
+
+/* What an attribute value was, for the `rid` column. */
+enum { V_NULL, V_STRING, V_INT, V_OTHER };
+
+typedef struct {
+    int type;
+    Slice str;
+    int64_t i;
+} Scalar;
+
+static int any_value(Buf *b, Slice msg, int depth, Scalar *sc);
+
+static int kv_list(Buf *b, const Slice *items, size_t n, int depth, Slice want, Scalar *found);
+
+/* KeyValue -> key slice and value slice (missing value: p == NULL). */
+static int key_value(Slice kv, Slice *key, Slice *val) {
+    Rd r = {kv.p, kv.p + kv.n};
+    int have_val = 0;
+    key->p = (const uint8_t *)"";
+    key->n = 0;
+    val->p = NULL;
+    val->n = 0;
+    while (r.p < r.end) {
+        uint32_t f, wt;
+        if (rd_tag(&r, &f, &wt)) return DECLINE;
+        if (f == 1) {
+            if (wt != 2 || rd_len(&r, key)) return DECLINE;
+            if (!utf8_valid(key->p, key->n)) return DECLINE;
+        } else if (f == 2) {
+            if (wt != 2 || have_val || rd_len(&r, val)) return DECLINE;
+            have_val = 1;
+        } else if (f == 3) {
+            uint64_t v;
+            if (wt != 0 || rd_varint(&r, &v)) return DECLINE;
+        } else if (skip_field(&r, wt)) {
+            return DECLINE;
+        }
+    }
+    return 0;
+}
+
+/* Items of a repeated message field 1 (ArrayValue.values, KeyValueList.values). */
+static int repeated_one(Slice msg, Slice **items, size_t *n, size_t *cap) {
+    Rd r = {msg.p, msg.p + msg.n};
+    *n = 0;
+    while (r.p < r.end) {
+        uint32_t f, wt;
+        if (rd_tag(&r, &f, &wt)) return DECLINE;
+        if (f == 1) {
+            Slice s;
+            if (wt != 2 || rd_len(&r, &s)) return DECLINE;
+            if (*n == *cap) {
+                size_t c = *cap ? *cap * 2 : 16;
+                Slice *p = realloc(*items, c * sizeof *p);
+                if (!p) return NOMEM;
+                *items = p;
+                *cap = c;
+            }
+            (*items)[(*n)++] = s;
+        } else if (skip_field(&r, wt)) {
+            return DECLINE;
+        }
+    }
+    return 0;
+}
+
+static int any_value(Buf *b, Slice msg, int depth, Scalar *sc) {
+    if (depth > MAX_DEPTH) return DECLINE;
+    Rd r = {msg.p, msg.p + msg.n};
+    int seen = 0, rc;
+    uint32_t f = 0, wt = 0;
+    uint64_t v = 0;
+    Slice s = {NULL, 0};
+    uint32_t kind = 0;
+    while (r.p < r.end) {
+        if (rd_tag(&r, &f, &wt)) return DECLINE;
+        if (f >= 1 && f <= 8) {
+            if (seen++) return DECLINE; /* several values: oneof last-wins is not reproduced */
+            kind = f;
+            if (f == 2 || f == 3 || f == 8) {
+                if (wt != 0 || rd_varint(&r, &v)) return DECLINE;
+            } else if (f == 4) {
+                if (wt != 1 || rd_fixed64(&r, &v)) return DECLINE;
+            } else {
+                if (wt != 2 || rd_len(&r, &s)) return DECLINE;
+            }
+        } else if (skip_field(&r, wt)) {
+            return DECLINE;
+        }
+    }
+    if (sc) sc->type = V_OTHER;
+    switch (kind) {
+    case 0:
+        if (sc) sc->type = V_NULL;
+        return buf_put(b, "null", 4);
+    case 1:
+        if (!utf8_valid(s.p, s.n)) return DECLINE;
+        if (sc) { sc->type = V_STRING; sc->str = s; }
+        return json_string(b, s.p, s.n);
+    case 2:
+        return v ? buf_put(b, "true", 4) : buf_put(b, "false", 5);
+    case 3:
+        if (sc) { sc->type = V_INT; sc->i = (int64_t)v; }
+        return json_int(b, (int64_t)v);
+    case 4: {
+        double d;
+        memcpy(&d, &v, 8);
+        return json_double(b, d);
+    }
+    case 5: {
+        Slice *items = NULL;
+        size_t n = 0, cap = 0;
+        rc = repeated_one(s, &items, &n, &cap);
+        if (!rc) rc = buf_byte(b, '[');
+        for (size_t i = 0; !rc && i < n; i++) {
+            if (i) rc = buf_byte(b, ',');
+            if (!rc) rc = any_value(b, items[i], depth + 1, NULL);
+        }
+        if (!rc) rc = buf_byte(b, ']');
+        free(items);
+        return rc;
+    }
+    case 6: {
+        Slice *items = NULL;
+        size_t n = 0, cap = 0;
+        rc = repeated_one(s, &items, &n, &cap);
+        if (!rc) rc = kv_list(b, items, n, depth + 1, (Slice){NULL, 0}, NULL);
+        free(items);
+        return rc;
+    }
+    case 7:
+        return json_base64(b, s.p, s.n);
+    default: /* 8: string_value_strindex, invalid in traces */
+        return DECLINE;
+    }
+}
+
+/* KeyValue items -> {"k":v,...}; when want.p is set, the value of that key is reported in
+ * *found (type V_NULL when absent). */
+static int kv_list(Buf *b, const Slice *items, size_t n, int depth, Slice want, Scalar *found) {
+    if (depth > MAX_DEPTH) return DECLINE;
+    Keys ks = {NULL, 0, 0};
+    int rc = buf_byte(b, '{');
+    if (found) found->type = V_NULL;
+    for (size_t i = 0; !rc && i < n; i++) {
+        Slice key, val;
+        rc = key_value(items[i], &key, &val);
+        if (!rc) rc = keys_add(&ks, key);
+        if (!rc && i) rc = buf_byte(b, ',');
+        if (!rc) rc = json_string(b, key.p, key.n);
+        if (!rc) rc = buf_byte(b, ':');
+        if (!rc) {
+            int is_want = want.p && key.n == want.n && memcmp(key.p, want.p, key.n) == 0;
+            if (val.p) {
+                rc = any_value(b, val, depth + 1, is_want ? found : NULL);
+            } else {
+                rc = buf_put(b, "null", 4);
+                if (is_want) found->type = V_NULL;
+            }
+        }
+    }
+    if (!rc) rc = buf_byte(b, '}');
+    free(ks.k);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------ output */
+
+typedef struct {
+    /* spans */
+    size_t n;
+    Buf trace_id, span_id, parent, parent_valid;
+    StrCol name, status_message, attributes, rid;
+    Buf kind, status_code, start, start_valid, end, end_valid, res_idx, scope_idx;
+    /* per ResourceSpans: offset and length of its resource message (-1: none) */
+    Buf resources;
+    /* per ScopeSpans: name offset/len, version offset/len (len -1: none) */
+    Buf scopes;
+    /* events */
+    size_t n_ev;
+    Buf ev_span, ev_seq, ev_time, ev_time_valid;
+    StrCol ev_name, ev_attributes;
+    /* links */
+    size_t n_ln;
+    Buf ln_span, ln_seq, ln_trace, ln_span_id;
+    StrCol ln_attributes;
+    /* scratch: slices of the current span's repeated fields */
+    Slice *attr, *events, *links, *tmp;
+    size_t n_attr, cap_attr, n_events, cap_events, n_links, cap_links, n_tmp, cap_tmp;
+    const uint8_t *base;
+} Out;
+
+static void out_free(Out *o) {
+    Buf *bufs[] = {&o->trace_id, &o->span_id, &o->parent, &o->parent_valid, &o->kind, &o->status_code,
+                   &o->start, &o->start_valid, &o->end, &o->end_valid, &o->res_idx, &o->scope_idx,
+                   &o->resources, &o->scopes, &o->ev_span, &o->ev_seq, &o->ev_time, &o->ev_time_valid,
+                   &o->ln_span, &o->ln_seq, &o->ln_trace, &o->ln_span_id};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) buf_free(bufs[i]);
+    StrCol *cols[] = {&o->name, &o->status_message, &o->attributes, &o->rid, &o->ev_name,
+                      &o->ev_attributes, &o->ln_attributes};
+    for (size_t i = 0; i < sizeof cols / sizeof *cols; i++) strcol_free(cols[i]);
+    free(o->attr); free(o->events); free(o->links); free(o->tmp);
+}
+
+static int push_slice(Slice **arr, size_t *n, size_t *cap, Slice s) {
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 32;
+        Slice *p = realloc(*arr, c * sizeof *p);
+        if (!p) return NOMEM;
+        *arr = p;
+        *cap = c;
+    }
+    (*arr)[(*n)++] = s;
+    return 0;
+}
+
+static int put_hex(Buf *b, const uint8_t *s, size_t n) {
+    if (buf_grow(b, 2 * n)) return NOMEM;
+    char *o = b->p + b->len;
+    for (size_t i = 0; i < n; i++) { o[2 * i] = HEXL[s[i] >> 4]; o[2 * i + 1] = HEXL[s[i] & 15]; }
+    b->len += 2 * n;
+    return 0;
+}
+
+static int all_zero(const uint8_t *s, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (s[i]) return 0;
+    return 1;
+}
+
+/* normalise_trace_id: 16 bytes, or 8 (SGLang) left-padded; never all zeros. */
+static int put_trace_id(Buf *b, Slice id) {
+    static const uint8_t zeros[8] = {0};
+    if (id.n != 16 && id.n != 8) return DECLINE;
+    if (all_zero(id.p, id.n)) return DECLINE;
+    if (id.n == 8 && put_hex(b, zeros, 8)) return NOMEM;
+    return put_hex(b, id.p, id.n);
+}
+
+static int put_span_id(Buf *b, Slice id) {
+    if (id.n != 8 || all_zero(id.p, 8)) return DECLINE;
+    return put_hex(b, id.p, 8);
+}
+
+static int string_field(Rd *r, uint32_t wt, Slice *s) {
+    if (wt != 2 || rd_len(r, s)) return DECLINE;
+    return utf8_valid(s->p, s->n) ? 0 : DECLINE;
+}
+
+static int check_varint(Rd *r, uint32_t wt) {
+    uint64_t v;
+    return (wt != 0 || rd_varint(r, &v)) ? DECLINE : 0;
+}
+
+static int check_fixed32(Rd *r, uint32_t wt) {
+    if (wt != 5 || r->end - r->p < 4) return DECLINE;
+    r->p += 4;
+    return 0;
+}
+
+static int attributes_json(Out *o, StrCol *col, const Slice *items, size_t n, Scalar *rid) {
+    static const uint8_t rid_key[] = "rid";
+    int rc = kv_list(&col->data, items, n, 0, rid ? (Slice){rid_key, 3} : (Slice){NULL, 0}, rid);
+    (void)o;
+    return rc ? rc : strcol_end_row(col, 1);
+}
+
+static int span_event(Out *o, Slice msg, int64_t span_seq, int32_t seq) {
+    Rd r = {msg.p, msg.p + msg.n};
+    uint64_t t = 0;
+    Slice name = {NULL, 0};
+    int rc;
+    o->n_tmp = 0;
+    while (r.p < r.end) {
+        uint32_t f, wt;
+        if (rd_tag(&r, &f, &wt)) return DECLINE;
+        if (f == 1) {
+            if (wt != 1 || rd_fixed64(&r, &t)) return DECLINE;
+        } else if (f == 2) {
+            if (string_field(&r, wt, &name)) return DECLINE;
+        } else if (f == 3) {
+            Slice s;
+            if (wt != 2 || rd_len(&r, &s)) return DECLINE;
+            if ((rc = push_slice(&o->tmp, &o->n_tmp, &o->cap_tmp, s))) return rc;
+        } else if (f == 4) {
+            if (check_varint(&r, wt)) return DECLINE;
+        } else if (skip_field(&r, wt)) {
+            return DECLINE;
+        }
+    }
+    if (t > INT64_MAX) return DECLINE;
+    PUT_VAL(&o->ev_span, int64_t, span_seq);
+    PUT_VAL(&o->ev_seq, int32_t, seq);
+    PUT_VAL(&o->ev_time, int64_t, (int64_t)t);
+    PUT_VAL(&o->ev_time_valid, uint8_t, t != 0);
+    if (name.n && buf_put(&o->ev_name.data, name.p, name.n)) return NOMEM;
+    if ((rc = strcol_end_row(&o->ev_name, name.n != 0))) return rc;
+    if ((rc = attributes_json(o, &o->ev_attributes, o->tmp, o->n_tmp, NULL))) return rc;
+    o->n_ev++;
+    return 0;
+}
+
+static int span_link(Out *o, Slice msg, int64_t span_seq, int32_t seq) {
+    Rd r = {msg.p, msg.p + msg.n};
+    Slice trace = {NULL, 0}, span = {NULL, 0}, s;
+    int rc;
+    o->n_tmp = 0;
+    while (r.p < r.end) {
+        uint32_t f, wt;
+        if (rd_tag(&r, &f, &wt)) return DECLINE;
+        if (f == 1) {
+            if (wt != 2 || rd_len(&r, &trace)) return DECLINE;
+        } else if (f == 2) {
+            if (wt != 2 || rd_len(&r, &span)) return DECLINE;
+        } else if (f == 3) {
+            if (string_field(&r, wt, &s)) return DECLINE;
+        } else if (f == 4) {
+            if (wt != 2 || rd_len(&r, &s)) return DECLINE;
+            if ((rc = push_slice(&o->tmp, &o->n_tmp, &o->cap_tmp, s))) return rc;
+        } else if (f == 5) {
+            if (check_varint(&r, wt)) return DECLINE;
+        } else if (f == 6) {
+            if (check_fixed32(&r, wt)) return DECLINE;
+        } else if (skip_field(&r, wt)) {
+            return DECLINE;
+        }
+    }
+    if ((rc = put_trace_id(&o->ln_trace, trace))) return rc;
+    if ((rc = put_span_id(&o->ln_span_id, span))) return rc;
+    PUT_VAL(&o->ln_span, int64_t, span_seq);
+    PUT_VAL(&o->ln_seq, int32_t, seq);
+    if ((rc = attributes_json(o, &o->ln_attributes, o->tmp, o->n_tmp, NULL))) return rc;
+    o->n_ln++;
+    return 0;
+}
+
+static int enum_i8(uint64_t v, int8_t *out) {
+    int32_t x = (int32_t)(uint32_t)v; /* int32 / enum fields keep the low 32 bits */
+    if (x < -128 || x > 127) return DECLINE;
+    *out = (int8_t)x;
+    return 0;
+}
+
+static int status_parse(Slice msg, int8_t *code, Slice *message) {
+    Rd r = {msg.p, msg.p + msg.n};
+    while (r.p < r.end) {
+        uint32_t f, wt;
+        uint64_t v;
+        if (rd_tag(&r, &f, &wt)) return DECLINE;
+        if (f == 2) {
+            if (string_field(&r, wt, message)) return DECLINE;
+        } else if (f == 3) {
+            if (wt != 0 || rd_varint(&r, &v) || enum_i8(v, code)) return DECLINE;
+        } else if (skip_field(&r, wt)) {
+            return DECLINE;
+        }
+    }
+    return 0;
+}
+
+static int one_span(Out *o, Slice msg, int32_t res_idx, int32_t scope_idx) {
+    Rd r = {msg.p, msg.p + msg.n};
+    Slice trace = {NULL, 0}, sid = {NULL, 0}, parent = {NULL, 0}, name = {NULL, 0}, s;
+    Slice st_msg = {NULL, 0};
+    uint64_t start = 0, end = 0, v;
+    int8_t kind = 0, code = 0;
+    int have_status = 0, rc;
+    o->n_attr = o->n_events = o->n_links = 0;
+    while (r.p < r.end) {
+        uint32_t f, wt;
+        if (rd_tag(&r, &f, &wt)) return DECLINE;
+        switch (f) {
+        case 1: if (wt != 2 || rd_len(&r, &trace)) return DECLINE; break;
+        case 2: if (wt != 2 || rd_len(&r, &sid)) return DECLINE; break;
+        case 3: if (string_field(&r, wt, &s)) return DECLINE; break;
+        case 4: if (wt != 2 || rd_len(&r, &parent)) return DECLINE; break;
+        case 5: if (string_field(&r, wt, &name)) return DECLINE; break;
+        case 6: if (wt != 0 || rd_varint(&r, &v) || enum_i8(v, &kind)) return DECLINE; break;
+        case 7: if (wt != 1 || rd_fixed64(&r, &start)) return DECLINE; break;
+        case 8: if (wt != 1 || rd_fixed64(&r, &end)) return DECLINE; break;
+        case 9:
+            if (wt != 2 || rd_len(&r, &s)) return DECLINE;
+            if ((rc = push_slice(&o->attr, &o->n_attr, &o->cap_attr, s))) return rc;
+            break;
+        case 11:
+            if (wt != 2 || rd_len(&r, &s)) return DECLINE;
+            if ((rc = push_slice(&o->events, &o->n_events, &o->cap_events, s))) return rc;
+            break;
+        case 13:
+            if (wt != 2 || rd_len(&r, &s)) return DECLINE;
+            if ((rc = push_slice(&o->links, &o->n_links, &o->cap_links, s))) return rc;
+            break;
+        case 10: case 12: case 14: if (check_varint(&r, wt)) return DECLINE; break;
+        case 15:
+            if (wt != 2 || have_status || rd_len(&r, &s)) return DECLINE;
+            have_status = 1;
+            if (status_parse(s, &code, &st_msg)) return DECLINE;
+            break;
+        case 16: if (check_fixed32(&r, wt)) return DECLINE; break;
+        default: if (skip_field(&r, wt)) return DECLINE;
+        }
+    }
+    if (start > INT64_MAX || end > INT64_MAX) return DECLINE;
+    if ((rc = put_trace_id(&o->trace_id, trace))) return rc;
+    if ((rc = put_span_id(&o->span_id, sid))) return rc;
+    if (parent.n) {
+        if ((rc = put_span_id(&o->parent, parent))) return rc;
+    } else if (buf_put(&o->parent, "0000000000000000", 16)) {
+        return NOMEM;
+    }
+    PUT_VAL(&o->parent_valid, uint8_t, parent.n != 0);
+    if (name.n && buf_put(&o->name.data, name.p, name.n)) return NOMEM;
+    if ((rc = strcol_end_row(&o->name, 1))) return rc;
+    PUT_VAL(&o->kind, int8_t, kind);
+    PUT_VAL(&o->status_code, int8_t, code);
+    PUT_VAL(&o->start, int64_t, (int64_t)start);
+    PUT_VAL(&o->start_valid, uint8_t, start != 0);
+    PUT_VAL(&o->end, int64_t, (int64_t)end);
+    PUT_VAL(&o->end_valid, uint8_t, end != 0);
+    if (st_msg.n && buf_put(&o->status_message.data, st_msg.p, st_msg.n)) return NOMEM;
+    if ((rc = strcol_end_row(&o->status_message, st_msg.n != 0))) return rc;
+    Scalar rid;
+    if ((rc = attributes_json(o, &o->attributes, o->attr, o->n_attr, &rid))) return rc;
+    if (rid.type == V_STRING) {
+        if (buf_put(&o->rid.data, rid.str.p, rid.str.n)) return NOMEM;
+    } else if (rid.type == V_INT) {
+        char tmp[24];
+        int k = snprintf(tmp, sizeof tmp, "%lld", (long long)rid.i);
+        if (buf_put(&o->rid.data, tmp, (size_t)k)) return NOMEM;
+    } else if (rid.type != V_NULL) {
+        return DECLINE; /* str() of a bool, double or list: left to the validating decoder */
+    }
+    if ((rc = strcol_end_row(&o->rid, rid.type != V_NULL))) return rc;
+    PUT_VAL(&o->res_idx, int32_t, res_idx);
+    PUT_VAL(&o->scope_idx, int32_t, scope_idx);
+    int64_t seq = (int64_t)o->n;
+    o->n++;
+    /* events and links after the span's own row (they reuse o->tmp) */
+    size_t n_events = o->n_events, n_links = o->n_links;
+    for (size_t i = 0; i < n_events; i++)
+        if ((rc = span_event(o, o->events[i], seq, (int32_t)i))) return rc;
+    for (size_t i = 0; i < n_links; i++)
+        if ((rc = span_link(o, o->links[i], seq, (int32_t)i))) return rc;
+    return 0;
+}
+
+/* InstrumentationScope: name and version; attributes are parsed (validated) and dropped. */
+static int scope_msg_parse(Out *o, Slice msg, Slice *name, Slice *version) {
+    Rd r = {msg.p, msg.p + msg.n};
+    Buf scratch = {NULL, 0, 0};
+    int rc = 0;
+    o->n_tmp = 0;
+    while (!rc && r.p < r.end) {
+        uint32_t f, wt;
+        Slice s;
+        if (rd_tag(&r, &f, &wt)) return DECLINE;
+        if (f == 1) {
+            if (string_field(&r, wt, name)) return DECLINE;
+        } else if (f == 2) {
+            if (string_field(&r, wt, version)) return DECLINE;
+        } else if (f == 3) {
+            if (wt != 2 || rd_len(&r, &s)) return DECLINE;
+            rc = push_slice(&o->tmp, &o->n_tmp, &o->cap_tmp, s);
+        } else if (f == 4) {
+            if (check_varint(&r, wt)) return DECLINE;
+        } else if (skip_field(&r, wt)) {
+            return DECLINE;
+        }
+    }
+    /* scope attributes may repeat keys (they are not stored): validate each value alone */
+    for (size_t i = 0; !rc && i < o->n_tmp; i++) {
+        Slice key, val;
+        rc = key_value(o->tmp[i], &key, &val);
+        scratch.len = 0;
+        if (!rc && val.p) rc = any_value(&scratch, val, 1, NULL);
+    }
+    buf_free(&scratch);
+    return rc;
+}
+
+static int scope_spans(Out *o, Slice msg, int32_t res_idx) {
+    Rd r = {msg.p, msg.p + msg.n};
+    Slice scope_msg = {NULL, 0}, name = {NULL, 0}, version = {NULL, 0}, s;
+    int have_scope = 0, rc;
+    /* spans are parsed after the scope is known; collect their slices first */
+    Slice *spans = NULL;
+    size_t n = 0, cap = 0;
+    rc = 0;
+    while (!rc && r.p < r.end) {
+        uint32_t f, wt;
+        if (rd_tag(&r, &f, &wt)) { rc = DECLINE; break; }
+        if (f == 1) {
+            if (wt != 2 || have_scope || rd_len(&r, &scope_msg)) { rc = DECLINE; break; }
+            have_scope = 1;
+        } else if (f == 2) {
+            if (wt != 2 || rd_len(&r, &s)) { rc = DECLINE; break; }
+            rc = push_slice(&spans, &n, &cap, s);
+        } else if (f == 3) {
+            if (string_field(&r, wt, &s)) rc = DECLINE;
+        } else if (skip_field(&r, wt)) {
+            rc = DECLINE;
+        }
+    }
+    if (!rc && have_scope) rc = scope_msg_parse(o, scope_msg, &name, &version);
+    if (!rc) {
+        int64_t rec[4] = {name.n ? name.p - o->base : -1, name.n ? (int64_t)name.n : -1,
+                          version.n ? version.p - o->base : -1, version.n ? (int64_t)version.n : -1};
+        rc = buf_put(&o->scopes, rec, sizeof rec);
+    }
+    int32_t scope_idx = (int32_t)(o->scopes.len / (4 * sizeof(int64_t))) - 1;
+    for (size_t i = 0; !rc && i < n; i++) rc = one_span(o, spans[i], res_idx, scope_idx);
+    free(spans);
+    return rc;
+}
+
+static int resource_spans(Out *o, Slice msg) {
+    Rd r = {msg.p, msg.p + msg.n};
+    Slice res = {NULL, 0}, s;
+    int have_res = 0, rc = 0;
+    Slice *scopes = NULL;
+    size_t n = 0, cap = 0;
+    while (!rc && r.p < r.end) {
+        uint32_t f, wt;
+        if (rd_tag(&r, &f, &wt)) { rc = DECLINE; break; }
+        if (f == 1) {
+            if (wt != 2 || have_res || rd_len(&r, &res)) { rc = DECLINE; break; }
+            have_res = 1;
+        } else if (f == 2) {
+            if (wt != 2 || rd_len(&r, &s)) { rc = DECLINE; break; }
+            rc = push_slice(&scopes, &n, &cap, s);
+        } else if (f == 3) {
+            if (string_field(&r, wt, &s)) rc = DECLINE;
+        } else if (skip_field(&r, wt)) {
+            rc = DECLINE;
+        }
+    }
+    if (!rc) {
+        int64_t rec[2] = {have_res ? res.p - o->base : -1, have_res ? (int64_t)res.n : -1};
+        rc = buf_put(&o->resources, rec, sizeof rec);
+    }
+    int32_t res_idx = (int32_t)(o->resources.len / (2 * sizeof(int64_t))) - 1;
+    for (size_t i = 0; !rc && i < n; i++) rc = scope_spans(o, scopes[i], res_idx);
+    free(scopes);
+    return rc;
+}
+
+static int traces(Out *o, const uint8_t *p, size_t n) {
+    Rd r = {p, p + n};
+    int rc;
+    o->base = p;
+    StrCol *cols[] = {&o->name, &o->status_message, &o->attributes, &o->rid, &o->ev_name,
+                      &o->ev_attributes, &o->ln_attributes};
+    for (size_t i = 0; i < sizeof cols / sizeof *cols; i++)
+        if ((rc = strcol_init(cols[i]))) return rc;
+    while (r.p < r.end) {
+        uint32_t f, wt;
+        Slice s;
+        if (rd_tag(&r, &f, &wt)) return DECLINE;
+        if (f == 1) {
+            if (wt != 2 || rd_len(&r, &s)) return DECLINE;
+            if ((rc = resource_spans(o, s))) return rc;
+        } else if (skip_field(&r, wt)) {
+            return DECLINE;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------ Python */
+
+static PyObject *bytes_of(Buf *b) {
+    return PyBytes_FromStringAndSize(b->len ? b->p : "", (Py_ssize_t)b->len);
+}
+
+static PyObject *strcol_tuple(StrCol *c) {
+    return Py_BuildValue("(NNN)", bytes_of(&c->off), bytes_of(&c->data), bytes_of(&c->valid));
+}
+
+static PyObject *decode(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    Out o;
+    memset(&o, 0, sizeof o);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = traces(&o, (const uint8_t *)view.buf, (size_t)view.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    PyObject *result = NULL;
+    if (rc == NOMEM) {
+        PyErr_NoMemory();
+    } else if (rc) {
+        result = Py_NewRef(Py_None);
+    } else {
+        result = Py_BuildValue(
+            "{s:n,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,"
+            "s:n,s:N,s:N,s:N,s:N,s:N,s:N,s:n,s:N,s:N,s:N,s:N,s:N}",
+            "n", (Py_ssize_t)o.n,
+            "trace_id", bytes_of(&o.trace_id), "span_id", bytes_of(&o.span_id),
+            "parent", bytes_of(&o.parent), "parent_valid", bytes_of(&o.parent_valid),
+            "name", strcol_tuple(&o.name), "status_message", strcol_tuple(&o.status_message),
+            "attributes", strcol_tuple(&o.attributes), "rid", strcol_tuple(&o.rid),
+            "kind", bytes_of(&o.kind), "status_code", bytes_of(&o.status_code),
+            "start", bytes_of(&o.start), "start_valid", bytes_of(&o.start_valid),
+            "end", bytes_of(&o.end), "end_valid", bytes_of(&o.end_valid),
+            "res_idx", bytes_of(&o.res_idx), "scope_idx", bytes_of(&o.scope_idx),
+            "resources", bytes_of(&o.resources), "scopes", bytes_of(&o.scopes),
+            "n_ev", (Py_ssize_t)o.n_ev,
+            "ev_span", bytes_of(&o.ev_span), "ev_seq", bytes_of(&o.ev_seq),
+            "ev_time", bytes_of(&o.ev_time), "ev_time_valid", bytes_of(&o.ev_time_valid),
+            "ev_name", strcol_tuple(&o.ev_name), "ev_attributes", strcol_tuple(&o.ev_attributes),
+            "n_ln", (Py_ssize_t)o.n_ln,
+            "ln_span", bytes_of(&o.ln_span), "ln_seq", bytes_of(&o.ln_seq),
+            "ln_trace", bytes_of(&o.ln_trace), "ln_span_id", bytes_of(&o.ln_span_id),
+            "ln_attributes", strcol_tuple(&o.ln_attributes));
+    }
+    out_free(&o);
+    return result;
+}
+
+static PyObject *json_double_py(PyObject *self, PyObject *arg) {
+    (void)self;
+    double x = PyFloat_AsDouble(arg);
+    if (x == -1.0 && PyErr_Occurred()) return NULL;
+    Buf b = {NULL, 0, 0};
+    if (json_double(&b, x)) { buf_free(&b); return PyErr_NoMemory(); }
+    PyObject *s = PyUnicode_FromStringAndSize(b.p, (Py_ssize_t)b.len);
+    buf_free(&b);
+    return s;
+}
+
+static PyMethodDef methods[] = {
+    {"decode", decode, METH_O,
+     "decode(data) -> dict of staging column buffers, or None when the validating decoder must "
+     "decide (see ingest/protofast.py)."},
+    {"json_double", json_double_py, METH_O, "json_double(x) -> the JSON text orjson writes for x."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_otlpfast",
+                                    "OTLP protobuf traces -> staging column buffers (C).", -1, methods};
+
+PyMODINIT_FUNC PyInit__otlpfast(void) { return PyModule_Create(&module); }

@@ -1,0 +1,218 @@
+"""Columnar fast path for OTLP protobuf: a TracesData / ExportTraceServiceRequest message -> the
+very staging tables that the validating decoder (decode.add_proto_resource_spans over upb) builds
+for it, with no Python per span or per attribute value.
+
+The wire format is walked in C (ingest/_otlpfast.c, built with the package), which writes every
+column straight into Arrow-layout buffers; only resources and scopes (a handful per message) are
+finished here, through the validating decoder's own code. The C side declines (returns None)
+whatever it does not reproduce byte for byte (malformed wire data, invalid UTF-8, a bad or missing
+id, an enum or time out of range, a duplicate attribute key, a singular message given twice, a
+`rid` that is neither a string nor an integer); the caller then runs the validating decoder,
+which quarantines or rejects as always. `tests/test_ingest_protofast.py` checks both paths give
+identical tables, on real SDK output, on every value type and on fuzzed bytes.
+
+When the extension is not built (no C compiler at install time), `available()` is False and
+every message takes the validating decoder: slower, same result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.resource.v1 import resource_pb2
+
+from ingest.decode import EVENT_SCHEMA, LINK_SCHEMA, SPAN_SCHEMA, Resource, proto_attributes
+from ingest.errors import RecordError
+
+try:
+    from ingest import _otlpfast  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - exercised only where the extension could not be built
+    _otlpfast = None
+
+StagingTables = tuple[pa.Table, pa.Table, pa.Table]
+
+
+def available() -> bool:
+    """Whether the C decoder is built (else every message takes the validating decoder)."""
+    return _otlpfast is not None
+
+
+def json_double(x: float) -> str:
+    """The JSON text the C decoder writes for a double (orjson's, which tests hold it to)."""
+    if _otlpfast is None:
+        raise RuntimeError("ingest._otlpfast is not built")
+    return str(_otlpfast.json_double(x))
+
+
+def frame_resource_spans(records: Iterable[bytes]) -> bytes:
+    """ResourceSpans messages -> one TracesData message holding them, in order."""
+    parts: list[bytes] = []
+    for data in records:
+        parts.append(b"\x0a" + _varint(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def decode_traces(data: bytes) -> StagingTables | None:
+    """Spans, events and links staging tables of one TracesData / ExportTraceServiceRequest
+    message, identical to what the validating decoder gives; None when that decoder must run."""
+    if _otlpfast is None:
+        return None
+    cols: dict[str, Any] | None = _otlpfast.decode(data)
+    if cols is None:
+        return None
+    try:
+        resources = _resources(data, cols["resources"])
+    except (DecodeError, RecordError, UnicodeDecodeError):
+        return None
+    scopes = _scopes(data, cols["scopes"])
+    return _spans(cols, resources, scopes), _events(cols), _links(cols)
+
+
+# ------------------------------------------------------------------------------------ columns
+
+
+def _mask(valid: bytes, n: int) -> tuple[pa.Buffer | None, int]:
+    """A validity byte per row -> (Arrow bitmap or None when all valid, null count)."""
+    v = np.frombuffer(valid, dtype=np.uint8)
+    nulls = n - int(np.count_nonzero(v))
+    if not nulls:
+        return None, 0
+    return pa.py_buffer(np.packbits(v, bitorder="little").tobytes()), nulls
+
+
+def _strings(col: tuple[bytes, bytes, bytes], n: int, nullable: bool) -> pa.Array:
+    offsets, data, valid = col
+    bitmap, nulls = _mask(valid, n) if nullable else (None, 0)
+    return pa.Array.from_buffers(
+        pa.string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=nulls
+    )
+
+
+def _fixed_hex(data: bytes, width: int, n: int, valid: bytes | None = None) -> pa.Array:
+    bitmap, nulls = _mask(valid, n) if valid is not None else (None, 0)
+    offsets = np.arange(0, width * (n + 1), width, dtype=np.int32)
+    return pa.Array.from_buffers(
+        pa.string(), n, [bitmap, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data)], null_count=nulls
+    )
+
+
+def _ints(data: bytes, dtype: pa.DataType, n: int, valid: bytes | None = None) -> pa.Array:
+    bitmap, nulls = _mask(valid, n) if valid is not None else (None, 0)
+    return pa.Array.from_buffers(dtype, n, [bitmap, pa.py_buffer(data)], null_count=nulls)
+
+
+def _resources(data: bytes, raw: bytes) -> list[Resource]:
+    spans = np.frombuffer(raw, dtype=np.int64).reshape(-1, 2)
+    cache: dict[bytes, Resource] = {}
+    out = []
+    for off, length in spans.tolist():
+        msg = b"" if length < 0 else data[off : off + length]
+        res = cache.get(msg)
+        if res is None:
+            attrs = proto_attributes(resource_pb2.Resource.FromString(msg).attributes)
+            res = cache[msg] = Resource.from_attributes(attrs)
+        out.append(res)
+    return out
+
+
+def _scopes(data: bytes, raw: bytes) -> list[tuple[str | None, str | None]]:
+    rows = np.frombuffer(raw, dtype=np.int64).reshape(-1, 4)
+    out: list[tuple[str | None, str | None]] = []
+    for n_off, n_len, v_off, v_len in rows.tolist():
+        name = data[n_off : n_off + n_len].decode() if n_len > 0 else None
+        version = data[v_off : v_off + v_len].decode() if v_len > 0 else None
+        out.append((name, version))
+    return out
+
+
+def _spans(cols: dict[str, Any], resources: list[Resource], scopes: list[tuple[str | None, str | None]]) -> pa.Table:
+    n = int(cols["n"])
+    res_idx = pa.array(np.frombuffer(cols["res_idx"], dtype=np.int32))
+    scope_idx = pa.array(np.frombuffer(cols["scope_idx"], dtype=np.int32))
+
+    def per_resource(values: list[str | None]) -> pa.Array:
+        return pa.array(values, pa.string()).take(res_idx)
+
+    def per_scope(values: list[str | None]) -> pa.Array:
+        return pa.array(values, pa.string()).take(scope_idx)
+
+    arrays = {
+        "trace_id": _fixed_hex(cols["trace_id"], 32, n),
+        "span_id": _fixed_hex(cols["span_id"], 16, n),
+        "parent_span_id": _fixed_hex(cols["parent"], 16, n, cols["parent_valid"]),
+        "name": _strings(cols["name"], n, nullable=False),
+        "kind": _ints(cols["kind"], pa.int8(), n),
+        "start_ns": _ints(cols["start"], pa.int64(), n, cols["start_valid"]),
+        "end_ns": _ints(cols["end"], pa.int64(), n, cols["end_valid"]),
+        "status_code": _ints(cols["status_code"], pa.int8(), n),
+        "status_message": _strings(cols["status_message"], n, nullable=True),
+        "scope_name": per_scope([s[0] for s in scopes]),
+        "scope_version": per_scope([s[1] for s in scopes]),
+        "service_name": per_resource([r.service_name for r in resources]),
+        "instance_id": per_resource([r.instance_id for r in resources]),
+        "host_name": per_resource([r.host_name for r in resources]),
+        "service_version": per_resource([r.service_version for r in resources]),
+        "role": per_resource([r.role for r in resources]),
+        "resource_attributes": per_resource([r.attributes_json for r in resources]),
+        "attributes": _strings(cols["attributes"], n, nullable=False),
+        "rid": _strings(cols["rid"], n, nullable=True),
+        "seq": pa.array(np.arange(n, dtype=np.int64)),
+    }
+    return pa.Table.from_arrays([arrays[f.name] for f in SPAN_SCHEMA], schema=SPAN_SCHEMA)
+
+
+def _events(cols: dict[str, Any]) -> pa.Table:
+    n, spans_n = int(cols["n_ev"]), int(cols["n"])
+    span_seq = _ints(cols["ev_span"], pa.int64(), n)
+    trace_id, span_id = _span_ids(cols, spans_n, span_seq)
+    arrays = [
+        span_seq,
+        trace_id,
+        span_id,
+        _ints(cols["ev_seq"], pa.int32(), n),
+        _strings(cols["ev_name"], n, nullable=True),
+        _ints(cols["ev_time"], pa.int64(), n, cols["ev_time_valid"]),
+        _strings(cols["ev_attributes"], n, nullable=False),
+    ]
+    return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+
+
+def _links(cols: dict[str, Any]) -> pa.Table:
+    n, spans_n = int(cols["n_ln"]), int(cols["n"])
+    span_seq = _ints(cols["ln_span"], pa.int64(), n)
+    trace_id, span_id = _span_ids(cols, spans_n, span_seq)
+    arrays = [
+        span_seq,
+        trace_id,
+        span_id,
+        _ints(cols["ln_seq"], pa.int32(), n),
+        _fixed_hex(cols["ln_trace"], 32, n),
+        _fixed_hex(cols["ln_span_id"], 16, n),
+        _strings(cols["ln_attributes"], n, nullable=False),
+    ]
+    return pa.Table.from_arrays(arrays, schema=LINK_SCHEMA)
+
+
+def _span_ids(cols: dict[str, Any], spans_n: int, span_seq: pa.Array) -> tuple[pa.Array, pa.Array]:
+    if not len(span_seq):
+        return pa.array([], pa.string()), pa.array([], pa.string())
+    trace_id = _fixed_hex(cols["trace_id"], 32, spans_n).take(span_seq)
+    span_id = _fixed_hex(cols["span_id"], 16, spans_n).take(span_seq)
+    return trace_id, span_id
+
+
+__all__ = ["StagingTables", "available", "decode_traces", "frame_resource_spans", "json_double"]
