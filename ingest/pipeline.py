@@ -2,9 +2,9 @@
 
 Flow of one file: records (sources) -> staged Arrow tables, one row per span -> every
 `batch_spans` spans the batch is merged by the SQL files in ingest/sql/ (dedup through
-span_keys, then set-based normalisation) -> the file's transaction commits once, with its
-ingested_files row. A crash before the commit leaves the store as it was; a re-run skips
-committed files and redoes the rest.
+span_keys, then set-based normalisation) -> the file is done with its ingested_files row, and
+the transaction holding it (whole files, DEFAULT_COMMIT_SPANS spans or more) commits. A crash
+before the commit leaves the store as it was; a re-run skips committed files and redoes the rest.
 
 Decoding: JSON lines are read in chunks of whole lines (~batch_spans KB) and decoded by the
 columnar fast path (columnar.py: pyarrow's JSON reader + Arrow kernels, no Python per span);
@@ -58,6 +58,9 @@ from ingest.sources import (
 from ingest.store import open_store
 
 DEFAULT_BATCH_SPANS = 50_000
+# Files are committed in transactions of whole files holding at least this many spans (see
+# ingest_files); DuckDB's row groups hold 122,880 rows.
+DEFAULT_COMMIT_SPANS = 500_000
 # JSON lines are read in chunks of batch_spans * this many bytes (simulator spans are ~1 KB).
 CHUNK_BYTES_PER_SPAN = 1024
 # Protobuf ResourceSpans frames are decoded in groups of up to batch_spans * this many bytes
@@ -365,11 +368,16 @@ def ingest_files(
     batch_spans: int = DEFAULT_BATCH_SPANS,
     bar: tqdm[None] | None = None,
     columnar: bool = True,
+    commit_spans: int = DEFAULT_COMMIT_SPANS,
 ) -> list[FileResult]:
-    """Ingest files, each in its own transaction, skipping those already committed unchanged.
+    """Ingest files, skipping those already committed unchanged. Each file is atomic: it commits
+    with its ingested_files row, in a transaction that holds whole files only, committed once it
+    holds `commit_spans` spans (or at the end). Large transactions let DuckDB write full row
+    groups straight into the file instead of through the WAL and a checkpoint per commit (2-3x
+    less store time); a crash rolls back the files of the open transaction, which a re-run redoes.
 
     Decoding runs one batch ahead in a worker thread, across file boundaries too, while this
-    thread merges into DuckDB; a file's transaction commits when its last batch is merged.
+    thread merges into DuckDB.
     """
     results: dict[str, FileResult] = {}
     todo: list[tuple[Path, str, int, int]] = []
@@ -387,11 +395,15 @@ def ingest_files(
             todo.append((path, ident, size, mtime_ns))
     current: _FileStart | None = None
     total, file_id, last_pos = BatchResult(), 0, 0
+    in_transaction, transaction_spans = False, 0
+    uncommitted: list[FileResult] = []
     try:
         for item in _prefetched(_decoded_files(todo, batch_spans, columnar)):
             if isinstance(item, _FileStart):
                 current, total, last_pos = item, BatchResult(), 0
-                con.execute("BEGIN TRANSACTION")
+                if not in_transaction:
+                    con.execute("BEGIN TRANSACTION")
+                    in_transaction = True
                 con.execute("DELETE FROM quarantine WHERE source = ?", [current.ident])
                 file_id = _scalar(con, "SELECT nextval('ingested_files_seq')")
             elif isinstance(item, _FileEnd):
@@ -402,11 +414,16 @@ def ingest_files(
                     [file_id, current.ident, current.size, current.mtime_ns, fmt, current.compression,
                      total.accepted, total.new_spans, total.rejected],
                 )
-                con.execute("COMMIT")
-                results[current.ident] = FileResult(current.ident, False, fmt, current.compression, total)
+                uncommitted.append(FileResult(current.ident, False, fmt, current.compression, total))
+                transaction_spans += total.accepted
                 if bar is not None:
                     bar.update(current.size - last_pos)
                 current = None
+                if transaction_spans >= commit_spans:
+                    con.execute("COMMIT")
+                    in_transaction, transaction_spans = False, 0
+                    results.update((r.path, r) for r in uncommitted)
+                    uncommitted = []
             else:
                 assert current is not None
                 staged, pos = item
@@ -414,8 +431,12 @@ def ingest_files(
                 if bar is not None:
                     bar.update(pos - last_pos)
                     last_pos = pos
+        if in_transaction:
+            con.execute("COMMIT")
+            in_transaction = False
+            results.update((r.path, r) for r in uncommitted)
     except BaseException:
-        if current is not None:
+        if in_transaction:
             con.execute("ROLLBACK")
         raise
     return [results[file_identity(p)[0]] for p in paths]
@@ -462,8 +483,9 @@ def ingest_paths(
     progress: bool = True,
     batch_spans: int = DEFAULT_BATCH_SPANS,
     columnar: bool = True,
+    commit_spans: int = DEFAULT_COMMIT_SPANS,
 ) -> IngestSummary:
-    """Ingest files, directories and globs into the store at `db_path`; each file commits alone.
+    """Ingest files, directories and globs into the store at `db_path`; each file is atomic.
 
     Already committed, unchanged files are skipped; changed or partly ingested ones are read
     again, and the (trace_id, span_id) dedup keeps every span exactly once.
@@ -480,7 +502,7 @@ def ingest_paths(
         with tqdm(
             total=total_bytes, unit="B", unit_scale=True, desc="ingest", disable=not progress, leave=False
         ) as bar:
-            summary.files.extend(ingest_files(con, files, batch_spans, bar, columnar))
+            summary.files.extend(ingest_files(con, files, batch_spans, bar, columnar, commit_spans))
         summary.seconds = time.perf_counter() - t0
         _describe(con, summary)
     finally:

@@ -20,7 +20,10 @@ KVTRACE = str(Path(sys.executable).with_name("kvtrace"))
 
 
 @pytest.mark.slow
-def test_sigkill_mid_ingest_then_rerun_gives_exact_counts(tmp_path: Path) -> None:
+# commit-spans 1: a transaction per file; 600: whole files per transaction (280 spans a file, so
+# files 1-3 commit together, then 4-6): a kill leaves 0 or 3 files, never a part of a group.
+@pytest.mark.parametrize("commit_spans", [1, 600])
+def test_sigkill_mid_ingest_then_rerun_gives_exact_counts(tmp_path: Path, commit_spans: int) -> None:
     traces = tmp_path / "traces"
     traces.mkdir()
     for f in range(6):
@@ -32,7 +35,8 @@ def test_sigkill_mid_ingest_then_rerun_gives_exact_counts(tmp_path: Path) -> Non
 
     db = tmp_path / "killed.duckdb"
     proc = subprocess.Popen(
-        [KVTRACE, "ingest", str(traces), "--db", str(db), "--batch-spans", "7", "--no-progress"],
+        [KVTRACE, "ingest", str(traces), "--db", str(db), "--batch-spans", "7", "--commit-spans", str(commit_spans),
+         "--no-progress"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 60
@@ -47,6 +51,8 @@ def test_sigkill_mid_ingest_then_rerun_gives_exact_counts(tmp_path: Path) -> Non
     # consistent: only whole files are stored, and they are exactly what their rows say
     files, stored = query(db, "SELECT count(*), coalesce(sum(spans_new), 0) FROM ingested_files")[0]
     assert files < 6
+    if commit_spans == 600:
+        assert files in (0, 3)
     assert query(db, "SELECT count(*) FROM spans") == [(stored,)]
     assert query(db, "SELECT count(*) FROM spans WHERE file_id NOT IN (SELECT file_id FROM ingested_files)") == [(0,)]
 

@@ -9,7 +9,7 @@ import click
 from app.options import db_option
 from ingest import IngestError, IngestSummary, ingest_paths, open_store
 from ingest.export import export_parquet
-from ingest.pipeline import DEFAULT_BATCH_SPANS
+from ingest.pipeline import DEFAULT_BATCH_SPANS, DEFAULT_COMMIT_SPANS
 
 
 def _ns(ns: int | None) -> str:
@@ -45,19 +45,23 @@ def format_summary(s: IngestSummary) -> str:
 @db_option
 @click.option("--batch-spans", type=click.IntRange(min=1), default=DEFAULT_BATCH_SPANS, show_default=True,
               help="Spans per batch handed to DuckDB (memory is bounded by this, not by file size).")
+@click.option("--commit-spans", type=click.IntRange(min=1), default=DEFAULT_COMMIT_SPANS, show_default=True,
+              help="Commit once a transaction of whole files holds this many spans (big commits write "
+                   "row groups straight to the file; a crash redoes the uncommitted files).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def ingest_command(paths: tuple[str, ...], db: str, batch_spans: int, progress: bool) -> None:
+def ingest_command(paths: tuple[str, ...], db: str, batch_spans: int, commit_spans: int, progress: bool) -> None:
     """Ingest OTLP trace files (JSON, JSON lines, protobuf; gzip/zstd) into the store.
 
-    PATHS are files, directories (searched recursively) or globs. Each file commits atomically;
-    re-running skips files already ingested and never stores a span twice.
+    PATHS are files, directories (searched recursively) or globs. Each file is stored atomically
+    (whole files per transaction); re-running skips files already ingested and never stores a
+    span twice.
 
     Example:
 
         kvtrace ingest sample_traces/ --db kvtrace.duckdb
     """
     try:
-        summary = ingest_paths(paths, db, progress=progress, batch_spans=batch_spans)
+        summary = ingest_paths(paths, db, progress=progress, batch_spans=batch_spans, commit_spans=commit_spans)
     except IngestError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_summary(summary))
