@@ -24,9 +24,11 @@ SELECT h.trace_id, h.span_id
 FROM key_hits AS h
 SEMI JOIN spans AS s ON s.trace_id = h.trace_id AND s.span_id = h.span_id;
 
--- The batch's rows are copied once, here (the keys above carry no attribute text).
+-- The batch's rows are copied once, here (the keys above carry no attribute text), without the
+-- resource's attribute text, which every span of a resource repeats: resources are stored from
+-- the stage, once each.
 CREATE OR REPLACE TEMP TABLE new_spans AS
-SELECT b.*, k.span_key, hash(b.resource_attributes) AS resource_id
+SELECT b.* EXCLUDE (resource_attributes), k.span_key, hash(b.resource_attributes) AS resource_id
 FROM stage_spans AS b
 JOIN (SELECT * FROM batch_keys ANTI JOIN stored_doubles AS d USING (trace_id, span_id)) AS k ON k.seq = b.seq;
 
@@ -36,7 +38,8 @@ INSERT OR IGNORE INTO resources
 SELECT DISTINCT ON (resource_id)
     resource_id, service_name, instance_id, host_name, service_version, role,
     resource_attributes::JSON
-FROM new_spans;
+FROM (SELECT hash(resource_attributes) AS resource_id, * FROM stage_spans)
+WHERE resource_id IN (SELECT resource_id FROM new_spans);
 
 INSERT INTO spans BY NAME
 SELECT
