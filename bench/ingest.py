@@ -4,6 +4,10 @@ Methods (each run in a fresh subprocess, so its peak RSS is its own):
   JSON lines
     bytes         read the files' bytes (the floor)
     ours          ingest.ingest_paths into a DuckDB file (raw + normalised tables, dedup, quarantine)
+    store_floor   DuckDB's write alone: the final rows of every store table (taken from an untimed
+                  run of ours, held in memory as Arrow) inserted into a fresh store file in one
+                  transaction and checkpointed; no decoding, no normalising. What any ingest into
+                  this schema pays at least (inputs up to 1M spans: the rows are held in memory)
     naive_duckdb  DuckDB read_json + unnest into one flat table with an attribute map, into a file
     polars        polars read_ndjson + explode/unnest, in memory
   protobuf (length-delimited TracesData messages, the same spans)
@@ -44,7 +48,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "ingest"
-METHODS = ("bytes", "ours", "naive_duckdb", "polars")
+METHODS = ("bytes", "ours", "naive_duckdb", "polars", "store_floor")
 PB_METHODS = ("pb_bytes", "pb_parse", "pb_ours")
 BASE = 1_000_000
 LABELS = {
@@ -52,6 +56,7 @@ LABELS = {
     "ours": "**ours** (raw + normalised tables, dedup, quarantine, into a file)",
     "naive_duckdb": "naive DuckDB read_json + unnest + attribute map, into a file",
     "polars": "polars read_ndjson + explode/unnest, in memory",
+    "store_floor": "store floor: DuckDB insert + commit of the final rows only (decoded and normalised beforehand)",
     "pb_bytes": "bytes (floor)",
     "pb_parse": "protobuf parse only (upb), no store",
     "pb_ours": "**ours** (raw + normalised tables, dedup, quarantine, into a file)",
@@ -161,6 +166,30 @@ def run_ours(files: list[Path], work: Path) -> int:
 run_pb_ours = run_ours
 
 
+def run_store_floor(files: list[Path], work: Path) -> tuple[int, float]:
+    sys.path.insert(0, str(ROOT))
+    import duckdb
+
+    from ingest import ingest_paths, open_store
+
+    ingest_paths(files, work / "source.duckdb", progress=False)  # untimed: the rows to write
+    src = duckdb.connect(str(work / "source.duckdb"), read_only=True)
+    tables = [r[0] for r in src.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()]
+    rows = {t: src.sql(f"SELECT * FROM {t}").to_arrow_table() for t in tables}
+    src.close()
+    t0 = time.perf_counter()
+    con = open_store(work / "floor.duckdb")
+    con.execute("BEGIN TRANSACTION")
+    for name, table in rows.items():
+        con.register("floor_rows", table)
+        con.execute(f"INSERT INTO {name} SELECT * FROM floor_rows")
+        con.unregister("floor_rows")
+    con.execute("COMMIT")
+    con.execute("CHECKPOINT")
+    con.close()
+    return rows["spans"].num_rows, time.perf_counter() - t0
+
+
 def run_pb_parse(files: list[Path], work: Path) -> int:
     from google.protobuf.internal.decoder import _DecodeVarint
     from opentelemetry.proto.trace.v1 import trace_pb2
@@ -224,10 +253,13 @@ def one(method: str, n_spans: int) -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     t0 = time.perf_counter()
-    count = globals()[f"run_{method}"](files, work)
+    got = globals()[f"run_{method}"](files, work)
     seconds = time.perf_counter() - t0
+    count = got
+    if isinstance(got, tuple):  # (count, seconds of the measured part)
+        count, seconds = got
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    db_mb = sum(p.stat().st_size for p in work.glob("*.duckdb")) / 1e6
+    db_mb = sum(p.stat().st_size for p in work.glob("*.duckdb") if p.name != "source.duckdb") / 1e6
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({"method": method, "seconds": seconds, "count": count, "rss_mb": rss_mb, "db_mb": db_mb}))
 

@@ -85,8 +85,10 @@ class StoreWriter:
         ingest_payload: Callable[[duckdb.DuckDBPyConnection, bytes, Literal["json", "protobuf"], str], BatchResult],
         hold_s: float = 5.0,
         release_s: float = 1.0,
-        read_bytes: int = 32 << 20,
-        max_merge_bytes: int = 16 << 20,
+        read_bytes: int = 64 << 20,
+        # ~48 MB of protobuf is ~150k spans: a transaction that fills DuckDB row groups (122,880
+        # rows), which it writes straight into the file rather than through the WAL.
+        max_merge_bytes: int = 48 << 20,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         """`on_change` is called (on the writer thread) after each open, close and transaction."""
