@@ -945,6 +945,1047 @@ static int traces(Out *o, const uint8_t *p, size_t n) {
     return 0;
 }
 
+/* ============================================================================== JSON lines
+ *
+ * decode_json(chunk) takes whole OTLP JSON lines (one TracesData / ExportTraceServiceRequest
+ * object a line, as the Collector's file exporter writes them) and fills the same columns as
+ * decode(). It declines (None) whatever the validating decoder (orjson + decode.add_json_traces)
+ * would read differently or quarantine, or what this parser does not reproduce byte for byte:
+ * invalid JSON or UTF-8, a BOM, JSON null anywhere, NaN/Infinity, a lone surrogate, a line that
+ * is not one object, a key the validating decoder reads written with an escape or in snake_case
+ * (any unknown key holding '_'), instrumentationLibrary(Spans), a duplicate member the validating
+ * decoder reads, a duplicate attribute key, several values in one AnyValue, numeric or
+ * non-decimal nanoseconds, a numeric or non-canonical-text intValue, a string doubleValue, ids
+ * that are not 16/32 hex digits or are all zeros, times, kinds and codes out of range, a `rid`
+ * that is not a string or an integer, nesting deeper than J_MAX_DEPTH. Members the validating
+ * decoder never reads (flags, traceState, dropped counts, schemaUrl, scope attributes, unknown
+ * camelCase keys) are validated as JSON and skipped. Resources and scope names are reported as
+ * raw JSON text slices and finished in Python by the validating decoder's own code
+ * (ingest/jsonfast.py). */
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+#define J_MAX_DEPTH 48
+
+typedef struct {
+    const uint8_t *p, *end;
+    Out *o;
+    Buf tmp, tmp2, span_name, status_msg, ev_name, rid;
+    int rid_type;
+} J;
+
+/* A written attribute value: its type (for `rid`) and where its JSON text sits in the buffer. */
+typedef struct {
+    int type;
+    size_t voff, vlen;
+} JScalar;
+
+typedef struct {
+    size_t off, len;
+    uint32_t hash;
+} KOff;
+
+#define KEY_IS(k, lit) ((k).n == sizeof(lit) - 1 && memcmp((k).p, (lit), sizeof(lit) - 1) == 0)
+
+static inline void j_ws(J *j) {
+    while (j->p < j->end) {
+        uint8_t c = *j->p;
+        if (c != ' ' && c != '\t' && c != '\r' && c != '\n') break;
+        j->p++;
+    }
+}
+
+static inline int j_eat(J *j, uint8_t c) {
+    j_ws(j);
+    if (j->p < j->end && *j->p == c) {
+        j->p++;
+        return 0;
+    }
+    return DECLINE;
+}
+
+/* At a string (after whitespace): its raw inner bytes, and whether they hold a backslash (then
+ * they still need j_unescape, which also validates the escapes). Raw control bytes decline. The
+ * chunk is valid UTF-8 (checked up front). */
+static inline int j_string(J *j, Slice *s, int *esc) {
+    const uint8_t *p = j->p, *end = j->end;
+    if (p >= end || *p != '"') return DECLINE;
+    const uint8_t *start = ++p;
+    int e = 0;
+    for (;;) {
+#ifdef __SSE2__
+        const __m128i q = _mm_set1_epi8('"'), bs = _mm_set1_epi8('\\'), c1f = _mm_set1_epi8(0x1f);
+        while (end - p >= 16) {
+            __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+            __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, q), _mm_cmpeq_epi8(x, bs)),
+                                     _mm_cmpeq_epi8(_mm_max_epu8(x, c1f), c1f));
+            unsigned mask = (unsigned)_mm_movemask_epi8(m);
+            if (mask) {
+                p += __builtin_ctz(mask);
+                break;
+            }
+            p += 16;
+        }
+#endif
+        while (p < end && *p != '"' && *p != '\\' && *p >= 0x20) p++;
+        if (p >= end) return DECLINE;
+        if (*p == '"') break;
+        if (*p < 0x20) return DECLINE;
+        e = 1; /* a backslash and the byte it escapes */
+        if (end - p < 2) return DECLINE;
+        p += 2;
+    }
+    s->p = start;
+    s->n = (size_t)(p - start);
+    *esc = e;
+    j->p = p + 1;
+    return 0;
+}
+
+static int hex4(const uint8_t *s, uint32_t *v) {
+    uint32_t x = 0;
+    for (int i = 0; i < 4; i++) {
+        uint8_t c = s[i], l = (uint8_t)(c | 0x20);
+        uint32_t d;
+        if (c >= '0' && c <= '9') d = (uint32_t)(c - '0');
+        else if (l >= 'a' && l <= 'f') d = (uint32_t)(l - 'a' + 10);
+        else return DECLINE;
+        x = x << 4 | d;
+    }
+    *v = x;
+    return 0;
+}
+
+/* The text of a JSON string's raw inner bytes (escapes resolved; surrogate pairs joined, lone
+ * surrogates decline as orjson rejects them). Never longer than the raw bytes. */
+static int j_unescape(const uint8_t *s, size_t n, Buf *out) {
+    out->len = 0;
+    if (buf_grow(out, n + 1)) return NOMEM;
+    uint8_t *o = (uint8_t *)out->p;
+    size_t k = 0, i = 0;
+    while (i < n) {
+        uint8_t c = s[i];
+        if (c != '\\') {
+            o[k++] = c;
+            i++;
+            continue;
+        }
+        if (n - i < 2) return DECLINE;
+        c = s[i + 1];
+        i += 2;
+        switch (c) {
+        case '"': case '\\': case '/': o[k++] = c; break;
+        case 'b': o[k++] = '\b'; break;
+        case 'f': o[k++] = '\f'; break;
+        case 'n': o[k++] = '\n'; break;
+        case 'r': o[k++] = '\r'; break;
+        case 't': o[k++] = '\t'; break;
+        case 'u': {
+            uint32_t cp, lo;
+            if (n - i < 4 || hex4(s + i, &cp)) return DECLINE;
+            i += 4;
+            if (cp >= 0xDC00 && cp <= 0xDFFF) return DECLINE;
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                if (n - i < 6 || s[i] != '\\' || s[i + 1] != 'u' || hex4(s + i + 2, &lo)) return DECLINE;
+                if (lo < 0xDC00 || lo > 0xDFFF) return DECLINE;
+                i += 6;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            }
+            if (cp < 0x80) {
+                o[k++] = (uint8_t)cp;
+            } else if (cp < 0x800) {
+                o[k++] = (uint8_t)(0xC0 | cp >> 6);
+                o[k++] = (uint8_t)(0x80 | (cp & 63));
+            } else if (cp < 0x10000) {
+                o[k++] = (uint8_t)(0xE0 | cp >> 12);
+                o[k++] = (uint8_t)(0x80 | ((cp >> 6) & 63));
+                o[k++] = (uint8_t)(0x80 | (cp & 63));
+            } else {
+                o[k++] = (uint8_t)(0xF0 | cp >> 18);
+                o[k++] = (uint8_t)(0x80 | ((cp >> 12) & 63));
+                o[k++] = (uint8_t)(0x80 | ((cp >> 6) & 63));
+                o[k++] = (uint8_t)(0x80 | (cp & 63));
+            }
+            break;
+        }
+        default: return DECLINE;
+        }
+    }
+    out->len = k;
+    return 0;
+}
+
+/* A string's JSON text as orjson writes its value: the raw text when it has no escapes (it then
+ * holds no quote, backslash or control byte, so orjson writes it as is), else re-escaped. */
+static int j_emit_string(J *j, Buf *b, Slice s, int esc) {
+    int rc;
+    if (!esc) {
+        if (buf_grow(b, s.n + 2)) return NOMEM;
+        b->p[b->len++] = '"';
+        memcpy(b->p + b->len, s.p, s.n);
+        b->len += s.n;
+        b->p[b->len++] = '"';
+        return 0;
+    }
+    if ((rc = j_unescape(s.p, s.n, &j->tmp))) return rc;
+    return json_string(b, (const uint8_t *)j->tmp.p, j->tmp.len);
+}
+
+/* A string's text as a slice: the raw bytes, or (with escapes) decoded into `into`. */
+static int j_text(J *j, Buf *into, Slice *out) {
+    Slice s;
+    int esc, rc;
+    if ((rc = j_string(j, &s, &esc))) return rc;
+    if (!esc) {
+        *out = s;
+        return 0;
+    }
+    if ((rc = j_unescape(s.p, s.n, into))) return rc;
+    out->p = (const uint8_t *)into->p;
+    out->n = into->len;
+    return 0;
+}
+
+typedef struct {
+    const uint8_t *p;
+    size_t n;
+    int is_int, nonzero;
+} Num;
+
+/* A number token by the JSON grammar (the byte after it is checked by the caller's grammar). */
+static int j_number(J *j, Num *num) {
+    const uint8_t *p = j->p, *end = j->end, *start = p;
+    int is_int = 1, nz = 0;
+    if (p < end && *p == '-') p++;
+    if (p >= end) return DECLINE;
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        nz = 1;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+    } else {
+        return DECLINE;
+    }
+    if (p < end && *p == '.') {
+        is_int = 0;
+        p++;
+        if (p >= end || *p < '0' || *p > '9') return DECLINE;
+        while (p < end && *p >= '0' && *p <= '9') nz |= *p++ != '0';
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        is_int = 0;
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        if (p >= end || *p < '0' || *p > '9') return DECLINE;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+    }
+    num->p = start;
+    num->n = (size_t)(p - start);
+    num->is_int = is_int;
+    num->nonzero = nz;
+    j->p = p;
+    return 0;
+}
+
+static int num_strtod(const Num *num, double *out) {
+    char tmp[128];
+    if (num->n >= sizeof tmp) return DECLINE;
+    memcpy(tmp, num->p, num->n);
+    tmp[num->n] = 0;
+    *out = strtod(tmp, NULL);
+    return isfinite(*out) ? 0 : DECLINE; /* orjson rejects a number that is infinite as a double */
+}
+
+static int j_literal(J *j, const char *lit, size_t n) {
+    if ((size_t)(j->end - j->p) < n || memcmp(j->p, lit, n) != 0) return DECLINE;
+    j->p += n;
+    return 0;
+}
+
+/* Validate and skip any JSON value (null declines). */
+static int j_skip(J *j, int depth) {
+    int rc;
+    Slice s;
+    int esc;
+    if (depth > J_MAX_DEPTH) return DECLINE;
+    j_ws(j);
+    if (j->p >= j->end) return DECLINE;
+    switch (*j->p) {
+    case '{':
+        j->p++;
+        j_ws(j);
+        if (j->p < j->end && *j->p == '}') {
+            j->p++;
+            return 0;
+        }
+        for (;;) {
+            j_ws(j);
+            if ((rc = j_string(j, &s, &esc))) return rc;
+            if (esc && (rc = j_unescape(s.p, s.n, &j->tmp))) return rc;
+            if ((rc = j_eat(j, ':')) || (rc = j_skip(j, depth + 1))) return rc;
+            j_ws(j);
+            if (j->p < j->end && *j->p == ',') {
+                j->p++;
+                continue;
+            }
+            return j_eat(j, '}');
+        }
+    case '[':
+        j->p++;
+        j_ws(j);
+        if (j->p < j->end && *j->p == ']') {
+            j->p++;
+            return 0;
+        }
+        for (;;) {
+            if ((rc = j_skip(j, depth + 1))) return rc;
+            j_ws(j);
+            if (j->p < j->end && *j->p == ',') {
+                j->p++;
+                continue;
+            }
+            return j_eat(j, ']');
+        }
+    case '"':
+        if ((rc = j_string(j, &s, &esc))) return rc;
+        return esc ? j_unescape(s.p, s.n, &j->tmp) : 0;
+    case 't': return j_literal(j, "true", 4);
+    case 'f': return j_literal(j, "false", 5);
+    default: {
+        Num num;
+        double x;
+        if ((rc = j_number(j, &num))) return rc;
+        if (!num.is_int || num.n > 15) return num_strtod(&num, &x);
+        return 0;
+    }
+    }
+}
+
+/* Structural objects and arrays: open, key (no escapes), next. */
+static int j_open(J *j, uint8_t open, uint8_t close, int *more) {
+    if (j_eat(j, open)) return DECLINE;
+    j_ws(j);
+    if (j->p < j->end && *j->p == close) {
+        j->p++;
+        *more = 0;
+    } else {
+        *more = 1;
+    }
+    return 0;
+}
+
+static int j_next(J *j, uint8_t close, int *more) {
+    j_ws(j);
+    if (j->p >= j->end) return DECLINE;
+    if (*j->p == ',') {
+        j->p++;
+        *more = 1;
+        return 0;
+    }
+    if (*j->p == close) {
+        j->p++;
+        *more = 0;
+        return 0;
+    }
+    return DECLINE;
+}
+
+static int j_key(J *j, Slice *k) {
+    int esc;
+    j_ws(j);
+    if (j_string(j, k, &esc) || esc) return DECLINE; /* an escaped key may spell a field we read */
+    if (j_eat(j, ':')) return DECLINE;
+    j_ws(j);
+    return 0;
+}
+
+/* A member the validating decoder never reads: validated and skipped. A key with '_' declines:
+ * the validating decoder reads snake_case aliases of the camelCase fields. */
+static int j_unknown(J *j, Slice k, int depth) {
+    if (memchr(k.p, '_', k.n)) return DECLINE;
+    return j_skip(j, depth);
+}
+
+#define SEEN(bit)                         \
+    do {                                  \
+        if (seen & (bit)) return DECLINE; \
+        seen |= (bit);                    \
+    } while (0)
+
+/* ------------------------------------------------------------------- attribute values */
+
+static int j_attr_list(J *j, Buf *b, int depth, int want_rid);
+
+/* intValue: a decimal string in int64 range, written as Python's str(int(text)). */
+static int j_int_value(J *j, Buf *b) {
+    Slice s;
+    int esc;
+    if (j_string(j, &s, &esc) || esc || s.n == 0 || s.n > 64) return DECLINE;
+    size_t i = 0;
+    int neg = s.p[0] == '-';
+    if (neg && s.n == 1) return DECLINE;
+    i = (size_t)neg;
+    uint64_t v = 0;
+    for (; i < s.n; i++) {
+        unsigned d = (unsigned)(s.p[i] - '0');
+        if (d > 9) return DECLINE;
+        if (v > (UINT64_MAX - d) / 10) return DECLINE;
+        v = v * 10 + d;
+    }
+    if (neg ? v > (uint64_t)INT64_MAX + 1 : v > (uint64_t)INT64_MAX) return DECLINE;
+    size_t d0 = (size_t)neg;
+    if (!(s.p[d0] == '0' && (s.n - d0 > 1 || neg))) return buf_put(b, s.p, s.n); /* canonical */
+    int64_t x = neg ? (v == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)v) : (int64_t)v;
+    return json_int(b, x);
+}
+
+/* Whether a number token is already orjson's text of its double: -I.F with no exponent, no
+ * trailing zero in F (but "x.0"), at most 15 significant digits (so it is the shortest, unique
+ * decimal of the double) and a decimal exponent in -5..15 (orjson's fixed notation). */
+static int plain_canonical(const uint8_t *s, size_t n) {
+    size_t i = s[0] == '-';
+    const uint8_t *dot = memchr(s + i, '.', n - i);
+    if (!dot) return 0;
+    const uint8_t *I = s + i, *F = dot + 1;
+    size_t il = (size_t)(dot - I), fl = n - i - il - 1, sig;
+    for (size_t k = 0; k < fl; k++)
+        if (F[k] < '0' || F[k] > '9') return 0; /* an exponent */
+    int integral = fl == 1 && F[0] == '0';
+    if (!integral && F[fl - 1] == '0') return 0;
+    if (I[0] == '0') {
+        if (integral) return 1; /* 0.0, -0.0 */
+        size_t lz = 0;
+        while (lz < fl && F[lz] == '0') lz++;
+        if (lz > 4) return 0;
+        sig = fl - lz;
+    } else {
+        if (il > 16) return 0;
+        sig = il + (integral ? 0 : fl);
+    }
+    return sig <= 15;
+}
+
+/* doubleValue: a JSON number (float(x) of what orjson parsed), written as orjson writes it. */
+static int j_double_value(J *j, Buf *b) {
+    Num num;
+    double x;
+    if (j->p >= j->end || *j->p == '"') return DECLINE;
+    if (j_number(j, &num) || num_strtod(&num, &x)) return DECLINE;
+    if (num.is_int) {
+        if (num.n - (num.p[0] == '-') > 19) return DECLINE; /* within 64 bits: orjson parses an int */
+        if (x == 0.0) x = 0.0; /* float(-0) is 0.0 */
+        return json_double(b, x);
+    }
+    if (x == 0.0 && num.nonzero) return DECLINE; /* underflow */
+    if (plain_canonical(num.p, num.n)) return buf_put(b, num.p, num.n);
+    return json_double(b, x);
+}
+
+static int j_any(J *j, Buf *b, int depth, JScalar *sc);
+
+/* arrayValue / kvlistValue: {"values": [...]} (other members ignored, as x.get does). */
+static int j_values(J *j, Buf *b, int depth, int kvlist) {
+    int rc, more, have = 0;
+    if (depth > J_MAX_DEPTH) return DECLINE;
+    if ((rc = j_open(j, '{', '}', &more))) return rc;
+    while (more) {
+        Slice k;
+        if ((rc = j_key(j, &k))) return rc;
+        if (KEY_IS(k, "values")) {
+            if (have) return DECLINE;
+            have = 1;
+            if (kvlist) {
+                if ((rc = j_attr_list(j, b, depth + 1, 0))) return rc;
+            } else {
+                int amore;
+                size_t i = 0;
+                if ((rc = j_open(j, '[', ']', &amore)) || (rc = buf_byte(b, '['))) return rc;
+                while (amore) {
+                    JScalar sc;
+                    if (i++ && (rc = buf_byte(b, ','))) return rc;
+                    if ((rc = j_any(j, b, depth + 1, &sc)) || (rc = j_next(j, ']', &amore))) return rc;
+                }
+                if ((rc = buf_byte(b, ']'))) return rc;
+            }
+        } else if ((rc = j_unknown(j, k, depth + 1))) {
+            return rc;
+        }
+        if ((rc = j_next(j, '}', &more))) return rc;
+    }
+    return have ? 0 : buf_put(b, kvlist ? "{}" : "[]", 2);
+}
+
+/* One AnyValue object -> its JSON text (decode.json_any_value, then orjson). */
+static int j_any(J *j, Buf *b, int depth, JScalar *sc) {
+    int rc, more;
+    Slice k, s;
+    int esc;
+    if (depth > J_MAX_DEPTH) return DECLINE;
+    sc->type = V_OTHER;
+    sc->voff = b->len;
+    if ((rc = j_open(j, '{', '}', &more))) return rc;
+    if (!more) {
+        sc->type = V_NULL;
+        sc->vlen = 4;
+        return buf_put(b, "null", 4);
+    }
+    if ((rc = j_key(j, &k))) return rc;
+    if (KEY_IS(k, "stringValue") || KEY_IS(k, "bytesValue")) {
+        if ((rc = j_string(j, &s, &esc)) || (rc = j_emit_string(j, b, s, esc))) return rc;
+        sc->type = V_STRING;
+    } else if (KEY_IS(k, "intValue")) {
+        if ((rc = j_int_value(j, b))) return rc;
+        sc->type = V_INT;
+    } else if (KEY_IS(k, "doubleValue")) {
+        if ((rc = j_double_value(j, b))) return rc;
+    } else if (KEY_IS(k, "boolValue")) {
+        if (j->p < j->end && *j->p == 't') {
+            if (j_literal(j, "true", 4)) return DECLINE;
+            if ((rc = buf_put(b, "true", 4))) return rc;
+        } else {
+            if (j_literal(j, "false", 5)) return DECLINE;
+            if ((rc = buf_put(b, "false", 5))) return rc;
+        }
+    } else if (KEY_IS(k, "arrayValue")) {
+        if ((rc = j_values(j, b, depth + 1, 0))) return rc;
+    } else if (KEY_IS(k, "kvlistValue")) {
+        if ((rc = j_values(j, b, depth + 1, 1))) return rc;
+    } else {
+        return DECLINE;
+    }
+    if ((rc = j_next(j, '}', &more))) return rc;
+    if (more) return DECLINE; /* several values in one AnyValue */
+    sc->vlen = b->len - sc->voff;
+    return 0;
+}
+
+/* One KeyValue object -> "key":value (the key may follow the value). */
+static int j_kv(J *j, Buf *b, int depth, KOff *key, JScalar *sc) {
+    int rc, more, have_key = 0, have_val = 0;
+    size_t pos0 = b->len;
+    if ((rc = j_open(j, '{', '}', &more))) return rc;
+    while (more) {
+        Slice k, s;
+        int esc;
+        if ((rc = j_key(j, &k))) return rc;
+        if (KEY_IS(k, "key")) {
+            if (have_key) return DECLINE;
+            have_key = 1;
+            if ((rc = j_string(j, &s, &esc))) return rc;
+            if (!have_val) {
+                key->off = b->len;
+                if ((rc = j_emit_string(j, b, s, esc))) return rc;
+                key->len = b->len - key->off;
+                if ((rc = buf_byte(b, ':'))) return rc;
+            } else {
+                j->tmp2.len = 0;
+                if ((rc = j_emit_string(j, &j->tmp2, s, esc)) || (rc = buf_byte(&j->tmp2, ':'))) return rc;
+                size_t kt = j->tmp2.len;
+                if (buf_grow(b, kt)) return NOMEM;
+                memmove(b->p + pos0 + kt, b->p + pos0, b->len - pos0);
+                memcpy(b->p + pos0, j->tmp2.p, kt);
+                b->len += kt;
+                key->off = pos0;
+                key->len = kt - 1;
+                sc->voff += kt;
+            }
+        } else if (KEY_IS(k, "value")) {
+            if (have_val) return DECLINE;
+            have_val = 1;
+            if ((rc = j_any(j, b, depth + 1, sc))) return rc;
+        } else if ((rc = j_skip(j, depth + 1))) { /* kv.get ignores other members */
+            return rc;
+        }
+        if ((rc = j_next(j, '}', &more))) return rc;
+    }
+    if (!have_key) return DECLINE;
+    if (!have_val) {
+        sc->type = V_NULL;
+        sc->voff = b->len;
+        sc->vlen = 4;
+        return buf_put(b, "null", 4);
+    }
+    return 0;
+}
+
+static uint32_t fnv1a(const char *s, size_t n) {
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 16777619u;
+    return h;
+}
+
+/* [KeyValue, ...] -> {"k":v,...}; a duplicate key declines. With want_rid, the `rid` value is
+ * left in j->rid / j->rid_type as decode._rid gives it. */
+static int j_attr_list(J *j, Buf *b, int depth, int want_rid) {
+    KOff stack_keys[64], *keys = stack_keys;
+    size_t nk = 0, capk = 64;
+    int rc, more;
+    if (depth > J_MAX_DEPTH) return DECLINE;
+    if ((rc = j_open(j, '[', ']', &more)) || (rc = buf_byte(b, '{'))) return rc;
+    while (more) {
+        KOff key;
+        JScalar sc;
+        if (nk && (rc = buf_byte(b, ','))) break;
+        if ((rc = j_kv(j, b, depth + 1, &key, &sc))) break;
+        key.hash = fnv1a(b->p + key.off, key.len);
+        for (size_t i = 0; i < nk && !rc; i++)
+            if (keys[i].hash == key.hash && keys[i].len == key.len &&
+                memcmp(b->p + keys[i].off, b->p + key.off, key.len) == 0)
+                rc = DECLINE;
+        if (rc) break;
+        if (want_rid && key.len == 5 && memcmp(b->p + key.off, "\"rid\"", 5) == 0) {
+            j->rid_type = sc.type;
+            if (sc.type == V_STRING) {
+                rc = j_unescape((const uint8_t *)b->p + sc.voff + 1, sc.vlen - 2, &j->rid);
+            } else if (sc.type == V_INT) {
+                j->rid.len = 0;
+                rc = buf_put(&j->rid, b->p + sc.voff, sc.vlen);
+            } else if (sc.type != V_NULL) {
+                rc = DECLINE; /* str() of a double, bool, list or dict */
+            }
+            if (rc) break;
+        }
+        if (nk == capk) {
+            KOff *nkeys = malloc(2 * capk * sizeof *nkeys);
+            if (!nkeys) { rc = NOMEM; break; }
+            memcpy(nkeys, keys, nk * sizeof *keys);
+            if (keys != stack_keys) free(keys);
+            keys = nkeys;
+            capk *= 2;
+        }
+        keys[nk++] = key;
+        if ((rc = j_next(j, ']', &more))) break;
+    }
+    if (!rc) rc = buf_byte(b, '}');
+    if (keys != stack_keys) free(keys);
+    return rc;
+}
+
+/* ------------------------------------------------------------------- ids, times, enums */
+
+static inline int hexdig(uint8_t c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    c |= 0x20;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+/* A hex id of `width` digits (or, with half, also width / 2 left-padded with zeros), lower-cased
+ * into out; all zeros declines. */
+static int j_hex_id(J *j, uint8_t *out, size_t width, int half) {
+    Slice s;
+    int esc;
+    if (j_string(j, &s, &esc) || esc) return DECLINE;
+    size_t pad;
+    if (s.n == width) pad = 0;
+    else if (half && s.n == width / 2) pad = width / 2;
+    else return DECLINE;
+    memset(out, '0', pad);
+    int nonzero = 0;
+    for (size_t i = 0; i < s.n; i++) {
+        int d = hexdig(s.p[i]);
+        if (d < 0) return DECLINE;
+        nonzero |= d;
+        out[pad + i] = (uint8_t)HEXL[d];
+    }
+    return nonzero ? 0 : DECLINE;
+}
+
+/* Nanoseconds as a decimal string (decode._nanos: str.isdigit, 0..INT64_MAX). */
+static int j_nanos(J *j, int64_t *out) {
+    Slice s;
+    int esc;
+    if (j_string(j, &s, &esc) || esc || s.n == 0) return DECLINE;
+    uint64_t v = 0;
+    for (size_t i = 0; i < s.n; i++) {
+        unsigned d = (unsigned)(s.p[i] - '0');
+        if (d > 9) return DECLINE;
+        if (v > ((uint64_t)INT64_MAX - d) / 10) return DECLINE;
+        v = v * 10 + d;
+    }
+    *out = (int64_t)v;
+    return 0;
+}
+
+static const char *const SPAN_KIND_NAMES[] = {"SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER",
+                                              "SPAN_KIND_CLIENT", "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER"};
+static const char *const STATUS_CODE_NAMES[] = {"STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"};
+
+/* An enum: an integer (-128..127, the staging column's range) or one of its names. */
+static int j_enum(J *j, const char *const *names, int count, int8_t *out) {
+    if (j->p < j->end && *j->p == '"') {
+        Slice s;
+        int esc;
+        if (j_string(j, &s, &esc) || esc) return DECLINE;
+        for (int i = 0; i < count; i++)
+            if (strlen(names[i]) == s.n && memcmp(names[i], s.p, s.n) == 0) {
+                *out = (int8_t)i;
+                return 0;
+            }
+        return DECLINE;
+    }
+    Num num;
+    if (j_number(j, &num) || !num.is_int || num.n > 4) return DECLINE;
+    int v = 0;
+    for (size_t i = num.p[0] == '-'; i < num.n; i++) v = v * 10 + (num.p[i] - '0');
+    if (num.p[0] == '-') v = -v;
+    if (v < -128 || v > 127) return DECLINE;
+    *out = (int8_t)v;
+    return 0;
+}
+
+/* ------------------------------------------------------------------- spans, events, links */
+
+static int j_event(J *j, int64_t span_seq, int32_t seq, int depth) {
+    Out *o = j->o;
+    Slice name = {NULL, 0};
+    int64_t t = 0;
+    unsigned seen = 0;
+    int rc, more;
+    if ((rc = j_open(j, '{', '}', &more))) return rc;
+    while (more) {
+        Slice k;
+        if ((rc = j_key(j, &k))) return rc;
+        if (KEY_IS(k, "timeUnixNano")) {
+            SEEN(1);
+            if ((rc = j_nanos(j, &t))) return rc;
+        } else if (KEY_IS(k, "name")) {
+            SEEN(2);
+            if ((rc = j_text(j, &j->ev_name, &name))) return rc;
+        } else if (KEY_IS(k, "attributes")) {
+            SEEN(4);
+            if ((rc = j_attr_list(j, &o->ev_attributes.data, depth + 1, 0))) return rc;
+        } else if ((rc = j_unknown(j, k, depth + 1))) {
+            return rc;
+        }
+        if ((rc = j_next(j, '}', &more))) return rc;
+    }
+    if (!(seen & 4) && buf_put(&o->ev_attributes.data, "{}", 2)) return NOMEM;
+    if ((rc = strcol_end_row(&o->ev_attributes, 1))) return rc;
+    PUT_VAL(&o->ev_span, int64_t, span_seq);
+    PUT_VAL(&o->ev_seq, int32_t, seq);
+    PUT_VAL(&o->ev_time, int64_t, t);
+    PUT_VAL(&o->ev_time_valid, uint8_t, (seen & 1) != 0);
+    if (name.n && buf_put(&o->ev_name.data, name.p, name.n)) return NOMEM;
+    if ((rc = strcol_end_row(&o->ev_name, (seen & 2) != 0))) return rc;
+    o->n_ev++;
+    return 0;
+}
+
+static int j_link(J *j, int64_t span_seq, int32_t seq, int depth) {
+    Out *o = j->o;
+    uint8_t trace[32], sid[16];
+    unsigned seen = 0;
+    int rc, more;
+    if ((rc = j_open(j, '{', '}', &more))) return rc;
+    while (more) {
+        Slice k;
+        if ((rc = j_key(j, &k))) return rc;
+        if (KEY_IS(k, "traceId")) {
+            SEEN(1);
+            if ((rc = j_hex_id(j, trace, 32, 1))) return rc;
+        } else if (KEY_IS(k, "spanId")) {
+            SEEN(2);
+            if ((rc = j_hex_id(j, sid, 16, 0))) return rc;
+        } else if (KEY_IS(k, "attributes")) {
+            SEEN(4);
+            if ((rc = j_attr_list(j, &o->ln_attributes.data, depth + 1, 0))) return rc;
+        } else if ((rc = j_unknown(j, k, depth + 1))) {
+            return rc;
+        }
+        if ((rc = j_next(j, '}', &more))) return rc;
+    }
+    if ((seen & 3) != 3) return DECLINE;
+    if (!(seen & 4) && buf_put(&o->ln_attributes.data, "{}", 2)) return NOMEM;
+    if ((rc = strcol_end_row(&o->ln_attributes, 1))) return rc;
+    PUT_VAL(&o->ln_span, int64_t, span_seq);
+    PUT_VAL(&o->ln_seq, int32_t, seq);
+    if (buf_put(&o->ln_trace, trace, 32) || buf_put(&o->ln_span_id, sid, 16)) return NOMEM;
+    o->n_ln++;
+    return 0;
+}
+
+static int j_status(J *j, int8_t *code, Slice *msg, int depth) {
+    unsigned seen = 0;
+    int rc, more;
+    if ((rc = j_open(j, '{', '}', &more))) return rc;
+    while (more) {
+        Slice k;
+        if ((rc = j_key(j, &k))) return rc;
+        if (KEY_IS(k, "code")) {
+            SEEN(1);
+            if ((rc = j_enum(j, STATUS_CODE_NAMES, 3, code))) return rc;
+        } else if (KEY_IS(k, "message")) {
+            SEEN(2);
+            if ((rc = j_text(j, &j->status_msg, msg))) return rc;
+        } else if ((rc = j_unknown(j, k, depth + 1))) {
+            return rc;
+        }
+        if ((rc = j_next(j, '}', &more))) return rc;
+    }
+    return 0;
+}
+
+/* A list of objects each parsed by fn(j, span_seq, index, depth). */
+static int j_list(J *j, int (*fn)(J *, int64_t, int32_t, int), int64_t span_seq, int depth) {
+    int rc, more;
+    int32_t i = 0;
+    if ((rc = j_open(j, '[', ']', &more))) return rc;
+    while (more) {
+        if ((rc = fn(j, span_seq, i++, depth))) return rc;
+        if ((rc = j_next(j, ']', &more))) return rc;
+    }
+    return 0;
+}
+
+static int j_span(J *j, int32_t res_idx, int32_t scope_idx, int depth) {
+    Out *o = j->o;
+    uint8_t trace[32], sid[16], parent[16];
+    Slice name = {(const uint8_t *)"", 0}, msg = {NULL, 0};
+    int8_t kind = 0, code = 0;
+    int64_t start = 0, end = 0, seq = (int64_t)o->n;
+    unsigned seen = 0;
+    int rc, more, have_parent = 0;
+    j->rid_type = V_NULL;
+    if ((rc = j_open(j, '{', '}', &more))) return rc;
+    while (more) {
+        Slice k;
+        if ((rc = j_key(j, &k))) return rc;
+        if (KEY_IS(k, "traceId")) {
+            SEEN(1);
+            if ((rc = j_hex_id(j, trace, 32, 1))) return rc;
+        } else if (KEY_IS(k, "spanId")) {
+            SEEN(2);
+            if ((rc = j_hex_id(j, sid, 16, 0))) return rc;
+        } else if (KEY_IS(k, "parentSpanId")) {
+            SEEN(4);
+            if (j->end - j->p >= 2 && j->p[0] == '"' && j->p[1] == '"') {
+                j->p += 2; /* "" is no parent */
+            } else {
+                if ((rc = j_hex_id(j, parent, 16, 0))) return rc;
+                have_parent = 1;
+            }
+        } else if (KEY_IS(k, "name")) {
+            SEEN(8);
+            if ((rc = j_text(j, &j->span_name, &name))) return rc;
+        } else if (KEY_IS(k, "kind")) {
+            SEEN(16);
+            if ((rc = j_enum(j, SPAN_KIND_NAMES, 6, &kind))) return rc;
+        } else if (KEY_IS(k, "startTimeUnixNano")) {
+            SEEN(32);
+            if ((rc = j_nanos(j, &start))) return rc;
+        } else if (KEY_IS(k, "endTimeUnixNano")) {
+            SEEN(64);
+            if ((rc = j_nanos(j, &end))) return rc;
+        } else if (KEY_IS(k, "status")) {
+            SEEN(128);
+            if ((rc = j_status(j, &code, &msg, depth + 1))) return rc;
+        } else if (KEY_IS(k, "attributes")) {
+            SEEN(256);
+            if ((rc = j_attr_list(j, &o->attributes.data, depth + 1, 1))) return rc;
+        } else if (KEY_IS(k, "events")) {
+            SEEN(512);
+            if ((rc = j_list(j, j_event, seq, depth + 1))) return rc;
+        } else if (KEY_IS(k, "links")) {
+            SEEN(1024);
+            if ((rc = j_list(j, j_link, seq, depth + 1))) return rc;
+        } else if ((rc = j_unknown(j, k, depth + 1))) {
+            return rc;
+        }
+        if ((rc = j_next(j, '}', &more))) return rc;
+    }
+    if ((seen & 3) != 3) return DECLINE;
+    if (!(seen & 256) && buf_put(&o->attributes.data, "{}", 2)) return NOMEM;
+    if ((rc = strcol_end_row(&o->attributes, 1))) return rc;
+    if (buf_put(&o->trace_id, trace, 32) || buf_put(&o->span_id, sid, 16)) return NOMEM;
+    if (buf_put(&o->parent, have_parent ? (const void *)parent : "0000000000000000", 16)) return NOMEM;
+    PUT_VAL(&o->parent_valid, uint8_t, (uint8_t)have_parent);
+    if (name.n && buf_put(&o->name.data, name.p, name.n)) return NOMEM;
+    if ((rc = strcol_end_row(&o->name, 1))) return rc;
+    PUT_VAL(&o->kind, int8_t, kind);
+    PUT_VAL(&o->status_code, int8_t, code);
+    PUT_VAL(&o->start, int64_t, start);
+    PUT_VAL(&o->start_valid, uint8_t, (seen & 32) != 0);
+    PUT_VAL(&o->end, int64_t, end);
+    PUT_VAL(&o->end_valid, uint8_t, (seen & 64) != 0);
+    if (msg.n && buf_put(&o->status_message.data, msg.p, msg.n)) return NOMEM;
+    if ((rc = strcol_end_row(&o->status_message, msg.n != 0))) return rc; /* "" -> None */
+    if (j->rid_type != V_NULL && buf_put(&o->rid.data, j->rid.p, j->rid.len)) return NOMEM;
+    if ((rc = strcol_end_row(&o->rid, j->rid_type != V_NULL))) return rc;
+    PUT_VAL(&o->res_idx, int32_t, res_idx);
+    PUT_VAL(&o->scope_idx, int32_t, scope_idx);
+    o->n++;
+    return 0;
+}
+
+/* ------------------------------------------------------------------- resources, scopes, lines */
+
+/* The raw JSON text of the next string value: (offset in the chunk, length with quotes). */
+static int j_raw_string(J *j, int64_t *off, int64_t *len) {
+    const uint8_t *start = j->p;
+    Slice s;
+    int esc, rc;
+    if ((rc = j_string(j, &s, &esc))) return rc;
+    if (esc && (rc = j_unescape(s.p, s.n, &j->tmp))) return rc;
+    *off = start - j->o->base;
+    *len = j->p - start;
+    return 0;
+}
+
+static int j_scope(J *j, int64_t rec[4], int depth) {
+    unsigned seen = 0;
+    int rc, more;
+    if ((rc = j_open(j, '{', '}', &more))) return rc;
+    while (more) {
+        Slice k;
+        if ((rc = j_key(j, &k))) return rc;
+        if (KEY_IS(k, "name")) {
+            SEEN(1);
+            if ((rc = j_raw_string(j, &rec[0], &rec[1]))) return rc;
+        } else if (KEY_IS(k, "version")) {
+            SEEN(2);
+            if ((rc = j_raw_string(j, &rec[2], &rec[3]))) return rc;
+        } else if ((rc = j_unknown(j, k, depth + 1))) {
+            return rc;
+        }
+        if ((rc = j_next(j, '}', &more))) return rc;
+    }
+    return 0;
+}
+
+static int j_scope_spans(J *j, int32_t res_idx, int depth) {
+    Out *o = j->o;
+    int64_t rec[4] = {-1, -1, -1, -1};
+    size_t at = o->scopes.len;
+    int32_t scope_idx = (int32_t)(at / sizeof rec);
+    unsigned seen = 0;
+    int rc, more;
+    if (buf_put(&o->scopes, rec, sizeof rec)) return NOMEM;
+    if ((rc = j_open(j, '{', '}', &more))) return rc;
+    while (more) {
+        Slice k;
+        if ((rc = j_key(j, &k))) return rc;
+        if (KEY_IS(k, "scope")) {
+            SEEN(1);
+            if ((rc = j_scope(j, rec, depth + 1))) return rc;
+            memcpy(o->scopes.p + at, rec, sizeof rec);
+        } else if (KEY_IS(k, "spans")) {
+            int amore;
+            SEEN(2);
+            if ((rc = j_open(j, '[', ']', &amore))) return rc;
+            while (amore) {
+                if ((rc = j_span(j, res_idx, scope_idx, depth + 1))) return rc;
+                if ((rc = j_next(j, ']', &amore))) return rc;
+            }
+        } else if (KEY_IS(k, "instrumentationLibrary")) {
+            return DECLINE;
+        } else if ((rc = j_unknown(j, k, depth + 1))) {
+            return rc;
+        }
+        if ((rc = j_next(j, '}', &more))) return rc;
+    }
+    return 0;
+}
+
+static int j_resource_spans(J *j, int depth) {
+    Out *o = j->o;
+    int64_t rec[2] = {-1, -1};
+    size_t at = o->resources.len;
+    int32_t res_idx = (int32_t)(at / sizeof rec);
+    unsigned seen = 0;
+    int rc, more;
+    if (buf_put(&o->resources, rec, sizeof rec)) return NOMEM;
+    if ((rc = j_open(j, '{', '}', &more))) return rc;
+    while (more) {
+        Slice k;
+        if ((rc = j_key(j, &k))) return rc;
+        if (KEY_IS(k, "resource")) {
+            SEEN(1);
+            if (j->p >= j->end || *j->p != '{') return DECLINE;
+            const uint8_t *start = j->p;
+            if ((rc = j_skip(j, depth + 1))) return rc;
+            rec[0] = start - o->base;
+            rec[1] = j->p - start;
+            memcpy(o->resources.p + at, rec, sizeof rec);
+        } else if (KEY_IS(k, "scopeSpans")) {
+            int amore;
+            SEEN(2);
+            if ((rc = j_open(j, '[', ']', &amore))) return rc;
+            while (amore) {
+                if ((rc = j_scope_spans(j, res_idx, depth + 1))) return rc;
+                if ((rc = j_next(j, ']', &amore))) return rc;
+            }
+        } else if (KEY_IS(k, "instrumentationLibrarySpans")) {
+            return DECLINE;
+        } else if ((rc = j_unknown(j, k, depth + 1))) {
+            return rc;
+        }
+        if ((rc = j_next(j, '}', &more))) return rc;
+    }
+    return 0;
+}
+
+/* One non-blank line: exactly one object (JSON whitespace around it). */
+static int j_line(J *j) {
+    int rc, more, keys = 0, have_rs = 0;
+    if ((rc = j_open(j, '{', '}', &more))) return rc;
+    while (more) {
+        Slice k;
+        keys++;
+        if ((rc = j_key(j, &k))) return rc;
+        if (KEY_IS(k, "resourceSpans")) {
+            int amore;
+            if (have_rs) return DECLINE;
+            have_rs = 1;
+            if ((rc = j_open(j, '[', ']', &amore))) return rc;
+            while (amore) {
+                if ((rc = j_resource_spans(j, 1))) return rc;
+                if ((rc = j_next(j, ']', &amore))) return rc;
+            }
+        } else if ((rc = j_unknown(j, k, 1))) {
+            return rc;
+        }
+        if ((rc = j_next(j, '}', &more))) return rc;
+    }
+    if (keys && !have_rs) return DECLINE; /* "object has no resourceSpans": quarantined */
+    j_ws(j);
+    return j->p == j->end ? 0 : DECLINE;
+}
+
+static inline int py_space(uint8_t c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\x0b' || c == '\x0c';
+}
+
+static int json_lines(Out *o, const uint8_t *p, size_t n) {
+    int rc = 0;
+    o->base = p;
+    StrCol *cols[] = {&o->name, &o->status_message, &o->attributes, &o->rid, &o->ev_name,
+                      &o->ev_attributes, &o->ln_attributes};
+    for (size_t i = 0; i < sizeof cols / sizeof *cols; i++)
+        if ((rc = strcol_init(cols[i]))) return rc;
+    if (!utf8_valid(p, n)) return DECLINE;
+    J j;
+    memset(&j, 0, sizeof j);
+    j.o = o;
+    const uint8_t *q = p, *end = p + n;
+    while (!rc && q < end) {
+        const uint8_t *nl = memchr(q, '\n', (size_t)(end - q));
+        const uint8_t *le = nl ? nl : end, *s = q;
+        while (s < le && py_space(*s)) s++;
+        if (s < le) { /* not blank (bytes.strip()) */
+            j.p = q;
+            j.end = le;
+            rc = j_line(&j);
+        }
+        q = nl ? nl + 1 : end;
+    }
+    Buf *bufs[] = {&j.tmp, &j.tmp2, &j.span_name, &j.status_msg, &j.ev_name, &j.rid};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) buf_free(bufs[i]);
+    return rc;
+}
+
 /* ------------------------------------------------------------------------------ Python */
 
 static PyObject *bytes_of(Buf *b) {
@@ -953,6 +1994,40 @@ static PyObject *bytes_of(Buf *b) {
 
 static PyObject *strcol_tuple(StrCol *c) {
     return Py_BuildValue("(NNN)", bytes_of(&c->off), bytes_of(&c->data), bytes_of(&c->valid));
+}
+
+/* The columns of a parsed Out as decode() / decode_json() return them (None when declined). */
+static PyObject *out_result(Out *o, int rc) {
+    PyObject *result = NULL;
+    if (rc == NOMEM) {
+        PyErr_NoMemory();
+    } else if (rc) {
+        result = Py_NewRef(Py_None);
+    } else {
+        result = Py_BuildValue(
+            "{s:n,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,"
+            "s:n,s:N,s:N,s:N,s:N,s:N,s:N,s:n,s:N,s:N,s:N,s:N,s:N}",
+            "n", (Py_ssize_t)o->n,
+            "trace_id", bytes_of(&o->trace_id), "span_id", bytes_of(&o->span_id),
+            "parent", bytes_of(&o->parent), "parent_valid", bytes_of(&o->parent_valid),
+            "name", strcol_tuple(&o->name), "status_message", strcol_tuple(&o->status_message),
+            "attributes", strcol_tuple(&o->attributes), "rid", strcol_tuple(&o->rid),
+            "kind", bytes_of(&o->kind), "status_code", bytes_of(&o->status_code),
+            "start", bytes_of(&o->start), "start_valid", bytes_of(&o->start_valid),
+            "end", bytes_of(&o->end), "end_valid", bytes_of(&o->end_valid),
+            "res_idx", bytes_of(&o->res_idx), "scope_idx", bytes_of(&o->scope_idx),
+            "resources", bytes_of(&o->resources), "scopes", bytes_of(&o->scopes),
+            "n_ev", (Py_ssize_t)o->n_ev,
+            "ev_span", bytes_of(&o->ev_span), "ev_seq", bytes_of(&o->ev_seq),
+            "ev_time", bytes_of(&o->ev_time), "ev_time_valid", bytes_of(&o->ev_time_valid),
+            "ev_name", strcol_tuple(&o->ev_name), "ev_attributes", strcol_tuple(&o->ev_attributes),
+            "n_ln", (Py_ssize_t)o->n_ln,
+            "ln_span", bytes_of(&o->ln_span), "ln_seq", bytes_of(&o->ln_seq),
+            "ln_trace", bytes_of(&o->ln_trace), "ln_span_id", bytes_of(&o->ln_span_id),
+            "ln_attributes", strcol_tuple(&o->ln_attributes));
+    }
+    out_free(o);
+    return result;
 }
 
 static PyObject *decode(PyObject *self, PyObject *arg) {
@@ -966,36 +2041,21 @@ static PyObject *decode(PyObject *self, PyObject *arg) {
     rc = traces(&o, (const uint8_t *)view.buf, (size_t)view.len);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    PyObject *result = NULL;
-    if (rc == NOMEM) {
-        PyErr_NoMemory();
-    } else if (rc) {
-        result = Py_NewRef(Py_None);
-    } else {
-        result = Py_BuildValue(
-            "{s:n,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,"
-            "s:n,s:N,s:N,s:N,s:N,s:N,s:N,s:n,s:N,s:N,s:N,s:N,s:N}",
-            "n", (Py_ssize_t)o.n,
-            "trace_id", bytes_of(&o.trace_id), "span_id", bytes_of(&o.span_id),
-            "parent", bytes_of(&o.parent), "parent_valid", bytes_of(&o.parent_valid),
-            "name", strcol_tuple(&o.name), "status_message", strcol_tuple(&o.status_message),
-            "attributes", strcol_tuple(&o.attributes), "rid", strcol_tuple(&o.rid),
-            "kind", bytes_of(&o.kind), "status_code", bytes_of(&o.status_code),
-            "start", bytes_of(&o.start), "start_valid", bytes_of(&o.start_valid),
-            "end", bytes_of(&o.end), "end_valid", bytes_of(&o.end_valid),
-            "res_idx", bytes_of(&o.res_idx), "scope_idx", bytes_of(&o.scope_idx),
-            "resources", bytes_of(&o.resources), "scopes", bytes_of(&o.scopes),
-            "n_ev", (Py_ssize_t)o.n_ev,
-            "ev_span", bytes_of(&o.ev_span), "ev_seq", bytes_of(&o.ev_seq),
-            "ev_time", bytes_of(&o.ev_time), "ev_time_valid", bytes_of(&o.ev_time_valid),
-            "ev_name", strcol_tuple(&o.ev_name), "ev_attributes", strcol_tuple(&o.ev_attributes),
-            "n_ln", (Py_ssize_t)o.n_ln,
-            "ln_span", bytes_of(&o.ln_span), "ln_seq", bytes_of(&o.ln_seq),
-            "ln_trace", bytes_of(&o.ln_trace), "ln_span_id", bytes_of(&o.ln_span_id),
-            "ln_attributes", strcol_tuple(&o.ln_attributes));
-    }
-    out_free(&o);
-    return result;
+    return out_result(&o, rc);
+}
+
+static PyObject *decode_json(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    Out o;
+    memset(&o, 0, sizeof o);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = json_lines(&o, (const uint8_t *)view.buf, (size_t)view.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return out_result(&o, rc);
 }
 
 static PyObject *json_double_py(PyObject *self, PyObject *arg) {
@@ -1013,11 +2073,15 @@ static PyMethodDef methods[] = {
     {"decode", decode, METH_O,
      "decode(data) -> dict of staging column buffers, or None when the validating decoder must "
      "decide (see ingest/protofast.py)."},
+    {"decode_json", decode_json, METH_O,
+     "decode_json(chunk) -> the same dict for whole OTLP JSON lines (resources and scope names as "
+     "raw JSON text slices), or None when the validating decoder must decide (see "
+     "ingest/jsonfast.py)."},
     {"json_double", json_double_py, METH_O, "json_double(x) -> the JSON text orjson writes for x."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_otlpfast",
-                                    "OTLP protobuf traces -> staging column buffers (C).", -1, methods};
+                                    "OTLP protobuf traces and JSON lines -> staging column buffers (C).", -1, methods};
 
 PyMODINIT_FUNC PyInit__otlpfast(void) { return PyModule_Create(&module); }

@@ -38,6 +38,7 @@ from ingest.decode import (
     json_attributes,
 )
 from ingest.errors import RecordError
+from ingest.jsonfast import decode_json_chunk
 
 # Byte sequences whose presence sends a chunk to the validating decoder: JSON null (missing and
 # null differ there; Arrow cannot tell them apart) and a byte-order mark (Arrow skips it, orjson
@@ -154,7 +155,11 @@ StagingTables = tuple[pa.Table, pa.Table, pa.Table]
 
 def decode_json_lines(chunk: bytes, use_threads: bool = True) -> StagingTables | None:
     """Spans, events and links staging tables of a chunk of whole OTLP JSON lines, identical to
-    what decode.add_json_traces gives line by line; None when the chunk needs that decoder."""
+    what decode.add_json_traces gives line by line; None when the chunk needs that decoder.
+    The C parser (ingest/jsonfast.py) is tried first; what it declines is tried here."""
+    tables = decode_json_chunk(chunk)
+    if tables is not None:
+        return tables
     if _has_slow_token(chunk):
         return None
     chunk = _enum_numbers(chunk)
