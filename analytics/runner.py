@@ -15,13 +15,15 @@ import pyarrow as pa
 
 from analytics.errors import ReadOnlyQueryError, StoreError
 from analytics.registry import ParamValue, Registry, default_registry, install_macros
+from ingest import store
 
 REQUIRED_TABLES: Final = ("requests", "spec_steps", "kv_events", "aborts", "request_stages", "feedback")
 _ALLOWED_STATEMENTS: Final = {"SELECT", "EXPLAIN"}
 
 
-def connect(db_path: str | Path, *, read_only: bool = True) -> duckdb.DuckDBPyConnection:
-    """Open a kvtrace store; read-only connections also lose access to files and extensions."""
+def connect(db_path: str | Path, *, read_only: bool = True, wait_s: float = 0.0) -> duckdb.DuckDBPyConnection:
+    """Open a kvtrace store; read-only connections also lose access to files and extensions.
+    Waits up to `wait_s` seconds while another process (e.g. `kvtrace serve`) holds the file."""
     path = Path(db_path)
     if not path.exists():
         raise StoreError(f"{path}: no such store (run `kvtrace ingest PATH --db {path}` first)")
@@ -29,9 +31,10 @@ def connect(db_path: str | Path, *, read_only: bool = True) -> duckdb.DuckDBPyCo
     if read_only:
         config["enable_external_access"] = False
     try:
-        con = duckdb.connect(str(path), read_only=read_only, config=config)
+        con = store.connect(path, read_only=read_only, config=config, wait_s=wait_s)
     except duckdb.Error as exc:
-        raise StoreError(f"{path}: cannot open the store: {str(exc).splitlines()[0]}") from exc
+        held = store.held_note(exc, wait_s)
+        raise StoreError(f"{path}: cannot open the store{held}: {str(exc).splitlines()[0]}") from exc
     missing = _missing_tables(con)
     if missing:
         con.close()

@@ -17,12 +17,12 @@ SPAN_KEYED = (
 WHOLE = ("resources", "ingested_files", "quarantine")
 
 
-def export_parquet(db_path: str | Path, out_dir: str | Path) -> dict[str, int]:
+def export_parquet(db_path: str | Path, out_dir: str | Path, wait_s: float = 0.0) -> dict[str, int]:
     """Write `out_dir/<table>/service=<s>/day=<YYYY-MM-DD>/*.parquet` (and whole files for the
     bookkeeping tables). Returns rows written per table. Existing output is overwritten."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    con = open_store(db_path, read_only=True)
+    con = open_store(db_path, read_only=True, wait_s=wait_s)
     counts: dict[str, int] = {}
     try:
         for table in SPAN_KEYED:

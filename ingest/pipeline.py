@@ -484,6 +484,7 @@ def ingest_paths(
     batch_spans: int = DEFAULT_BATCH_SPANS,
     columnar: bool = True,
     commit_spans: int = DEFAULT_COMMIT_SPANS,
+    wait_s: float = 0.0,
 ) -> IngestSummary:
     """Ingest files, directories and globs into the store at `db_path`; each file is atomic.
 
@@ -493,7 +494,7 @@ def ingest_paths(
     files = expand_paths(paths)
     t0 = time.perf_counter()
     summary = IngestSummary(db_path=str(db_path))
-    con = open_store(db_path)
+    con = open_store(db_path, wait_s=wait_s)
     try:
         # Bound DuckDB's buffer pool (default: 80% of RAM) so that memory follows the batch size,
         # not the store's size; a batch's joins need far less, and DuckDB spills beyond it.

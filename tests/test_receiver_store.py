@@ -152,14 +152,14 @@ def test_refused_requests_leave_the_store_untouched_and_readers_get_in(tmp_path:
 # -------------------------------------------------------------------------- kill -9 under load
 
 
-def _start_serve(db: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+def _start_serve(db: Path, extra: Sequence[str] = ()) -> tuple[subprocess.Popen[bytes], int, int]:
     """Start a real `kvtrace serve` on free ports; its stderr goes to `serve.log` beside the store."""
     log_path = db.parent / "serve.log"
     started_before = log_path.read_text().count("listening on") if log_path.exists() else 0
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-c", "from app.cli import main; main()", "serve", "--db", str(db),
-             "--grpc-port", "0", "--http-port", "0", "--store-release", "0.05", "--status-interval", "0"],
+             "--grpc-port", "0", "--http-port", "0", "--store-release", "0.05", "--status-interval", "0", *extra],
             stderr=log, cwd=Path(__file__).resolve().parents[1],
         )
     deadline = time.monotonic() + 30

@@ -13,6 +13,7 @@ from analytics.errors import AnalyticsError
 from analytics.materialise import analyze as analyze_store
 from analytics.registry import default_registry
 from app.options import db_option
+from ingest.store import CLI_WAIT_S
 
 
 def _fail(exc: AnalyticsError) -> click.ClickException:
@@ -56,7 +57,7 @@ def query_command(db: str, sql: str, max_rows: int, with_analyses: bool) -> None
     import pyarrow.csv as pacsv
 
     try:
-        con = runner.connect(db, read_only=True)
+        con = runner.connect(db, read_only=True, wait_s=CLI_WAIT_S)
         try:
             if with_analyses:
                 runner.compute(con)
@@ -78,7 +79,7 @@ def analyze_command(db: str) -> None:
         kvtrace analyze --db demo/kvtrace.duckdb
     """
     try:
-        con = runner.connect(db, read_only=False)
+        con = runner.connect(db, read_only=False, wait_s=CLI_WAIT_S)
         try:
             with click.progressbar(length=1, label="analysing", file=sys.stderr) as bar:
                 summary = analyze_store(con)
@@ -107,7 +108,7 @@ def findings_command(db: str, fmt: str, out: Path | None) -> None:
     if fmt == "parquet" and out is None:
         raise click.ClickException("--format parquet needs --out FILE")
     try:
-        con = runner.connect(db, read_only=True)
+        con = runner.connect(db, read_only=True, wait_s=CLI_WAIT_S)
         try:
             table = findings_mod.compute(con)
         finally:
@@ -139,7 +140,7 @@ def report_command(db: str, out_dir: Path, labels: Path | None) -> None:
     from app.report.build import build_report
 
     try:
-        con = runner.connect(db, read_only=True)
+        con = runner.connect(db, read_only=True, wait_s=CLI_WAIT_S)
         try:
             files = build_report(con, out_dir, labels)
         finally:

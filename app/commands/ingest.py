@@ -10,6 +10,7 @@ from app.options import db_option
 from ingest import IngestError, IngestSummary, ingest_paths, open_store
 from ingest.export import export_parquet
 from ingest.pipeline import DEFAULT_BATCH_SPANS, DEFAULT_COMMIT_SPANS
+from ingest.store import CLI_WAIT_S
 
 
 def _ns(ns: int | None) -> str:
@@ -61,7 +62,8 @@ def ingest_command(paths: tuple[str, ...], db: str, batch_spans: int, commit_spa
         kvtrace ingest sample_traces/ --db kvtrace.duckdb
     """
     try:
-        summary = ingest_paths(paths, db, progress=progress, batch_spans=batch_spans, commit_spans=commit_spans)
+        summary = ingest_paths(paths, db, progress=progress, batch_spans=batch_spans, commit_spans=commit_spans,
+                               wait_s=CLI_WAIT_S)
     except IngestError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_summary(summary))
@@ -79,7 +81,7 @@ def quarantine_command(db: str, limit: int, source: str | None) -> None:
         kvtrace quarantine --db kvtrace.duckdb --limit 20
     """
     try:
-        con = open_store(db, read_only=True)
+        con = open_store(db, read_only=True, wait_s=CLI_WAIT_S)
     except IngestError as exc:
         raise click.ClickException(str(exc)) from None
     try:
@@ -113,7 +115,7 @@ def export_command(db: str, parquet_dir: str) -> None:
         kvtrace export --db kvtrace.duckdb --parquet out/parquet
     """
     try:
-        counts = export_parquet(db, parquet_dir)
+        counts = export_parquet(db, parquet_dir, wait_s=CLI_WAIT_S)
     except IngestError as exc:
         raise click.ClickException(str(exc)) from None
     for table, n in counts.items():

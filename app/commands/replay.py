@@ -11,6 +11,7 @@ import duckdb
 from tqdm import tqdm
 
 from app.options import db_option
+from ingest import store
 from replay.plan import PlanError, load_plan, save_plan
 
 MODES = ("as-recorded", "fixed", "both")
@@ -31,7 +32,7 @@ def _open(db: str, read_only: bool) -> duckdb.DuckDBPyConnection:
     if not Path(db).exists():
         raise click.ClickException(f"{db}: no such store (run `kvtrace ingest` first)")
     try:
-        return duckdb.connect(db, read_only=read_only)
+        return store.connect(db, read_only=read_only, wait_s=store.CLI_WAIT_S)
     except duckdb.Error as exc:
         raise click.ClickException(f"{db}: cannot open the store: {str(exc).splitlines()[0]}") from exc
 
@@ -147,7 +148,7 @@ def _store(db: str, records: list[dict[str, Any]]) -> None:
     from replay.store import write_runs
 
     try:
-        with duckdb.connect(db) as con:
+        with store.connect(db, read_only=False, wait_s=store.CLI_WAIT_S) as con:
             run_id = write_runs(con, records)
     except duckdb.Error as exc:
         raise click.ClickException(f"{db}: could not store the replay results: {str(exc).splitlines()[0]}") from exc
