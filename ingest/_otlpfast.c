@@ -13,6 +13,9 @@
  * Attribute JSON is written exactly as orjson.dumps writes the validating decoder's dict:
  * compact, keys in order, orjson's string escapes, doubles in orjson's shortest form, NaN and
  * infinities as null, bytes as base64. tests/test_ingest_protofast.py holds both paths to that.
+ *
+ * decode_json(chunk) fills the same columns from whole OTLP JSON lines (the JSON lines section
+ * below; ingest/jsonfast.py, tests/test_ingest_jsonfast.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -47,7 +47,7 @@ def decode_json_chunk(chunk: bytes) -> StagingTables | None:
     try:
         resources = _resources(chunk, cols["resources"])
         scopes = _scopes(chunk, cols["scopes"])
-    except (RecordError, orjson.JSONDecodeError):
+    except (RecordError, orjson.JSONDecodeError, orjson.JSONEncodeError):
         return None
     return _spans(cols, resources, scopes), _events(cols), _links(cols)
 
