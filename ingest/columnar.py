@@ -153,13 +153,15 @@ OTLP_JSON_SCHEMA = pa.schema(
 StagingTables = tuple[pa.Table, pa.Table, pa.Table]
 
 
-def decode_json_lines(chunk: bytes, use_threads: bool = True) -> StagingTables | None:
+def decode_json_lines(chunk: bytes, use_threads: bool = True, native: bool = True) -> StagingTables | None:
     """Spans, events and links staging tables of a chunk of whole OTLP JSON lines, identical to
     what decode.add_json_traces gives line by line; None when the chunk needs that decoder.
-    The C parser (ingest/jsonfast.py) is tried first; what it declines is tried here."""
-    tables = decode_json_chunk(chunk)
-    if tables is not None:
-        return tables
+    The C parser (ingest/jsonfast.py) is tried first (unless `native` is False); what it
+    declines is tried here, with pyarrow."""
+    if native:
+        tables = decode_json_chunk(chunk)
+        if tables is not None:
+            return tables
     if _has_slow_token(chunk):
         return None
     chunk = _enum_numbers(chunk)

@@ -32,15 +32,18 @@ def validating(chunk: bytes) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:
     return batch.tables()
 
 
-def assert_same_staging(chunk: bytes) -> None:
-    fast = decode_json_lines(chunk)
-    assert fast is not None, "the fast path declined a chunk it should take"
+def assert_same_staging(chunk: bytes, pyarrow_too: bool = True) -> None:
+    """Both fast paths (the C parser tried first, and the pyarrow path alone) take the chunk and
+    give the validating decoder's tables."""
     spans, events, links, quarantine = validating(chunk)
     assert quarantine.num_rows == 0
-    assert fast[0].to_pylist() == spans.to_pylist()
-    assert fast[1].to_pylist() == events.to_pylist()
-    assert fast[2].to_pylist() == links.to_pylist()
-    assert (fast[0].schema, fast[1].schema, fast[2].schema) == (spans.schema, events.schema, links.schema)
+    for native in (True, False) if pyarrow_too else (True,):
+        fast = decode_json_lines(chunk, native=native)
+        assert fast is not None, f"the fast path declined a chunk it should take (native={native})"
+        assert fast[0].to_pylist() == spans.to_pylist()
+        assert fast[1].to_pylist() == events.to_pylist()
+        assert fast[2].to_pylist() == links.to_pylist()
+        assert (fast[0].schema, fast[1].schema, fast[2].schema) == (spans.schema, events.schema, links.schema)
 
 
 def kv(key: str, value: dict[str, Any]) -> dict[str, Any]:
@@ -131,6 +134,7 @@ def test_every_value_shape_the_fast_path_takes() -> None:
 )
 def test_fast_path_declines_what_it_cannot_reproduce(chunk: bytes) -> None:
     assert decode_json_lines(chunk) is None
+    assert decode_json_lines(chunk, native=False) is None
 
 
 # Declined by the pyarrow path, taken exactly by the C parser tried before it (ingest/jsonfast.py).
@@ -143,7 +147,8 @@ def test_fast_path_declines_what_it_cannot_reproduce(chunk: bytes) -> None:
     ],
 )
 def test_values_only_the_c_parser_takes_are_exact(chunk: bytes) -> None:
-    assert_same_staging(chunk)
+    assert_same_staging(chunk, pyarrow_too=False)
+    assert decode_json_lines(chunk, native=False) is None
 
 
 SCALAR = st.one_of(
