@@ -194,6 +194,9 @@ def merge_staged(
     try:
         con.execute("SET VARIABLE file_id = ?", [file_id])
         con.execute(_sql("merge_spans"))
+        if _scalar(con, "SELECT has_doubles::INTEGER FROM merge_has_doubles"):
+            con.execute(_sql("merge_new_spans"))
+        con.execute(_sql("merge_store"))
         result.new_spans = _scalar(con, "SELECT count(*) FROM new_spans")
         if result.new_spans:
             _normalise(con)
