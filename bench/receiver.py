@@ -371,27 +371,28 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"machine: {platform.machine()}, nproc {os.cpu_count()}, Python {platform.python_version()}")
     rows = []
-    for encoding in args.encodings.split(","):
+    for encoding in filter(None, args.encodings.split(",")):  # --encodings "": the soak only
         for transport in ("http", "grpc"):
             base = bench_null(transport, encoding, args.seconds, args.clients)
             ours = bench_serve(transport, encoding, args.seconds, args.clients, f"{transport}-{encoding}")
             rows.append((transport, encoding, base, ours))
             print(json.dumps({"transport": transport, "encoding": encoding, "null": base, "serve": ours}), flush=True)
-    print()
-    print("| transport | client encoding | receiver | acked spans/s | p50 ms | p99 ms | stored == acked | "
-          "stored spans/s during load | sustained stored spans/s | CPU s receiver / writer | load avg |")
-    print("| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: |")
-    for transport, encoding, base, ours in rows:
-        name = "OTLP/HTTP protobuf" if transport == "http" else "OTLP/gRPC"
-        print(f"| {name} | {encoding} | null sink (baseline) | {base['spans_per_s']:,.0f} | {base['p50_ms']:.1f} | "
-              f"{base['p99_ms']:.1f} | - | - | - | - | - |")
-        ok = "yes" if ours["stored"] == ours["acked"] == ours["acked_by_server"] else (
-            f"NO ({ours['stored']} stored, {ours['acked']} acked by clients, {ours['acked_by_server']} by server)")
-        print(f"| {name} | {encoding} | kvtrace serve | {ours['spans_per_s']:,.0f} "
-              f"({ours['spans_per_s'] / base['spans_per_s']:.2f}x) | {ours['p50_ms']:.1f} | {ours['p99_ms']:.1f} | "
-              f"{ok} ({ours['stored']:,}) | {ours['stored_during_load_per_s']:,.0f} | "
-              f"{ours['store_drain_spans_per_s']:,.0f} | {ours['receiver_cpu_s']:.1f} / {ours['writer_cpu_s']:.1f} | "
-              f"{ours['loadavg']:.1f} |")
+    if rows:
+        print()
+        print("| transport | client encoding | receiver | acked spans/s | p50 ms | p99 ms | stored == acked | "
+              "stored spans/s during load | sustained stored spans/s | CPU s receiver / writer | load avg |")
+        print("| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: |")
+        for transport, encoding, base, ours in rows:
+            name = "OTLP/HTTP protobuf" if transport == "http" else "OTLP/gRPC"
+            print(f"| {name} | {encoding} | null sink (baseline) | {base['spans_per_s']:,.0f} | {base['p50_ms']:.1f} | "
+                  f"{base['p99_ms']:.1f} | - | - | - | - | - |")
+            ok = "yes" if ours["stored"] == ours["acked"] == ours["acked_by_server"] else (
+                f"NO ({ours['stored']} stored, {ours['acked']} acked by clients, {ours['acked_by_server']} by server)")
+            print(f"| {name} | {encoding} | kvtrace serve | {ours['spans_per_s']:,.0f} "
+                  f"({ours['spans_per_s'] / base['spans_per_s']:.2f}x) | {ours['p50_ms']:.1f} | {ours['p99_ms']:.1f} | "
+                  f"{ok} ({ours['stored']:,}) | {ours['stored_during_load_per_s']:,.0f} | "
+                  f"{ours['store_drain_spans_per_s']:,.0f} | {ours['receiver_cpu_s']:.1f} / {ours['writer_cpu_s']:.1f} | "
+                  f"{ours['loadavg']:.1f} |")
     if args.soak:
         res = soak(args.soak, args.clients, args.soak_rate)
         rss = [s[1] / (1 << 20) for s in res["samples"]]

@@ -36,7 +36,7 @@ from typing import Literal
 import duckdb
 
 from ingest.errors import IngestError, PayloadError
-from ingest.pipeline import BatchResult
+from ingest.pipeline import DUCKDB_MEMORY_LIMIT, BatchResult
 from ingest.receiver.spool import KIND_JSON, KIND_PROTOBUF, Frame, Spool, SpoolError, SpoolReader
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,9 @@ class StoreWriter:
     def _open(self) -> bool:
         try:
             self._con = self._open_store(self.db_path)
+            # DuckDB's buffer pool defaults to 80% of RAM and would cache more of the store the
+            # longer the receiver runs; the writer's work is per transaction, so bound it.
+            self._con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
         except (duckdb.Error, IngestError) as exc:
             with self._lock:
                 self.stats.open_conflicts += 1
