@@ -122,3 +122,18 @@ def test_export_errors_are_one_clear_line(store, tmp_path, args, message):
     assert res.exit_code == 1
     assert message in res.output
     assert "Traceback" not in res.output
+
+
+def test_run_min_gap_ms_sets_the_device_time_floor(store, tmp_path):
+    """`--min-gap-ms` reaches the time warp: the records carry it, and the smallest gap between
+    racing accesses on the device is at least that."""
+    out = tmp_path / "plans"
+    _invoke("replay", "export", "--db", str(store), "--all-findings", "--out", str(out))
+    (path,) = sorted(out.glob("*.json"))
+    for gap_ms in (1.0, 3.0):
+        records = tmp_path / f"r{gap_ms}.jsonl"
+        _invoke("replay", "run", str(path), "--device", "cpu", "--min-gap-ms", str(gap_ms), "--json", str(records))
+        recs = [json.loads(line) for line in records.read_text().splitlines()]
+        assert {r["floor_us"] for r in recs} == {gap_ms * 1e3}
+        as_recorded = next(r for r in recs if r["mode"] == "as-recorded")
+        assert as_recorded["critical_gap_us"] >= gap_ms * 1e3

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from app.options import db_option
 from ingest import store
 from replay.plan import PlanError, load_plan, save_plan
+from replay.timing import DEFAULT_FLOOR_NS
 
 MODES = ("as-recorded", "fixed", "both")
 
@@ -101,12 +102,14 @@ def export_command(db: str, finding_id: str | None, window: str | None, tp_rank:
 @click.option("--time-scale", type=float, default=None, help="Device time per recorded time (default: auto, ~20 ms windows).")
 @click.option("--sweep", "sweep_n", type=click.IntRange(0), default=0, help="Jittered variants per mode.")
 @click.option("--jitter", type=click.FloatRange(0), default=10.0, show_default=True, help="Duration jitter, percent.")
+@click.option("--min-gap-ms", type=click.FloatRange(min=0), default=DEFAULT_FLOOR_NS / 1e6, show_default=True,
+              help="Smallest device-time gap kept between racing accesses (the order-preserving time warp).")
 @click.option("--sanitize", is_flag=True, help="Also run under TORCH_CUDA_SANITIZER=1 (cuda only).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the records as JSON lines.")
 @click.option("--db", "db", type=click.Path(dir_okay=False), default=None, help="Store the results in this store (replay_runs).")
 def run_command(
     plans: tuple[str, ...], device: str, mode: str, time_scale: float | None, sweep_n: int, jitter: float,
-    sanitize: bool, json_out: str | None, db: str | None,
+    min_gap_ms: float, sanitize: bool, json_out: str | None, db: str | None,
 ) -> None:
     """Replay plans in as-recorded and fixed mode and print the verdicts.
 
@@ -124,10 +127,11 @@ def run_command(
                 plan = load_plan(path)
                 name = Path(path).stem
                 if device == "cpu":
-                    records += runner.run_plan_cpu(plan, name, modes, sweep_n, jitter)
+                    records += runner.run_plan_cpu(plan, name, modes, sweep_n, jitter, time_scale, min_gap_ms * 1e6)
                 else:
                     try:
-                        recs = runner.run_plan_gpu(plan, name, modes, time_scale, sweep_n, jitter)
+                        recs = runner.run_plan_gpu(plan, name, modes, time_scale, sweep_n, jitter,
+                                                   floor_ns=min_gap_ms * 1e6)
                     except (ImportError, RuntimeError, AssertionError) as exc:
                         raise click.ClickException(f"--device cuda needs torch with a CUDA GPU: {exc}") from exc
                     if sanitize:
