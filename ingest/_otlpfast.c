@@ -596,12 +596,8 @@ static int push_slice(Slice **arr, size_t *n, size_t *cap, Slice s) {
     return 0;
 }
 
-static int put_hex(Buf *b, const uint8_t *s, size_t n) {
-    if (buf_grow(b, 2 * n)) return NOMEM;
-    char *o = b->p + b->len;
-    for (size_t i = 0; i < n; i++) { o[2 * i] = HEXL[s[i] >> 4]; o[2 * i + 1] = HEXL[s[i] & 15]; }
-    b->len += 2 * n;
-    return 0;
+static void to_hex(uint8_t *out, const uint8_t *s, size_t n) {
+    for (size_t i = 0; i < n; i++) { out[2 * i] = (uint8_t)HEXL[s[i] >> 4]; out[2 * i + 1] = (uint8_t)HEXL[s[i] & 15]; }
 }
 
 static int all_zero(const uint8_t *s, size_t n) {
@@ -610,18 +606,77 @@ static int all_zero(const uint8_t *s, size_t n) {
     return 1;
 }
 
-/* normalise_trace_id: 16 bytes, or 8 (SGLang) left-padded; never all zeros. */
-static int put_trace_id(Buf *b, Slice id) {
-    static const uint8_t zeros[8] = {0};
+/* normalise_trace_id: 16 bytes, or 8 (SGLang) left-padded; never all zeros -> 32 hex digits. */
+static int trace_hex(uint8_t out[32], Slice id) {
     if (id.n != 16 && id.n != 8) return DECLINE;
     if (all_zero(id.p, id.n)) return DECLINE;
-    if (id.n == 8 && put_hex(b, zeros, 8)) return NOMEM;
-    return put_hex(b, id.p, id.n);
+    if (id.n == 8) memset(out, '0', 16);
+    to_hex(out + 32 - 2 * id.n, id.p, id.n);
+    return 0;
 }
 
-static int put_span_id(Buf *b, Slice id) {
+static int span_hex(uint8_t out[16], Slice id) {
     if (id.n != 8 || all_zero(id.p, 8)) return DECLINE;
-    return put_hex(b, id.p, 8);
+    to_hex(out, id.p, 8);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------ rows
+ * One row of the span, event and link columns, as both parsers (protobuf, JSON) hand them over.
+ * The attribute JSON text is written to its column by the parser itself, before. */
+
+typedef struct {
+    const uint8_t *trace_hex, *span_hex, *parent_hex; /* 32, 16, 16 hex digits; parent NULL: none */
+    Slice name;                                       /* never null ("" when absent) */
+    int8_t kind, code;
+    int64_t start, end;
+    int start_valid, end_valid;
+    Slice status_msg;                                 /* "" -> null */
+    int rid_valid;
+    Slice rid;
+    int32_t res_idx, scope_idx;
+} SpanRow;
+
+static int emit_span(Out *o, const SpanRow *r) {
+    int rc;
+    if (buf_put(&o->trace_id, r->trace_hex, 32) || buf_put(&o->span_id, r->span_hex, 16)) return NOMEM;
+    if (buf_put(&o->parent, r->parent_hex ? (const void *)r->parent_hex : "0000000000000000", 16)) return NOMEM;
+    PUT_VAL(&o->parent_valid, uint8_t, r->parent_hex != NULL);
+    if (r->name.n && buf_put(&o->name.data, r->name.p, r->name.n)) return NOMEM;
+    if ((rc = strcol_end_row(&o->name, 1))) return rc;
+    PUT_VAL(&o->kind, int8_t, r->kind);
+    PUT_VAL(&o->status_code, int8_t, r->code);
+    PUT_VAL(&o->start, int64_t, r->start);
+    PUT_VAL(&o->start_valid, uint8_t, r->start_valid != 0);
+    PUT_VAL(&o->end, int64_t, r->end);
+    PUT_VAL(&o->end_valid, uint8_t, r->end_valid != 0);
+    if (r->status_msg.n && buf_put(&o->status_message.data, r->status_msg.p, r->status_msg.n)) return NOMEM;
+    if ((rc = strcol_end_row(&o->status_message, r->status_msg.n != 0))) return rc;
+    if (r->rid_valid && r->rid.n && buf_put(&o->rid.data, r->rid.p, r->rid.n)) return NOMEM;
+    if ((rc = strcol_end_row(&o->rid, r->rid_valid))) return rc;
+    PUT_VAL(&o->res_idx, int32_t, r->res_idx);
+    PUT_VAL(&o->scope_idx, int32_t, r->scope_idx);
+    o->n++;
+    return 0;
+}
+
+static int emit_event(Out *o, int64_t span_seq, int32_t seq, int64_t t, int t_valid, Slice name, int name_valid) {
+    PUT_VAL(&o->ev_span, int64_t, span_seq);
+    PUT_VAL(&o->ev_seq, int32_t, seq);
+    PUT_VAL(&o->ev_time, int64_t, t);
+    PUT_VAL(&o->ev_time_valid, uint8_t, t_valid != 0);
+    if (name.n && buf_put(&o->ev_name.data, name.p, name.n)) return NOMEM;
+    int rc = strcol_end_row(&o->ev_name, name_valid);
+    if (!rc) o->n_ev++;
+    return rc;
+}
+
+static int emit_link(Out *o, int64_t span_seq, int32_t seq, const uint8_t trace[32], const uint8_t sid[16]) {
+    PUT_VAL(&o->ln_span, int64_t, span_seq);
+    PUT_VAL(&o->ln_seq, int32_t, seq);
+    if (buf_put(&o->ln_trace, trace, 32) || buf_put(&o->ln_span_id, sid, 16)) return NOMEM;
+    o->n_ln++;
+    return 0;
 }
 
 static int string_field(Rd *r, uint32_t wt, Slice *s) {
@@ -671,15 +726,8 @@ static int span_event(Out *o, Slice msg, int64_t span_seq, int32_t seq) {
         }
     }
     if (t > INT64_MAX) return DECLINE;
-    PUT_VAL(&o->ev_span, int64_t, span_seq);
-    PUT_VAL(&o->ev_seq, int32_t, seq);
-    PUT_VAL(&o->ev_time, int64_t, (int64_t)t);
-    PUT_VAL(&o->ev_time_valid, uint8_t, t != 0);
-    if (name.n && buf_put(&o->ev_name.data, name.p, name.n)) return NOMEM;
-    if ((rc = strcol_end_row(&o->ev_name, name.n != 0))) return rc;
     if ((rc = attributes_json(o, &o->ev_attributes, o->tmp, o->n_tmp, NULL))) return rc;
-    o->n_ev++;
-    return 0;
+    return emit_event(o, span_seq, seq, (int64_t)t, t != 0, name, name.n != 0);
 }
 
 static int span_link(Out *o, Slice msg, int64_t span_seq, int32_t seq) {
@@ -707,13 +755,10 @@ static int span_link(Out *o, Slice msg, int64_t span_seq, int32_t seq) {
             return DECLINE;
         }
     }
-    if ((rc = put_trace_id(&o->ln_trace, trace))) return rc;
-    if ((rc = put_span_id(&o->ln_span_id, span))) return rc;
-    PUT_VAL(&o->ln_span, int64_t, span_seq);
-    PUT_VAL(&o->ln_seq, int32_t, seq);
+    uint8_t trace_x[32], span_x[16];
+    if ((rc = trace_hex(trace_x, trace)) || (rc = span_hex(span_x, span))) return rc;
     if ((rc = attributes_json(o, &o->ln_attributes, o->tmp, o->n_tmp, NULL))) return rc;
-    o->n_ln++;
-    return 0;
+    return emit_link(o, span_seq, seq, trace_x, span_x);
 }
 
 static int enum_i8(uint64_t v, int8_t *out) {
@@ -783,40 +828,24 @@ static int one_span(Out *o, Slice msg, int32_t res_idx, int32_t scope_idx) {
         }
     }
     if (start > INT64_MAX || end > INT64_MAX) return DECLINE;
-    if ((rc = put_trace_id(&o->trace_id, trace))) return rc;
-    if ((rc = put_span_id(&o->span_id, sid))) return rc;
-    if (parent.n) {
-        if ((rc = put_span_id(&o->parent, parent))) return rc;
-    } else if (buf_put(&o->parent, "0000000000000000", 16)) {
-        return NOMEM;
-    }
-    PUT_VAL(&o->parent_valid, uint8_t, parent.n != 0);
-    if (name.n && buf_put(&o->name.data, name.p, name.n)) return NOMEM;
-    if ((rc = strcol_end_row(&o->name, 1))) return rc;
-    PUT_VAL(&o->kind, int8_t, kind);
-    PUT_VAL(&o->status_code, int8_t, code);
-    PUT_VAL(&o->start, int64_t, (int64_t)start);
-    PUT_VAL(&o->start_valid, uint8_t, start != 0);
-    PUT_VAL(&o->end, int64_t, (int64_t)end);
-    PUT_VAL(&o->end_valid, uint8_t, end != 0);
-    if (st_msg.n && buf_put(&o->status_message.data, st_msg.p, st_msg.n)) return NOMEM;
-    if ((rc = strcol_end_row(&o->status_message, st_msg.n != 0))) return rc;
+    uint8_t trace_x[32], span_x[16], parent_x[16];
+    if ((rc = trace_hex(trace_x, trace)) || (rc = span_hex(span_x, sid))) return rc;
+    if (parent.n && (rc = span_hex(parent_x, parent))) return rc;
     Scalar rid;
     if ((rc = attributes_json(o, &o->attributes, o->attr, o->n_attr, &rid))) return rc;
+    char rid_int[24];
+    SpanRow row = {trace_x, span_x, parent.n ? parent_x : NULL, name, kind, code, (int64_t)start, (int64_t)end,
+                   start != 0, end != 0, st_msg, rid.type != V_NULL, {NULL, 0}, res_idx, scope_idx};
     if (rid.type == V_STRING) {
-        if (buf_put(&o->rid.data, rid.str.p, rid.str.n)) return NOMEM;
+        row.rid = rid.str;
     } else if (rid.type == V_INT) {
-        char tmp[24];
-        int k = snprintf(tmp, sizeof tmp, "%lld", (long long)rid.i);
-        if (buf_put(&o->rid.data, tmp, (size_t)k)) return NOMEM;
+        int k = snprintf(rid_int, sizeof rid_int, "%lld", (long long)rid.i);
+        row.rid = (Slice){(const uint8_t *)rid_int, (size_t)k};
     } else if (rid.type != V_NULL) {
         return DECLINE; /* str() of a bool, double or list: left to the validating decoder */
     }
-    if ((rc = strcol_end_row(&o->rid, rid.type != V_NULL))) return rc;
-    PUT_VAL(&o->res_idx, int32_t, res_idx);
-    PUT_VAL(&o->scope_idx, int32_t, scope_idx);
     int64_t seq = (int64_t)o->n;
-    o->n++;
+    if ((rc = emit_span(o, &row))) return rc;
     /* events and links after the span's own row (they reuse o->tmp) */
     size_t n_events = o->n_events, n_links = o->n_links;
     for (size_t i = 0; i < n_events; i++)
@@ -860,29 +889,37 @@ static int scope_msg_parse(Out *o, Slice msg, Slice *name, Slice *version) {
     return rc;
 }
 
-static int scope_spans(Out *o, Slice msg, int32_t res_idx) {
+/* ResourceSpans and ScopeSpans have one shape: a singular message (resource / scope, field 1,
+ * given at most once), a repeated message (scope_spans / spans, field 2) and schema_url (3). */
+static int one_and_many(Slice msg, Slice *first, int *have_first, Slice **items, size_t *n, size_t *cap) {
     Rd r = {msg.p, msg.p + msg.n};
-    Slice scope_msg = {NULL, 0}, name = {NULL, 0}, version = {NULL, 0}, s;
-    int have_scope = 0, rc;
+    Slice s;
+    int rc = 0;
+    while (!rc && r.p < r.end) {
+        uint32_t f, wt;
+        if (rd_tag(&r, &f, &wt)) return DECLINE;
+        if (f == 1) {
+            if (wt != 2 || *have_first || rd_len(&r, first)) return DECLINE;
+            *have_first = 1;
+        } else if (f == 2) {
+            if (wt != 2 || rd_len(&r, &s)) return DECLINE;
+            rc = push_slice(items, n, cap, s);
+        } else if (f == 3) {
+            if (string_field(&r, wt, &s)) return DECLINE;
+        } else if (skip_field(&r, wt)) {
+            return DECLINE;
+        }
+    }
+    return rc;
+}
+
+static int scope_spans(Out *o, Slice msg, int32_t res_idx) {
+    Slice scope_msg = {NULL, 0}, name = {NULL, 0}, version = {NULL, 0};
+    int have_scope = 0;
     /* spans are parsed after the scope is known; collect their slices first */
     Slice *spans = NULL;
     size_t n = 0, cap = 0;
-    rc = 0;
-    while (!rc && r.p < r.end) {
-        uint32_t f, wt;
-        if (rd_tag(&r, &f, &wt)) { rc = DECLINE; break; }
-        if (f == 1) {
-            if (wt != 2 || have_scope || rd_len(&r, &scope_msg)) { rc = DECLINE; break; }
-            have_scope = 1;
-        } else if (f == 2) {
-            if (wt != 2 || rd_len(&r, &s)) { rc = DECLINE; break; }
-            rc = push_slice(&spans, &n, &cap, s);
-        } else if (f == 3) {
-            if (string_field(&r, wt, &s)) rc = DECLINE;
-        } else if (skip_field(&r, wt)) {
-            rc = DECLINE;
-        }
-    }
+    int rc = one_and_many(msg, &scope_msg, &have_scope, &spans, &n, &cap);
     if (!rc && have_scope) rc = scope_msg_parse(o, scope_msg, &name, &version);
     if (!rc) {
         int64_t rec[4] = {name.n ? name.p - o->base : -1, name.n ? (int64_t)name.n : -1,
@@ -896,26 +933,11 @@ static int scope_spans(Out *o, Slice msg, int32_t res_idx) {
 }
 
 static int resource_spans(Out *o, Slice msg) {
-    Rd r = {msg.p, msg.p + msg.n};
-    Slice res = {NULL, 0}, s;
-    int have_res = 0, rc = 0;
+    Slice res = {NULL, 0};
+    int have_res = 0;
     Slice *scopes = NULL;
     size_t n = 0, cap = 0;
-    while (!rc && r.p < r.end) {
-        uint32_t f, wt;
-        if (rd_tag(&r, &f, &wt)) { rc = DECLINE; break; }
-        if (f == 1) {
-            if (wt != 2 || have_res || rd_len(&r, &res)) { rc = DECLINE; break; }
-            have_res = 1;
-        } else if (f == 2) {
-            if (wt != 2 || rd_len(&r, &s)) { rc = DECLINE; break; }
-            rc = push_slice(&scopes, &n, &cap, s);
-        } else if (f == 3) {
-            if (string_field(&r, wt, &s)) rc = DECLINE;
-        } else if (skip_field(&r, wt)) {
-            rc = DECLINE;
-        }
-    }
+    int rc = one_and_many(msg, &res, &have_res, &scopes, &n, &cap);
     if (!rc) {
         int64_t rec[2] = {have_res ? res.p - o->base : -1, have_res ? (int64_t)res.n : -1};
         rc = buf_put(&o->resources, rec, sizeof rec);
@@ -1667,14 +1689,7 @@ static int j_event(J *j, int64_t span_seq, int32_t seq, int depth) {
     }
     if (!(seen & 4) && buf_put(&o->ev_attributes.data, "{}", 2)) return NOMEM;
     if ((rc = strcol_end_row(&o->ev_attributes, 1))) return rc;
-    PUT_VAL(&o->ev_span, int64_t, span_seq);
-    PUT_VAL(&o->ev_seq, int32_t, seq);
-    PUT_VAL(&o->ev_time, int64_t, t);
-    PUT_VAL(&o->ev_time_valid, uint8_t, (seen & 1) != 0);
-    if (name.n && buf_put(&o->ev_name.data, name.p, name.n)) return NOMEM;
-    if ((rc = strcol_end_row(&o->ev_name, (seen & 2) != 0))) return rc;
-    o->n_ev++;
-    return 0;
+    return emit_event(o, span_seq, seq, t, (seen & 1) != 0, name, (seen & 2) != 0);
 }
 
 static int j_link(J *j, int64_t span_seq, int32_t seq, int depth) {
@@ -1703,11 +1718,7 @@ static int j_link(J *j, int64_t span_seq, int32_t seq, int depth) {
     if ((seen & 3) != 3) return DECLINE;
     if (!(seen & 4) && buf_put(&o->ln_attributes.data, "{}", 2)) return NOMEM;
     if ((rc = strcol_end_row(&o->ln_attributes, 1))) return rc;
-    PUT_VAL(&o->ln_span, int64_t, span_seq);
-    PUT_VAL(&o->ln_seq, int32_t, seq);
-    if (buf_put(&o->ln_trace, trace, 32) || buf_put(&o->ln_span_id, sid, 16)) return NOMEM;
-    o->n_ln++;
-    return 0;
+    return emit_link(o, span_seq, seq, trace, sid);
 }
 
 static int j_status(J *j, int8_t *code, Slice *msg, int depth) {
@@ -1802,25 +1813,10 @@ static int j_span(J *j, int32_t res_idx, int32_t scope_idx, int depth) {
     if ((seen & 3) != 3) return DECLINE;
     if (!(seen & 256) && buf_put(&o->attributes.data, "{}", 2)) return NOMEM;
     if ((rc = strcol_end_row(&o->attributes, 1))) return rc;
-    if (buf_put(&o->trace_id, trace, 32) || buf_put(&o->span_id, sid, 16)) return NOMEM;
-    if (buf_put(&o->parent, have_parent ? (const void *)parent : "0000000000000000", 16)) return NOMEM;
-    PUT_VAL(&o->parent_valid, uint8_t, (uint8_t)have_parent);
-    if (name.n && buf_put(&o->name.data, name.p, name.n)) return NOMEM;
-    if ((rc = strcol_end_row(&o->name, 1))) return rc;
-    PUT_VAL(&o->kind, int8_t, kind);
-    PUT_VAL(&o->status_code, int8_t, code);
-    PUT_VAL(&o->start, int64_t, start);
-    PUT_VAL(&o->start_valid, uint8_t, (seen & 32) != 0);
-    PUT_VAL(&o->end, int64_t, end);
-    PUT_VAL(&o->end_valid, uint8_t, (seen & 64) != 0);
-    if (msg.n && buf_put(&o->status_message.data, msg.p, msg.n)) return NOMEM;
-    if ((rc = strcol_end_row(&o->status_message, msg.n != 0))) return rc; /* "" -> None */
-    if (j->rid_type != V_NULL && buf_put(&o->rid.data, j->rid.p, j->rid.len)) return NOMEM;
-    if ((rc = strcol_end_row(&o->rid, j->rid_type != V_NULL))) return rc;
-    PUT_VAL(&o->res_idx, int32_t, res_idx);
-    PUT_VAL(&o->scope_idx, int32_t, scope_idx);
-    o->n++;
-    return 0;
+    SpanRow row = {trace, sid, have_parent ? parent : NULL, name, kind, code, start, end,
+                   (seen & 32) != 0, (seen & 64) != 0, msg, j->rid_type != V_NULL,
+                   {(const uint8_t *)j->rid.p, j->rid.len}, res_idx, scope_idx};
+    return emit_span(o, &row);
 }
 
 /* ------------------------------------------------------------------- resources, scopes, lines */
@@ -2033,32 +2029,28 @@ static PyObject *out_result(Out *o, int rc) {
     return result;
 }
 
-static PyObject *decode(PyObject *self, PyObject *arg) {
-    (void)self;
+/* Run a parser over a bytes-like object with the GIL released; its columns, or None. */
+static PyObject *parse(PyObject *arg, int (*parser)(Out *, const uint8_t *, size_t)) {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
     Out o;
     memset(&o, 0, sizeof o);
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = traces(&o, (const uint8_t *)view.buf, (size_t)view.len);
+    rc = parser(&o, (const uint8_t *)view.buf, (size_t)view.len);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     return out_result(&o, rc);
 }
 
+static PyObject *decode(PyObject *self, PyObject *arg) {
+    (void)self;
+    return parse(arg, traces);
+}
+
 static PyObject *decode_json(PyObject *self, PyObject *arg) {
     (void)self;
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
-    Out o;
-    memset(&o, 0, sizeof o);
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = json_lines(&o, (const uint8_t *)view.buf, (size_t)view.len);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&view);
-    return out_result(&o, rc);
+    return parse(arg, json_lines);
 }
 
 static PyObject *json_double_py(PyObject *self, PyObject *arg) {

@@ -176,35 +176,31 @@ def _spans(cols: dict[str, Any], resources: list[Resource], scopes: list[tuple[s
 
 
 def _events(cols: dict[str, Any]) -> pa.Table:
-    n, spans_n = int(cols["n_ev"]), int(cols["n"])
-    span_seq = _ints(cols["ev_span"], pa.int64(), n)
-    trace_id, span_id = _span_ids(cols, spans_n, span_seq)
-    arrays = [
-        span_seq,
-        trace_id,
-        span_id,
-        _ints(cols["ev_seq"], pa.int32(), n),
+    n = int(cols["n_ev"])
+    own = [
         _strings(cols["ev_name"], n, nullable=True),
         _ints(cols["ev_time"], pa.int64(), n, cols["ev_time_valid"]),
         _strings(cols["ev_attributes"], n, nullable=False),
     ]
-    return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+    return _per_span(cols, "ev", n, own, EVENT_SCHEMA)
 
 
 def _links(cols: dict[str, Any]) -> pa.Table:
-    n, spans_n = int(cols["n_ln"]), int(cols["n"])
-    span_seq = _ints(cols["ln_span"], pa.int64(), n)
-    trace_id, span_id = _span_ids(cols, spans_n, span_seq)
-    arrays = [
-        span_seq,
-        trace_id,
-        span_id,
-        _ints(cols["ln_seq"], pa.int32(), n),
+    n = int(cols["n_ln"])
+    own = [
         _fixed_hex(cols["ln_trace"], 32, n),
         _fixed_hex(cols["ln_span_id"], 16, n),
         _strings(cols["ln_attributes"], n, nullable=False),
     ]
-    return pa.Table.from_arrays(arrays, schema=LINK_SCHEMA)
+    return _per_span(cols, "ln", n, own, LINK_SCHEMA)
+
+
+def _per_span(cols: dict[str, Any], prefix: str, n: int, own: list[pa.Array], schema: pa.Schema) -> pa.Table:
+    """Events or links: span_seq, the span's trace and span ids, seq within the span, then `own`."""
+    span_seq = _ints(cols[f"{prefix}_span"], pa.int64(), n)
+    trace_id, span_id = _span_ids(cols, int(cols["n"]), span_seq)
+    seq = _ints(cols[f"{prefix}_seq"], pa.int32(), n)
+    return pa.Table.from_arrays([span_seq, trace_id, span_id, seq, *own], schema=schema)
 
 
 def _span_ids(cols: dict[str, Any], spans_n: int, span_seq: pa.Array) -> tuple[pa.Array, pa.Array]:
