@@ -207,3 +207,28 @@ def test_the_memory_budget_answers_503_and_unavailable(tmp_path: Path) -> None:
             servers.grpc_export(body)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert servers.spooled() == []
+
+
+def _post_chunked(port: int, chunks: list[bytes], headers: dict[str, str]) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", "/v1/traces", body=iter(chunks), headers=headers, encode_chunked=True)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_a_chunked_body_is_read_and_one_over_the_limit_is_413(servers: Servers) -> None:
+    """Transfer-Encoding: chunked (no Content-Length), as proxies and some clients send: read and
+    spooled like any request; past the request-size limit, 413 and nothing spooled."""
+    body = _request(3).SerializeToString()
+    status, reply = _post_chunked(servers.http_port, [body[:7], body[7:20], body[20:]],
+                                  {**PROTO, "Transfer-Encoding": "chunked"})
+    assert status == 200
+    assert ExportTraceServiceResponse.FromString(reply).partial_success.rejected_spans == 0
+    assert servers.spooled() == [body]
+    status, _ = _post_chunked(servers.http_port, [b"\x00" * (40 << 10)] * 2, {**PROTO, "Transfer-Encoding": "chunked"})
+    assert status == 413
+    assert servers.spooled() == [body]
+    assert servers.front.snapshot().refused == {"too_large": 1}

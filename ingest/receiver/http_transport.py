@@ -2,7 +2,7 @@
 
 Answers per the OTLP/HTTP specification: 200 with an ExportTraceServiceResponse in the request's
 own encoding (with `partial_success` when spans were rejected); 400 undecodable; 401 without the
-bearer token; 411 without Content-Length; 413 over a size limit; 415 unknown media type or
+bearer token; 411 without Content-Length (a chunked body is read, within the size limit); 413 over a size limit; 415 unknown media type or
 encoding; 429 (spool full) and 503 (memory budget or connection limit) with `Retry-After`. Error
 bodies are google.rpc.Status. `GET /status` returns the receiver's counters as JSON.
 """
@@ -41,6 +41,12 @@ def _response_body(batch: CheckedBatch) -> ExportTraceServiceResponse:
         response.partial_success.error_message = batch.message
     return response
 
+
+
+class _BodyError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason = status, reason
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -81,6 +87,29 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(200, orjson.dumps(self.server.status()), "application/json")
 
+    def _read_chunked(self, limit: int) -> bytes:
+        """A Transfer-Encoding: chunked body (RFC 9112 7.1), refused past `limit` bytes."""
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            line = self.rfile.readline(1026)
+            size_text = line.split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise _BodyError(400, "malformed", f"bad chunk size line {line[:40]!r}") from None
+            if size == 0:
+                while self.rfile.readline(1026).strip():  # trailer fields, then the empty line
+                    pass
+                return b"".join(parts)
+            total += size
+            if total > limit:
+                raise _BodyError(413, "too_large", f"chunked request body exceeds the limit of {limit} bytes")
+            data = self.rfile.read(size)
+            if len(data) != size or self.rfile.read(2) != b"\r\n":
+                raise _BodyError(400, "malformed", "chunked request body ended early")
+            parts.append(data)
+
     def do_POST(self) -> None:
         front = self.server.front
         media = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
@@ -103,10 +132,12 @@ class _Handler(BaseHTTPRequestHandler):
         if media not in _MEDIA:
             refuse(415, "unsupported", f"Content-Type {media!r} is not OTLP (application/x-protobuf or application/json)")
             return
-        if length_header is None or not length_header.strip().isdigit():
-            refuse(411, "no_length", "Content-Length is required")
+        chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
+        if not chunked and (length_header is None or not length_header.strip().isdigit()):
+            refuse(411, "no_length", "Content-Length (or Transfer-Encoding: chunked) is required")
             return
-        length = int(length_header)
+        # A chunked body's length is known only once read: hold the request-size limit meanwhile.
+        length = front.limits.max_request_bytes if chunked else int(length_header or 0)
         if length > front.limits.max_request_bytes:
             refuse(413, "too_large", f"request body is {length} bytes, limit {front.limits.max_request_bytes}")
             return
@@ -117,10 +148,17 @@ class _Handler(BaseHTTPRequestHandler):
             refuse(503, "overloaded", str(exc), retry)
             return
         try:
-            body = self.rfile.read(length)
-            if len(body) != length:
-                refuse(400, "malformed", f"request body ended after {len(body)} of {length} bytes")
-                return
+            if chunked:
+                try:
+                    body = self._read_chunked(front.limits.max_request_bytes)
+                except _BodyError as exc:
+                    refuse(exc.status, exc.reason, str(exc))
+                    return
+            else:
+                body = self.rfile.read(length)
+                if len(body) != length:
+                    refuse(400, "malformed", f"request body ended after {len(body)} of {length} bytes")
+                    return
             try:
                 batch = front.accept(body, kind, self.headers.get("Content-Encoding"))
             except ReceiverRefusal as exc:
