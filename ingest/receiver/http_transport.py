@@ -44,9 +44,9 @@ def _response_body(batch: CheckedBatch) -> ExportTraceServiceResponse:
 
 
 class _BodyError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, drained: bool = False) -> None:
         super().__init__(message)
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.drained = status, reason, drained
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -88,7 +88,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, orjson.dumps(self.server.status()), "application/json")
 
     def _read_chunked(self, limit: int) -> bytes:
-        """A Transfer-Encoding: chunked body (RFC 9112 7.1), refused past `limit` bytes."""
+        """A Transfer-Encoding: chunked body (RFC 9112 7.1), refused past `limit` bytes. Past the
+        limit the rest is read and dropped, up to 4x the limit, so that the client gets its 413
+        rather than a reset connection; beyond that the connection is closed unread."""
         parts: list[bytes] = []
         total = 0
         while True:
@@ -101,14 +103,18 @@ class _Handler(BaseHTTPRequestHandler):
             if size == 0:
                 while self.rfile.readline(1026).strip():  # trailer fields, then the empty line
                     pass
+                if total > limit:
+                    raise _BodyError(413, "too_large", f"chunked request body of {total} bytes is over the limit "
+                                     f"of {limit} bytes", drained=True)
                 return b"".join(parts)
             total += size
-            if total > limit:
+            if total > 4 * limit:
                 raise _BodyError(413, "too_large", f"chunked request body exceeds the limit of {limit} bytes")
             data = self.rfile.read(size)
             if len(data) != size or self.rfile.read(2) != b"\r\n":
                 raise _BodyError(400, "malformed", "chunked request body ended early")
-            parts.append(data)
+            if total <= limit:
+                parts.append(data)
 
     def do_POST(self) -> None:
         front = self.server.front
@@ -152,7 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
                 try:
                     body = self._read_chunked(front.limits.max_request_bytes)
                 except _BodyError as exc:
-                    refuse(exc.status, exc.reason, str(exc))
+                    refuse(exc.status, exc.reason, str(exc), body_unread=not exc.drained)
                     return
             else:
                 body = self.rfile.read(length)
