@@ -32,13 +32,17 @@ def validating(chunk: bytes) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:
     return batch.tables()
 
 
-def assert_same_staging(chunk: bytes, pyarrow_too: bool = True) -> None:
+def assert_same_staging(chunk: bytes, pyarrow_too: bool = True, pyarrow_may_decline: bool = False) -> None:
     """Both fast paths (the C parser tried first, and the pyarrow path alone) take the chunk and
-    give the validating decoder's tables."""
+    give the validating decoder's tables. `pyarrow_may_decline`: the pyarrow path may hand the
+    chunk on (it declines any chunk holding the bytes `null`, say a key "null"), but what it
+    takes must be exact."""
     spans, events, links, quarantine = validating(chunk)
     assert quarantine.num_rows == 0
     for native in (True, False) if pyarrow_too else (True,):
         fast = decode_json_lines(chunk, native=native)
+        if fast is None and not native and pyarrow_may_decline:
+            continue
         assert fast is not None, f"the fast path declined a chunk it should take (native={native})"
         assert fast[0].to_pylist() == spans.to_pylist()
         assert fast[1].to_pylist() == events.to_pylist()
@@ -167,7 +171,7 @@ VALUE = st.one_of(SCALAR, st.lists(SCALAR, max_size=6).map(lambda vs: {"arrayVal
                 min_size=1, max_size=5))
 def test_random_attribute_values_give_identical_staging(attribute_sets: list[dict[str, dict[str, Any]]]) -> None:
     spans = [span(f"{i + 1:016x}", [kv(k, v) for k, v in attrs.items()]) for i, attrs in enumerate(attribute_sets)]
-    assert_same_staging(line(*spans))
+    assert_same_staging(line(*spans), pyarrow_may_decline=True)
 
 
 def test_fast_and_validating_ingest_store_identical_tables(tmp_path: Path) -> None:
