@@ -1,5 +1,6 @@
 """Columnar fast path for OTLP JSON lines: a chunk of whole lines -> the very staging tables that
 the validating decoder (decode.py) builds for it, with no Python per span or per attribute value.
+`decode_json_lines` first tries the C parser (jsonfast.py); what that declines is tried here.
 
 pyarrow's JSON reader parses the chunk against an explicit OTLP schema (C++, multi-threaded);
 resourceSpans -> scopeSpans -> spans are flattened with Arrow list kernels; ids, times, enums

@@ -7,9 +7,10 @@ the transaction holding it (whole files, DEFAULT_COMMIT_SPANS spans or more) com
 before the commit leaves the store as it was; a re-run skips committed files and redoes the rest.
 
 Decoding: JSON lines are read in chunks of whole lines (~batch_spans KB) and decoded by the
-columnar fast path (columnar.py: pyarrow's JSON reader + Arrow kernels, no Python per span);
-a chunk it declines (anything it cannot reproduce byte for byte, including every malformed
-line) goes through the validating decoder (decode.py), which quarantines bad records. Protobuf
+C parser (jsonfast.py, _otlpfast.c), then, if it declines, by the pyarrow path (columnar.py:
+pyarrow's JSON reader + Arrow kernels); no Python per span either way. A chunk both decline
+(anything they cannot reproduce byte for byte, including every malformed line) goes through
+the validating decoder (decode.py), which quarantines bad records. Protobuf
 ResourceSpans frames are decoded in groups by the C fast path (protofast.py, _otlpfast.c) with
 the same fallback. Single JSON documents go through the validating decoder. Decoding runs one
 batch ahead in a worker thread (pyarrow and the C decoder release the GIL) while DuckDB merges
@@ -350,7 +351,7 @@ def ingest_file(
     columnar: bool = True,
 ) -> FileResult:
     """Ingest one file in one transaction; skip it when it is already committed unchanged.
-    `columnar=False` decodes JSON lines with the validating decoder only (same stored result)."""
+    `columnar=False` decodes with the validating decoder only (same stored result)."""
     return ingest_files(con, [path], batch_spans, bar, columnar)[0]
 
 
