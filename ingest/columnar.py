@@ -21,6 +21,7 @@ produce byte-for-byte as orjson does are encoded by orjson, one value at a time.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -260,35 +261,32 @@ def _children(lists: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
 
 
 def _events(sp: pa.Array, trace_id: pa.Array, span_id: pa.Array) -> pa.Table:
-    ev, parent, position = _children(pc.struct_field(sp, "events"))
-    idx = pa.array(parent)
-    attributes, _ = _attributes_json(pc.struct_field(ev, "attributes"), with_rid=False)
-    columns = [
-        idx,
-        pc.take(trace_id, idx),
-        pc.take(span_id, idx),
-        pa.array(position.astype(np.int32)),
-        pc.struct_field(ev, "name"),
-        _nanos(pc.struct_field(ev, "timeUnixNano")),
-        attributes,
-    ]
-    return pa.Table.from_arrays(columns, schema=EVENT_SCHEMA)
+    return _per_span(sp, "events", trace_id, span_id, EVENT_SCHEMA,
+                     lambda ev: [pc.struct_field(ev, "name"), _nanos(pc.struct_field(ev, "timeUnixNano"))])
 
 
 def _links(sp: pa.Array, trace_id: pa.Array, span_id: pa.Array) -> pa.Table:
-    lk, parent, position = _children(pc.struct_field(sp, "links"))
+    return _per_span(sp, "links", trace_id, span_id, LINK_SCHEMA,
+                     lambda lk: [_trace_ids(pc.struct_field(lk, "traceId")), _span_ids(pc.struct_field(lk, "spanId"))])
+
+
+def _per_span(
+    sp: pa.Array, field: str, trace_id: pa.Array, span_id: pa.Array, schema: pa.Schema,
+    own: Callable[[pa.Array], list[pa.Array]],
+) -> pa.Table:
+    """Events or links: span_seq, the span's ids, seq within the span, `own(children)`, attributes."""
+    children, parent, position = _children(pc.struct_field(sp, field))
     idx = pa.array(parent)
-    attributes, _ = _attributes_json(pc.struct_field(lk, "attributes"), with_rid=False)
+    attributes, _ = _attributes_json(pc.struct_field(children, "attributes"), with_rid=False)
     columns = [
         idx,
         pc.take(trace_id, idx),
         pc.take(span_id, idx),
         pa.array(position.astype(np.int32)),
-        _trace_ids(pc.struct_field(lk, "traceId")),
-        _span_ids(pc.struct_field(lk, "spanId")),
+        *own(children),
         attributes,
     ]
-    return pa.Table.from_arrays(columns, schema=LINK_SCHEMA)
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _resources(resource: pa.Array) -> dict[str, pa.Array]:
