@@ -198,7 +198,8 @@ def merge_staged(
     try:
         con.execute("SET VARIABLE file_id = ?", [file_id])
         con.execute(_sql("merge_spans"))
-        if _scalar(con, "SELECT has_doubles::INTEGER FROM merge_has_doubles"):
+        if _scalar(con, "SELECT (SELECT count(*) FROM stored_doubles) + "
+                        "(SELECT count(*) FROM stage_spans) - (SELECT count(*) FROM batch_keys)"):
             con.execute(_sql("merge_new_spans"))
         con.execute(_sql("merge_store"))
         result.new_spans = _scalar(con, "SELECT count(*) FROM new_spans")
@@ -404,6 +405,13 @@ def ingest_files(
     total, file_id, last_pos = BatchResult(), 0, 0
     in_transaction, transaction_spans = False, 0
     uncommitted: list[FileResult] = []
+
+    def commit() -> None:
+        nonlocal in_transaction, transaction_spans, uncommitted
+        con.execute("COMMIT")
+        results.update((r.path, r) for r in uncommitted)
+        in_transaction, transaction_spans, uncommitted = False, 0, []
+
     try:
         for item in _prefetched(_decoded_files(todo, batch_spans, columnar)):
             if isinstance(item, _FileStart):
@@ -427,10 +435,7 @@ def ingest_files(
                     bar.update(current.size - last_pos)
                 current = None
                 if transaction_spans >= commit_spans:
-                    con.execute("COMMIT")
-                    in_transaction, transaction_spans = False, 0
-                    results.update((r.path, r) for r in uncommitted)
-                    uncommitted = []
+                    commit()
             else:
                 assert current is not None
                 staged, pos = item
@@ -439,9 +444,7 @@ def ingest_files(
                     bar.update(pos - last_pos)
                     last_pos = pos
         if in_transaction:
-            con.execute("COMMIT")
-            in_transaction = False
-            results.update((r.path, r) for r in uncommitted)
+            commit()
     except BaseException:
         if in_transaction:
             con.execute("ROLLBACK")

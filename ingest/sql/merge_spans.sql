@@ -1,8 +1,9 @@
 -- merge_spans: move one staged batch (stage_spans / stage_events / stage_links, Arrow tables
 -- registered by ingest.pipeline) into the raw tables, storing only spans not already stored.
--- Returns: nothing; leaves view `new_spans` (the spans this batch adds) and temp table
--- merge_has_doubles; ingest.pipeline then runs merge_new_spans.sql when the batch has doubles,
--- and merge_store.sql. Parameters: variable file_id (ingested_files.file_id, NULL for live batches).
+-- Returns: nothing; leaves view `new_spans` (the spans this batch adds); ingest.pipeline then
+-- runs merge_new_spans.sql when the batch has doubles (stored_doubles is not empty, or
+-- batch_keys has fewer rows than the stage), and merge_store.sql.
+-- Parameters: variable file_id (ingested_files.file_id, NULL for live batches).
 -- Dedup: a span is (trace_id, span_id); doubles inside the batch keep the first occurrence,
 -- doubles of stored spans are found through span_keys (below; no per-row index maintenance).
 CREATE OR REPLACE TEMP TABLE batch_keys AS
@@ -33,7 +34,3 @@ SEMI JOIN spans AS s ON s.trace_id = h.trace_id AND s.span_id = h.span_id;
 CREATE OR REPLACE TEMP VIEW new_spans AS
 SELECT * EXCLUDE (resource_attributes), hash(trace_id, span_id) AS span_key, hash(resource_attributes) AS resource_id
 FROM stage_spans;
-
-CREATE OR REPLACE TEMP TABLE merge_has_doubles AS
-SELECT (SELECT count(*) FROM stored_doubles) > 0
-    OR (SELECT count(*) FROM batch_keys) < (SELECT count(*) FROM stage_spans) AS has_doubles;
