@@ -18,9 +18,10 @@ the batch before."""
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -315,19 +316,56 @@ def _staged_proto(records: Iterable[Record], batch_spans: int, columnar: bool) -
 
 
 _END = object()
+# Items the decoder may run ahead of the merge: a file's end and the next file's start are items
+# too, so that decoding does not stall at file boundaries (each staged batch holds ~50k spans).
+PREFETCH_ITEMS = 4
 
 
-def _prefetched(items: Iterator[T]) -> Iterator[T]:
-    """`items`, each produced in a worker thread while the caller consumes the one before: the
-    decoder (pyarrow, which releases the GIL) runs beside the DuckDB merge on the other core."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-decode") as pool:
-        future = pool.submit(next, items, _END)
+def _prefetched(items: Iterator[T], depth: int = PREFETCH_ITEMS) -> Iterator[T]:
+    """`items`, produced in a worker thread up to `depth` ahead of the caller: the decoder (C or
+    pyarrow, both release the GIL) runs beside the DuckDB merge on the other core. An exception
+    in the worker is raised here; when the caller stops early, the worker stops and closes
+    `items` (its open files) before this returns."""
+    out: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, object]) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    break
+            else:
+                put(("end", _END))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(("error", exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=produce, name="ingest-decode", daemon=True)
+    worker.start()
+    try:
         while True:
-            item = future.result()
-            if item is _END:
+            kind, value = out.get()
+            if kind == "end":
                 return
-            future = pool.submit(next, items, _END)
-            yield item  # type: ignore[misc]
+            if kind == "error":
+                assert isinstance(value, BaseException)
+                raise value
+            yield value  # type: ignore[misc]
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _batches(records: Iterable[Record], batch_spans: int) -> Iterator[StagingBatch]:
