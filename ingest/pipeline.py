@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -149,6 +151,9 @@ def _scalar(con: duckdb.DuckDBPyConnection, query: str) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
+RESOURCE_COLUMNS = ("service_name", "instance_id", "host_name", "service_version", "role")
+
+
 @dataclass
 class Staged:
     """One decoded batch as Arrow tables (decode.SPAN_SCHEMA, EVENT_SCHEMA, LINK_SCHEMA,
@@ -166,6 +171,27 @@ class Staged:
     @classmethod
     def from_columnar(cls, tables: StagingTables) -> Staged:
         return cls(*tables, QUARANTINE_SCHEMA.empty_table())
+
+    def split_resources(self) -> tuple[pa.Table, pa.Table]:
+        """The spans with `resource_attributes` (the resource's attribute text, repeated on every
+        span) replaced by `res_idx`, and the batch's distinct resources (res_idx,
+        resource_attributes and the resource-level columns), a handful of rows. The merge then
+        hashes and stores each resource's text once instead of once per span."""
+        spans = self.spans
+        pos = spans.schema.get_field_index("resource_attributes")
+        text = spans.column(pos).combine_chunks()
+        encoded = pc.dictionary_encode(text, null_encoding="encode")
+        indices = encoded.indices.to_numpy(zero_copy_only=False)
+        _, first = np.unique(indices, return_index=True)
+        firsts = pa.array(first, pa.int64())
+        resources = pa.table(
+            {
+                "res_idx": pa.array(np.arange(len(encoded.dictionary), dtype=np.int32)),
+                "resource_attributes": encoded.dictionary,
+                **{c: spans.column(c).take(firsts) for c in RESOURCE_COLUMNS},
+            }
+        )
+        return spans.set_column(pos, "res_idx", encoded.indices.cast(pa.int32())), resources
 
 
 def merge_batch(
@@ -193,7 +219,9 @@ def merge_staged(
         con.unregister("stage_quarantine")
     if not spans.num_rows:
         return result
+    spans, resources = staged.split_resources()
     con.register("stage_spans", spans)
+    con.register("stage_resources", resources)
     con.register("stage_events", events)
     con.register("stage_links", links)
     try:
@@ -207,7 +235,7 @@ def merge_staged(
         if result.new_spans:
             _normalise(con)
     finally:
-        for name in ("stage_spans", "stage_events", "stage_links"):
+        for name in ("stage_spans", "stage_resources", "stage_events", "stage_links"):
             con.unregister(name)
     return result
 

@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS span_events (
     seq        INTEGER NOT NULL,              -- position of the event in the span
     name       VARCHAR,
     time_ns    BIGINT,
-    attributes JSON
+    attributes JSON USING COMPRESSION zstd
 );
 
 CREATE TABLE IF NOT EXISTS span_links (
@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS span_links (
     seq              INTEGER NOT NULL,
     linked_trace_id  VARCHAR,
     linked_span_id   VARCHAR,
-    attributes       JSON
+    attributes       JSON USING COMPRESSION zstd
 );
 
 -- One row per request root span ("{role} Req {rid[:8]}" with a `rid`), per role.

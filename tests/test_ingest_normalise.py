@@ -139,6 +139,16 @@ def test_raw_tables_keep_types_events_links(pd_store: Path) -> None:
     ]
 
 
+def test_each_span_points_at_its_resource_stored_once(pd_store: Path) -> None:
+    """resource_id is the hash of the resource's attribute text; each resource is stored once
+    and every span's resource_id finds its own resource (same instance and host)."""
+    assert query(pd_store, "SELECT count(*), count(DISTINCT resource_id) FROM resources") == [(2, 2)]
+    assert query(pd_store, "SELECT count(*) FROM resources WHERE resource_id <> hash(attributes::VARCHAR)") == [(0,)]
+    assert query(pd_store, """
+        SELECT count(*) FROM spans s JOIN resources r USING (resource_id)
+        WHERE s.instance_id = r.instance_id AND s.host_name = r.host_name""") == [(14,)]
+
+
 @pytest.mark.parametrize("batch_spans", [1, 3, 1000])
 def test_children_before_parents_across_files(tmp_path: Path, pd_store: Path, batch_spans: int) -> None:
     """Reads and stage slices in an early file, their forward and roots in later files and

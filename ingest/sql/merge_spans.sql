@@ -1,5 +1,6 @@
--- merge_spans: move one staged batch (stage_spans / stage_events / stage_links, Arrow tables
--- registered by ingest.pipeline) into the raw tables, storing only spans not already stored.
+-- merge_spans: move one staged batch (stage_spans / stage_resources / stage_events / stage_links,
+-- Arrow tables registered by ingest.pipeline; stage_spans.res_idx points into stage_resources,
+-- the batch's distinct resources) into the raw tables, storing only spans not already stored.
 -- Returns: nothing; leaves view `new_spans` (the spans this batch adds); ingest.pipeline then
 -- runs merge_new_spans.sql when the batch has doubles (stored_doubles is not empty, or
 -- batch_keys has fewer rows than the stage), and merge_store.sql.
@@ -28,9 +29,12 @@ SEMI JOIN spans AS s ON s.trace_id = h.trace_id AND s.span_id = h.span_id;
 
 -- new_spans, the spans this batch adds, is a view (merge_new_spans.sql picks its definition):
 -- over the stage itself when the batch holds no double (the common case: no copy), else over a
--- copy of the new rows (the keys above carry no attribute text). Either way it leaves out the
--- resource's attribute text, which every span of a resource repeats: resources are stored from
--- the stage, once each.
+-- copy of the new rows (the keys above carry no attribute text). Either way it carries the
+-- resource_id (hash of the resource's attribute text), computed once per resource.
+CREATE OR REPLACE TEMP TABLE batch_resources AS
+SELECT res_idx, hash(resource_attributes) AS resource_id FROM stage_resources;
+
 CREATE OR REPLACE TEMP VIEW new_spans AS
-SELECT * EXCLUDE (resource_attributes), hash(trace_id, span_id) AS span_key, hash(resource_attributes) AS resource_id
-FROM stage_spans;
+SELECT s.* EXCLUDE (res_idx), hash(s.trace_id, s.span_id) AS span_key, r.resource_id
+FROM stage_spans AS s
+JOIN batch_resources AS r USING (res_idx);

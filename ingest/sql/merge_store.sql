@@ -1,5 +1,5 @@
 -- merge_store: store one batch's new spans (view new_spans, see merge_spans.sql) in the raw
--- tables: span_keys, resources, spans, span_events, span_links. Reads: new_spans, stage_spans,
+-- tables: span_keys, resources, spans, span_events, span_links. Reads: new_spans, stage_resources, stage_spans,
 -- stage_events, stage_links. Parameters: variable file_id. Returns nothing.
 INSERT INTO span_keys SELECT span_key FROM new_spans;
 
@@ -9,7 +9,7 @@ INSERT OR IGNORE INTO resources
 SELECT hash(resource_attributes) AS resource_id, service_name, instance_id, host_name, service_version, role,
        resource_attributes::JSON
 FROM (SELECT DISTINCT resource_attributes, service_name, instance_id, host_name, service_version, role
-      FROM stage_spans);
+      FROM stage_resources);
 
 INSERT INTO spans BY NAME
 SELECT
