@@ -3,16 +3,22 @@
 Methods (each run in a fresh subprocess, so its peak RSS is its own):
   JSON lines
     bytes         read the files' bytes (the floor)
+    decode        our decoding alone: the files through the very code ours runs (reading, chunking,
+                  the C decoder, Arrow staging tables), counted and dropped; no store
     ours          ingest.ingest_paths into a DuckDB file (raw + normalised tables, dedup, quarantine)
     store_floor   DuckDB's write alone: the final rows of every store table (taken from an untimed
                   run of ours, held in memory as Arrow) inserted into a fresh store file in one
                   transaction and checkpointed; no decoding, no normalising. What any ingest into
                   this schema pays at least (inputs up to 1M spans: the rows are held in memory)
+                  Every row also gives the CPU seconds of its process (all threads). With `decode`
+                  and `store_floor` in one run the bench prints the CPU bound: (decode CPU + store
+                  floor CPU) / cores, the least time any ingest doing both could take here.
     naive_duckdb  DuckDB read_json + unnest into one flat table with an attribute map, into a file
     polars        polars read_ndjson + explode/unnest, in memory
   protobuf (length-delimited TracesData messages, the same spans)
     pb_bytes      read the files' bytes (the floor)
     pb_parse      parse every message with the protobuf runtime (upb), nothing else
+    pb_decode     our decoding alone, as `decode`
     pb_ours       ingest.ingest_paths into a DuckDB file
 
 Inputs, generated under bench/out/ingest/ when missing:
@@ -48,8 +54,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "ingest"
-METHODS = ("bytes", "ours", "naive_duckdb", "polars", "store_floor")
-PB_METHODS = ("pb_bytes", "pb_parse", "pb_ours")
+METHODS = ("bytes", "decode", "ours", "naive_duckdb", "polars", "store_floor")
+PB_METHODS = ("pb_bytes", "pb_parse", "pb_decode", "pb_ours")
 BASE = 1_000_000
 LABELS = {
     "bytes": "bytes (floor)",
@@ -57,6 +63,8 @@ LABELS = {
     "naive_duckdb": "naive DuckDB read_json + unnest + attribute map, into a file",
     "polars": "polars read_ndjson + explode/unnest, in memory",
     "store_floor": "store floor: DuckDB insert + commit of the final rows only (decoded and normalised beforehand)",
+    "decode": "our decoding alone (files -> staged Arrow batches, the code ours runs), no store",
+    "pb_decode": "our decoding alone (files -> staged Arrow batches, the code ours runs), no store",
     "pb_bytes": "bytes (floor)",
     "pb_parse": "protobuf parse only (upb), no store",
     "pb_ours": "**ours** (raw + normalised tables, dedup, quarantine, into a file)",
@@ -166,7 +174,23 @@ def run_ours(files: list[Path], work: Path) -> int:
 run_pb_ours = run_ours
 
 
-def run_store_floor(files: list[Path], work: Path) -> tuple[int, float]:
+def run_decode(files: list[Path], work: Path) -> int:
+    sys.path.insert(0, str(ROOT))
+    from ingest.pipeline import DEFAULT_BATCH_SPANS, _decoded_files
+    from ingest.sources import file_identity
+
+    todo = [(f, *file_identity(f)) for f in files]
+    n = 0
+    for item in _decoded_files(todo, DEFAULT_BATCH_SPANS, True):
+        if isinstance(item, tuple):
+            n += item[0].spans.num_rows
+    return n
+
+
+run_pb_decode = run_decode
+
+
+def run_store_floor(files: list[Path], work: Path) -> tuple[int, float, float]:
     sys.path.insert(0, str(ROOT))
     import duckdb
 
@@ -177,7 +201,7 @@ def run_store_floor(files: list[Path], work: Path) -> tuple[int, float]:
     tables = [r[0] for r in src.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()]
     rows = {t: src.sql(f"SELECT * FROM {t}").to_arrow_table() for t in tables}
     src.close()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     con = open_store(work / "floor.duckdb")
     con.execute("BEGIN TRANSACTION")
     for name, table in rows.items():
@@ -187,7 +211,7 @@ def run_store_floor(files: list[Path], work: Path) -> tuple[int, float]:
     con.execute("COMMIT")
     con.execute("CHECKPOINT")
     con.close()
-    return rows["spans"].num_rows, time.perf_counter() - t0
+    return rows["spans"].num_rows, time.perf_counter() - t0, time.process_time() - cpu0
 
 
 def run_pb_parse(files: list[Path], work: Path) -> int:
@@ -252,16 +276,16 @@ def one(method: str, n_spans: int) -> None:
     work = OUT / f"work-{method}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     got = globals()[f"run_{method}"](files, work)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     count = got
-    if isinstance(got, tuple):  # (count, seconds of the measured part)
-        count, seconds = got
+    if isinstance(got, tuple):  # (count, seconds, CPU seconds of the measured part)
+        count, seconds, cpu = got
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     db_mb = sum(p.stat().st_size for p in work.glob("*.duckdb") if p.name != "source.duckdb") / 1e6
     shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"method": method, "seconds": seconds, "count": count, "rss_mb": rss_mb, "db_mb": db_mb}))
+    print(json.dumps({"method": method, "seconds": seconds, "count": count, "cpu": cpu, "rss_mb": rss_mb, "db_mb": db_mb}))
 
 
 # --------------------------------------------------------------------------------------- main
@@ -310,14 +334,24 @@ def main() -> None:
         name = "OTLP protobuf (length-delimited TracesData)" if kind == "pb" else "simulator OTLP JSON lines"
         print(f"\n{n:,} spans of {name}, {size / 1e6:,.0f} MB, {len(files)} files")
         ours = statistics.median(r["seconds"] for r in rows.get(ours_key, [{"seconds": float("nan")}]))
-        print("| method | seconds (median) | spans/s | peak RSS MB | rows out | time vs ours |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        print("| method | seconds (median) | spans/s | CPU s (median, all threads) | peak RSS MB | rows out | time vs ours |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        cpus = {}
         for method, runs in rows.items():
             sec = statistics.median(r["seconds"] for r in runs)
+            cpus[method] = cpu = statistics.median(r["cpu"] for r in runs)
             rss = max(r["rss_mb"] for r in runs)
             count = runs[-1]["count"]
             shown = f"{count / 1e6:,.0f} MB" if method.endswith("bytes") else f"{count:,.0f}"
-            print(f"| {LABELS[method]} | {sec:.2f} | {n / sec:,.0f} | {rss:,.0f} | {shown} | {sec / ours:.2f}x |")
+            print(f"| {LABELS[method]} | {sec:.2f} | {n / sec:,.0f} | {cpu:.2f} | {rss:,.0f} | {shown} | {sec / ours:.2f}x |")
+        decode = cpus.get("pb_decode" if kind == "pb" else "decode")
+        floor_runs = results.get("store_floor")
+        if decode is not None and floor_runs:
+            floor = statistics.median(r["cpu"] for r in floor_runs)
+            bound = (decode + floor) / int(nproc)
+            print(f"\nCPU bound: (decode {decode:.2f} + store floor {floor:.2f} CPU s) / {nproc} cores "
+                  f"= {bound:.2f} s at the least, with both cores busy all the time and nothing else done: "
+                  f"at most {n / bound:,.0f} spans/s into this schema")
 
 
 if __name__ == "__main__":

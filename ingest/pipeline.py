@@ -1,8 +1,10 @@
 """Ingest: trace files or live OTLP payloads -> the DuckDB store, loss-free and idempotent.
 
-Flow of one file: records (sources) -> staged Arrow tables, one row per span -> every
-`batch_spans` spans the batch is merged by the SQL files in ingest/sql/ (dedup through
-span_keys, then set-based normalisation) -> the file is done with its ingested_files row, and
+Flow of one file: records (sources) -> staged Arrow tables, one row per span -> the normalised
+rows that follow from each span alone, derived by their SQL files in a private in-memory DuckDB
+(Deriver) -> every `batch_spans` spans the batch is merged into the store by the SQL files in
+ingest/sql/ (dedup through span_keys, the raw rows, the derived rows of the new spans, then the
+set-based normalisation that needs other spans) -> the file is done with its ingested_files row, and
 the transaction holding it (whole files, DEFAULT_COMMIT_SPANS spans or more) commits. A crash
 before the commit leaves the store as it was; a re-run skips committed files and redoes the rest.
 
@@ -59,7 +61,7 @@ from ingest.sources import (
     open_decompressed,
     sniff_format,
 )
-from ingest.store import open_store
+from ingest.store import open_store, schema_sql
 
 DEFAULT_BATCH_SPANS = 50_000
 # Files are committed in transactions of whole files holding at least this many spans (see
@@ -152,17 +154,24 @@ def _scalar(con: duckdb.DuckDBPyConnection, query: str) -> int:
 
 
 RESOURCE_COLUMNS = ("service_name", "instance_id", "host_name", "service_version", "role")
+# Normalised tables that depend on nothing but the span itself: derived beside the merge by a
+# Deriver (normalise_requests.sql, normalise_kv_events.sql, normalise_aborts_feedback.sql).
+DERIVED_TABLES = ("requests", "spec_steps", "kv_events", "aborts", "feedback")
+DERIVE_SQL = ("normalise_requests", "normalise_kv_events", "normalise_aborts_feedback")
 
 
 @dataclass
 class Staged:
     """One decoded batch as Arrow tables (decode.SPAN_SCHEMA, EVENT_SCHEMA, LINK_SCHEMA,
-    QUARANTINE_SCHEMA), from the columnar fast path or the validating decoder."""
+    QUARANTINE_SCHEMA), from the columnar fast path or the validating decoder. `prepare` adds
+    what the merge needs beyond them (in the decode worker, when there is one)."""
 
     spans: pa.Table
     events: pa.Table
     links: pa.Table
     quarantine: pa.Table
+    split: tuple[pa.Table, pa.Table] | None = None   # split_resources()
+    derived: dict[str, pa.Table] | None = None       # Deriver.derive()
 
     @classmethod
     def from_batch(cls, batch: StagingBatch) -> Staged:
@@ -171,6 +180,14 @@ class Staged:
     @classmethod
     def from_columnar(cls, tables: StagingTables) -> Staged:
         return cls(*tables, QUARANTINE_SCHEMA.empty_table())
+
+    def prepare(self, deriver: Deriver) -> Staged:
+        """Split the resources out and derive the span-local normalised rows, once."""
+        if self.split is None:
+            self.split = self.split_resources()
+        if self.derived is None and self.spans.num_rows:
+            self.derived = deriver.derive(*self.split)
+        return self
 
     def split_resources(self) -> tuple[pa.Table, pa.Table]:
         """The spans with `resource_attributes` (the resource's attribute text, repeated on every
@@ -192,6 +209,49 @@ class Staged:
             }
         )
         return spans.set_column(pos, "res_idx", encoded.indices.cast(pa.int32())), resources
+
+
+class Deriver:
+    """The normalised rows that follow from each span alone (requests, spec_steps, kv_events of
+    alloc/free/transfer/load, aborts, feedback), derived by the very SQL files the store used to
+    run, in a private in-memory DuckDB: so this work runs beside the store's merge, on the other
+    core, in the decode worker. The rows of a span seen twice in the batch come from its first
+    occurrence, as the merge keeps it; the merge stores the rows of the spans it adds."""
+
+    def __init__(self) -> None:
+        self.con = duckdb.connect(config={"threads": 1})
+        self.con.execute(schema_sql())
+
+    def derive(self, spans: pa.Table, resources: pa.Table) -> dict[str, pa.Table]:
+        con = self.con
+        con.register("stage_spans", spans)
+        try:
+            doubles = _scalar(con, "SELECT count(*) - count(DISTINCT (trace_id, span_id)) FROM stage_spans")
+            con.execute(
+                "CREATE OR REPLACE TEMP VIEW new_spans AS SELECT * EXCLUDE (res_idx) FROM stage_spans"
+                + (" QUALIFY row_number() OVER (PARTITION BY trace_id, span_id ORDER BY seq) = 1" if doubles else "")
+            )
+            for table in DERIVED_TABLES:
+                con.execute(f"DELETE FROM {table}")
+            for name in DERIVE_SQL:
+                con.execute(_sql(name))
+            return {t: con.sql(f"SELECT * FROM {t}").to_arrow_table() for t in DERIVED_TABLES}
+        finally:
+            con.unregister("stage_spans")
+
+    def close(self) -> None:
+        self.con.close()
+
+
+_local = threading.local()
+
+
+def _thread_deriver() -> Deriver:
+    """This thread's Deriver (for batches that come to merge_staged unprepared: live payloads)."""
+    deriver: Deriver | None = getattr(_local, "deriver", None)
+    if deriver is None:
+        deriver = _local.deriver = Deriver()
+    return deriver
 
 
 def merge_batch(
@@ -219,7 +279,10 @@ def merge_staged(
         con.unregister("stage_quarantine")
     if not spans.num_rows:
         return result
-    spans, resources = staged.split_resources()
+    if staged.split is None or staged.derived is None:
+        staged.prepare(_thread_deriver())
+    assert staged.split is not None and staged.derived is not None
+    spans, resources = staged.split
     con.register("stage_spans", spans)
     con.register("stage_resources", resources)
     con.register("stage_events", events)
@@ -227,12 +290,14 @@ def merge_staged(
     try:
         con.execute("SET VARIABLE file_id = ?", [file_id])
         con.execute(_sql("merge_spans"))
-        if _scalar(con, "SELECT (SELECT count(*) FROM stored_doubles) + "
-                        "(SELECT count(*) FROM stage_spans) - (SELECT count(*) FROM batch_keys)"):
+        doubles = _scalar(con, "SELECT (SELECT count(*) FROM stored_doubles) + "
+                               "(SELECT count(*) FROM stage_spans) - (SELECT count(*) FROM batch_keys)")
+        if doubles:
             con.execute(_sql("merge_new_spans"))
         con.execute(_sql("merge_store"))
         result.new_spans = _scalar(con, "SELECT count(*) FROM new_spans")
         if result.new_spans:
+            _store_derived(con, staged.derived, only_new=bool(doubles))
             _normalise(con)
     finally:
         for name in ("stage_spans", "stage_resources", "stage_events", "stage_links"):
@@ -240,12 +305,27 @@ def merge_staged(
     return result
 
 
-def _normalise(con: duckdb.DuckDBPyConnection) -> None:
-    """Derive the normalised tables from `new_spans` (see the headers of ingest/sql/*.sql)."""
-    con.execute(_sql("normalise_requests"))
-    con.execute(_sql("normalise_kv_events"))
-    con.execute(_sql("normalise_aborts_feedback"))
+def _store_derived(con: duckdb.DuckDBPyConnection, derived: dict[str, pa.Table], only_new: bool) -> None:
+    """Insert the Deriver's rows: all of them when every span of the batch is new, else those of
+    the spans this batch adds (view new_spans)."""
+    for table, rows in derived.items():
+        if not rows.num_rows:
+            continue
+        con.register("derived_rows", rows)
+        try:
+            if only_new:
+                con.execute(f"INSERT INTO {table} BY NAME SELECT d.* FROM derived_rows AS d "
+                            "SEMI JOIN new_spans AS n USING (trace_id, span_id)")
+            else:
+                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM derived_rows")
+        finally:
+            con.unregister("derived_rows")
 
+
+def _normalise(con: duckdb.DuckDBPyConnection) -> None:
+    """Derive the normalised rows that need other spans (forward.read rows need their parent
+    forward, stage slices their request root; either may be stored already) from `new_spans`
+    (see the headers of ingest/sql/*.sql)."""
     con.execute(_sql("read_targets"))
     if _scalar(con, "SELECT count(*) FROM read_pending_now"):
         con.execute(_sql("read_targets_pending"))
@@ -521,24 +601,29 @@ def ingest_files(
 def _decoded_files(
     todo: list[tuple[Path, str, int, int]], batch_spans: int, columnar: bool
 ) -> Iterator[_FileStart | tuple[Staged, int] | _FileEnd]:
-    """Each file's start, its staged batches (with the raw byte position reached), its end."""
-    for path, ident, size, mtime_ns in todo:
-        stream, compression = open_decompressed(path)
-        raw_file = stream.raw
-        with stream:
-            kind = sniff_format(stream)
-            yield _FileStart(ident, size, mtime_ns, compression, kind)
-            staged: Iterator[Staged]
-            if kind == "json":
-                units = iter_json_units(stream, batch_spans * CHUNK_BYTES_PER_SPAN)
-                staged = _staged_units(units, batch_spans, columnar)
-            elif kind == "protobuf":
-                staged = _staged_proto(iter_proto_records(stream), batch_spans, columnar)
-            else:
-                staged = iter(())
-            for batch in staged:
-                yield batch, _raw_position(raw_file, size)
-        yield _FileEnd()
+    """Each file's start, its staged batches, prepared for the merge (with the raw byte position
+    reached), its end."""
+    deriver = Deriver()
+    try:
+        for path, ident, size, mtime_ns in todo:
+            stream, compression = open_decompressed(path)
+            raw_file = stream.raw
+            with stream:
+                kind = sniff_format(stream)
+                yield _FileStart(ident, size, mtime_ns, compression, kind)
+                staged: Iterator[Staged]
+                if kind == "json":
+                    units = iter_json_units(stream, batch_spans * CHUNK_BYTES_PER_SPAN)
+                    staged = _staged_units(units, batch_spans, columnar)
+                elif kind == "protobuf":
+                    staged = _staged_proto(iter_proto_records(stream), batch_spans, columnar)
+                else:
+                    staged = iter(())
+                for batch in staged:
+                    yield batch.prepare(deriver), _raw_position(raw_file, size)
+            yield _FileEnd()
+    finally:
+        deriver.close()
 
 
 def _raw_position(raw: object, size: int) -> int:

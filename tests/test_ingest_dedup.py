@@ -57,3 +57,20 @@ def test_span_keys_rebuilt_when_they_disagree_with_spans(tmp_path: Path) -> None
     assert query(db, "SELECT count(*) FROM span_keys") == [(14,)]
     (tmp_path / "b.jsonl").write_bytes(json_lines(pd_request_spans(), per_line=2))
     assert ingest_paths([tmp_path / "b.jsonl"], db, progress=False).spans_new == 0
+
+
+def test_a_span_twice_in_one_batch_gives_one_row_everywhere_from_its_first_copy(tmp_path: Path) -> None:
+    """At-least-once delivery inside one file: every span twice in the same batch, the second
+    copies with other attribute values. Raw and normalised tables hold each span once, from its
+    first copy, exactly as if the file held each span once."""
+    data = json_lines(pd_request_spans(), per_line=1)
+    altered = data.replace(b'"kv.pool"', b'"kv.pool.was"').replace(b'"abort.reason"', b'"abort.reason.was"')
+    assert altered != data
+    (tmp_path / "twice.jsonl").write_bytes(data + altered)
+    (tmp_path / "once.jsonl").write_bytes(data)
+    db, ref = tmp_path / "s.duckdb", tmp_path / "ref.duckdb"
+    summary = ingest_paths([tmp_path / "twice.jsonl"], db, progress=False)
+    assert (summary.spans_read, summary.spans_new) == (28, 14)
+    ingest_paths([tmp_path / "once.jsonl"], ref, progress=False)
+    assert snapshot(db) == snapshot(ref)
+    assert query(db, "SELECT count(*) FROM kv_events WHERE kv_pool IS NULL AND op <> 'read'") == [(0,)]

@@ -1,5 +1,8 @@
 -- normalise_requests: request root spans of this batch -> requests, and their speculative
 -- verify steps -> spec_steps. Reads: new_spans. Returns nothing.
+-- Runs in ingest.pipeline.Deriver: a private in-memory DuckDB with the store's schema, where
+-- new_spans is one batch's spans (each span's first copy); the store inserts the rows of the
+-- spans it adds. Each row follows from its own span alone.
 -- A root is an SGLang "{role} Req {rid[:8]}" span with a `rid` attribute (or vLLM's
 -- `llm_request` with gen_ai.request.id); it depends on no other span, so one pass suffices.
 CREATE OR REPLACE TEMP TABLE new_roots AS
