@@ -188,20 +188,21 @@ def iter_json_units(stream: io.BufferedReader, chunk_bytes: int) -> Iterator[Lin
         yield from iter_json_records(io.BufferedReader(_Prefixed(skipped + line, stream)))
         return
     line_no, offset = skipped.count(b"\n") + 1, len(skipped)
-    buf = line
+    buf = line  # the start of the next chunk: bytes after the last newline read so far
     while True:
         more = stream.read(chunk_bytes)
-        data = buf + more
-        if not data:
-            return
-        cut = len(data) if not more else data.rfind(b"\n") + 1
-        if cut == 0:  # one line longer than chunk_bytes so far: read on
-            buf = data
-            continue
-        chunk, buf = data[:cut], data[cut:]
-        yield LineChunk(chunk, line_no, offset)
         if not more:
+            if buf:
+                yield LineChunk(buf, line_no, offset)
             return
+        cut = more.rfind(b"\n") + 1
+        if cut == 0:  # one line longer than chunk_bytes so far: read on
+            buf += more
+            continue
+        # one copy of the chunk's bytes (concatenating, then slicing, made two)
+        chunk = b"".join((buf, memoryview(more)[:cut])) if buf or cut < len(more) else more
+        buf = more[cut:]
+        yield LineChunk(chunk, line_no, offset)
         line_no += chunk.count(b"\n")
         offset += len(chunk)
 
