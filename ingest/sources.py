@@ -27,6 +27,7 @@ from ingest.errors import IngestError
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 MAX_FRAME = 1 << 30  # a larger length prefix is corruption, not data
+SNIFF_BYTES = 1 << 20  # how much of a protobuf file's start decides between message and stream
 _TRACE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".pb", ".bin", ".proto", ".otlp", ".protobuf")
 _COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
 
@@ -265,11 +266,14 @@ def iter_proto_records(stream: io.BufferedReader) -> Iterator[Record]:
     """ResourceSpans frames of one TracesData message, or of a length-delimited stream of them.
 
     A TracesData message is a run of (tag 0x0A, length, ResourceSpans) frames; a delimited stream
-    starts with a length instead. A frame whose length or tag is corrupt cannot be resynchronised:
-    the rest of the message (of the file, for a single message) is quarantined from there.
+    starts with a length instead. A first byte 0x0A is both the tag and a length of 10: the file
+    is read as one message unless the first MiB contradicts that and frames as a delimited stream
+    (a delimited stream whose first, 10-byte message is corrupt). A frame whose length or tag is
+    corrupt cannot be resynchronised: the rest of the message (of the file, for a single message)
+    is quarantined from there.
     """
-    head = stream.peek(1)[:1]
-    if head == b"\x0a":
+    window = stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]
+    if window[:1] == b"\x0a" and not (_contradicts_message(window) and _frames_as_delimited(window)):
         yield from _resource_frames(stream, 0, None)
         return
     offset = 0
@@ -291,6 +295,49 @@ def iter_proto_records(stream: io.BufferedReader) -> Iterator[Record]:
             return
         yield from _resource_frames(io.BytesIO(message), offset + used, length)
         offset += used + length
+
+
+def _varint_at(buf: bytes, pos: int) -> tuple[int, int] | None:
+    """The varint at buf[pos:]: (value, position after it); None when buf ends first or it is
+    longer than 10 bytes."""
+    value = shift = 0
+    for i in range(pos, min(pos + 10, len(buf))):
+        value |= (buf[i] & 0x7F) << shift
+        if buf[i] < 0x80:
+            return value, i + 1
+        shift += 7
+    return None
+
+
+def _contradicts_message(window: bytes) -> bool:
+    """Whether `window` (a file's start) cannot be the start of one TracesData message: a frame
+    tag other than resource_spans (0x0A) before the window ends."""
+    pos = 0
+    while pos < len(window):
+        if window[pos] != 0x0A:
+            return True
+        got = _varint_at(window, pos + 1)
+        if got is None:
+            return False
+        pos = got[1] + got[0]
+    return False
+
+
+def _frames_as_delimited(window: bytes) -> bool:
+    """Whether `window` frames as a length-delimited stream of TracesData messages: sane lengths,
+    and most messages after the first (which may be the corrupt one) start with 0x0A."""
+    pos, good, bad = 0, 0, 0
+    while pos < len(window):
+        got = _varint_at(window, pos)
+        if got is None:
+            break
+        length, start = got
+        if length > MAX_FRAME:
+            return False
+        if pos > 0 and length and start < len(window):
+            good, bad = (good + 1, bad) if window[start] == 0x0A else (good, bad + 1)
+        pos = start + length
+    return good > bad
 
 
 def _resource_frames(stream: BinaryIO, base: int, size: int | None) -> Iterator[Record]:

@@ -85,3 +85,23 @@ def test_corrupt_protobuf_frames_are_quarantined_with_offsets(tmp_path: Path) ->
     assert (summary.spans_read, summary.quarantined) == (4, 1)
     ((offset, reason),) = query(db2, "SELECT byte_offset, reason FROM quarantine")
     assert offset == len(good) and reason == "message truncated: 10 of 16383 bytes"
+
+
+def test_stream_whose_first_message_is_ten_corrupt_bytes_keeps_the_rest(tmp_path: Path) -> None:
+    """A first byte 0x0A reads as a TracesData tag and as a length of 10. When the first message
+    of a delimited stream is 10 bytes of garbage, the file is still read as a stream: that
+    message is quarantined and every later span is stored (it used to lose the whole file)."""
+    spans = pd_request_spans()
+    f = tmp_path / "stream.pb"
+    f.write_bytes(b"\x0a" + bytes(10) + delimited_protobuf(spans, per_message=2))
+    db = tmp_path / "p.duckdb"
+    summary = ingest_paths([f], db, progress=False)
+    assert (summary.spans_read, summary.quarantined) == (14, 1)
+    ((offset, reason),) = query(db, "SELECT byte_offset, reason FROM quarantine")
+    assert offset == 1 and "tag 0" in reason
+
+    # one TracesData message (first byte 0x0A too) is still read as one message
+    one = tmp_path / "one.pb"
+    one.write_bytes(delimited_protobuf(spans, per_message=14)[2:])  # the message without its prefix
+    summary = ingest_paths([one], tmp_path / "one.duckdb", progress=False)
+    assert (summary.spans_read, summary.quarantined) == (14, 0)
