@@ -243,17 +243,6 @@ class Deriver:
         self.con.close()
 
 
-_local = threading.local()
-
-
-def _thread_deriver() -> Deriver:
-    """This thread's Deriver (for batches that come to merge_staged unprepared: live payloads)."""
-    deriver: Deriver | None = getattr(_local, "deriver", None)
-    if deriver is None:
-        deriver = _local.deriver = Deriver()
-    return deriver
-
-
 def merge_batch(
     con: duckdb.DuckDBPyConnection, batch: StagingBatch, file_id: int | None, source: str
 ) -> BatchResult:
@@ -279,9 +268,8 @@ def merge_staged(
         con.unregister("stage_quarantine")
     if not spans.num_rows:
         return result
-    if staged.split is None or staged.derived is None:
-        staged.prepare(_thread_deriver())
-    assert staged.split is not None and staged.derived is not None
+    if staged.split is None:
+        staged.split = staged.split_resources()
     spans, resources = staged.split
     con.register("stage_spans", spans)
     con.register("stage_resources", resources)
@@ -297,7 +285,11 @@ def merge_staged(
         con.execute(_sql("merge_store"))
         result.new_spans = _scalar(con, "SELECT count(*) FROM new_spans")
         if result.new_spans:
-            _store_derived(con, staged.derived, only_new=bool(doubles))
+            if staged.derived is not None:
+                _store_derived(con, staged.derived, only_new=bool(doubles))
+            else:  # not prepared (a live payload): the same SQL, on the store's connection
+                for name in DERIVE_SQL:
+                    con.execute(_sql(name))
             _normalise(con)
     finally:
         for name in ("stage_spans", "stage_resources", "stage_events", "stage_links"):
