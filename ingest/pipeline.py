@@ -219,7 +219,7 @@ class Deriver:
     occurrence, as the merge keeps it; the merge stores the rows of the spans it adds."""
 
     def __init__(self) -> None:
-        self.con = duckdb.connect(config={"threads": 1})
+        self.con = duckdb.connect(config={"threads": 1, "memory_limit": "256MB"})
         self.con.execute(schema_sql())
 
     def derive(self, spans: pa.Table, resources: pa.Table) -> dict[str, pa.Table]:
