@@ -186,7 +186,7 @@ class Staged:
         if self.split is None:
             self.split = self.split_resources()
         if self.derived is None and self.spans.num_rows:
-            self.derived = deriver.derive(*self.split)
+            self.derived = deriver.derive(self.split[0])
         return self
 
     def split_resources(self) -> tuple[pa.Table, pa.Table]:
@@ -222,7 +222,9 @@ class Deriver:
         self.con = duckdb.connect(config={"threads": 1, "memory_limit": "256MB"})
         self.con.execute(schema_sql())
 
-    def derive(self, spans: pa.Table, resources: pa.Table) -> dict[str, pa.Table]:
+    def derive(self, spans: pa.Table) -> dict[str, pa.Table]:
+        """The derived tables' rows for `spans` (split_resources()' spans: res_idx, not the
+        resource text), as Arrow tables by table name."""
         con = self.con
         con.register("stage_spans", spans)
         try:
