@@ -21,6 +21,7 @@ the batch before."""
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -61,7 +62,7 @@ from ingest.sources import (
     open_decompressed,
     sniff_format,
 )
-from ingest.store import open_store, schema_sql
+from ingest.store import open_store
 
 DEFAULT_BATCH_SPANS = 50_000
 # Files are committed in transactions of whole files holding at least this many spans (see
@@ -154,9 +155,8 @@ def _scalar(con: duckdb.DuckDBPyConnection, query: str) -> int:
 
 
 RESOURCE_COLUMNS = ("service_name", "instance_id", "host_name", "service_version", "role")
-# Normalised tables that depend on nothing but the span itself: derived beside the merge by a
-# Deriver (normalise_requests.sql, normalise_kv_events.sql, normalise_aborts_feedback.sql).
-DERIVED_TABLES = ("requests", "spec_steps", "kv_events", "aborts", "feedback")
+# SQL of the normalised tables that depend on nothing but the span itself (requests, spec_steps,
+# kv_events but reads, aborts, feedback): run beside the merge by a Deriver.
 DERIVE_SQL = ("normalise_requests", "normalise_kv_events", "normalise_aborts_feedback")
 
 
@@ -211,16 +211,30 @@ class Staged:
         return spans.set_column(pos, "res_idx", encoded.indices.cast(pa.int32())), resources
 
 
+@cache
+def _derive_statements() -> list[tuple[str | None, str]]:
+    """The statements of DERIVE_SQL in order: (table, query) for each `INSERT INTO table BY NAME
+    query`, (None, statement) for the others (temp tables the queries read)."""
+    out: list[tuple[str | None, str]] = []
+    for name in DERIVE_SQL:
+        text = re.sub(r"--[^\n]*", "", _sql(name))  # the files hold no "--" or ";" in literals
+        for statement in (part.strip() for part in text.split(";")):
+            if statement:
+                insert = re.fullmatch(r"INSERT INTO (\w+) BY NAME\s+(.*)", statement, re.S)
+                out.append((insert.group(1), insert.group(2)) if insert else (None, statement))
+    return out
+
+
 class Deriver:
     """The normalised rows that follow from each span alone (requests, spec_steps, kv_events of
-    alloc/free/transfer/load, aborts, feedback), derived by the very SQL files the store used to
-    run, in a private in-memory DuckDB: so this work runs beside the store's merge, on the other
-    core, in the decode worker. The rows of a span seen twice in the batch come from its first
-    occurrence, as the merge keeps it; the merge stores the rows of the spans it adds."""
+    alloc/free/transfer/load, aborts, feedback), derived by the very SQL files the store runs for
+    live payloads, in a private in-memory DuckDB: so this work runs beside the store's merge, on
+    the other core, in the decode worker. Each INSERT's query goes straight to Arrow. The rows of
+    a span seen twice in the batch come from its first occurrence, as the merge keeps it; the
+    merge stores the rows of the spans it adds."""
 
     def __init__(self) -> None:
         self.con = duckdb.connect(config={"threads": 1, "memory_limit": "256MB"})
-        self.con.execute(schema_sql())
 
     def derive(self, spans: pa.Table) -> dict[str, pa.Table]:
         """The derived tables' rows for `spans` (split_resources()' spans: res_idx, not the
@@ -233,11 +247,13 @@ class Deriver:
                 "CREATE OR REPLACE TEMP VIEW new_spans AS SELECT * EXCLUDE (res_idx) FROM stage_spans"
                 + (" QUALIFY row_number() OVER (PARTITION BY trace_id, span_id ORDER BY seq) = 1" if doubles else "")
             )
-            for table in DERIVED_TABLES:
-                con.execute(f"DELETE FROM {table}")
-            for name in DERIVE_SQL:
-                con.execute(_sql(name))
-            return {t: con.sql(f"SELECT * FROM {t}").to_arrow_table() for t in DERIVED_TABLES}
+            rows: dict[str, list[pa.Table]] = {}
+            for table, statement in _derive_statements():
+                if table is None:
+                    con.execute(statement)
+                else:
+                    rows.setdefault(table, []).append(con.sql(statement).to_arrow_table())
+            return {t: pa.concat_tables(parts) for t, parts in rows.items()}
         finally:
             con.unregister("stage_spans")
 
