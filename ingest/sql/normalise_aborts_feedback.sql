@@ -1,8 +1,10 @@
 -- normalise_aborts_feedback: request.abort spans -> aborts, feedback spans -> feedback.
 -- Reads: new_spans. Returns nothing. Times are span starts (the decision / the report).
--- Runs in ingest.pipeline.Deriver: a private in-memory DuckDB with the store's schema, where
--- new_spans is one batch's spans (each span's first copy); the store inserts the rows of the
--- spans it adds. Each row follows from its own span alone.
+-- Each row follows from its own span alone. For file ingest this runs in ingest.pipeline.Deriver
+-- (a private in-memory DuckDB in the decode worker, each INSERT's query read out as Arrow) with
+-- new_spans = one batch's spans, first copies; the store then inserts the rows of the spans it
+-- adds. For live payloads it runs as written on the store's connection. Keep every statement
+-- an `INSERT INTO table BY NAME query` or a temp table, and no "--" or ";" in literals.
 INSERT INTO aborts BY NAME
 SELECT
     trace_id, span_id, rid, instance_id, host_name, service_version,

@@ -3,9 +3,11 @@
 -- normalise_reads.sql (they need the parent forward).
 -- The page resource is (instance_id, tp_rank, kv_pool, page): for a transfer the destination
 -- (kv.transfer.dst_instance / dst_rank); times stay on the emitter's clock (clock_host).
--- Runs in ingest.pipeline.Deriver: a private in-memory DuckDB with the store's schema, where
--- new_spans is one batch's spans (each span's first copy); the store inserts the rows of the
--- spans it adds. Each row follows from its own span alone.
+-- Each row follows from its own span alone. For file ingest this runs in ingest.pipeline.Deriver
+-- (a private in-memory DuckDB in the decode worker, each INSERT's query read out as Arrow) with
+-- new_spans = one batch's spans, first copies; the store then inserts the rows of the spans it
+-- adds. For live payloads it runs as written on the store's connection. Keep every statement
+-- an `INSERT INTO table BY NAME query` or a temp table, and no "--" or ";" in literals.
 INSERT INTO kv_events BY NAME
 WITH parsed AS (
     -- one JSON parse per span for all paths (json_extract with a list of paths); v[i]->>'$' is

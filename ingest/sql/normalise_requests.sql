@@ -1,8 +1,10 @@
 -- normalise_requests: request root spans of this batch -> requests, and their speculative
 -- verify steps -> spec_steps. Reads: new_spans. Returns nothing.
--- Runs in ingest.pipeline.Deriver: a private in-memory DuckDB with the store's schema, where
--- new_spans is one batch's spans (each span's first copy); the store inserts the rows of the
--- spans it adds. Each row follows from its own span alone.
+-- Each row follows from its own span alone. For file ingest this runs in ingest.pipeline.Deriver
+-- (a private in-memory DuckDB in the decode worker, each INSERT's query read out as Arrow) with
+-- new_spans = one batch's spans, first copies; the store then inserts the rows of the spans it
+-- adds. For live payloads it runs as written on the store's connection. Keep every statement
+-- an `INSERT INTO table BY NAME query` or a temp table, and no "--" or ";" in literals.
 -- A root is an SGLang "{role} Req {rid[:8]}" span with a `rid` attribute (or vLLM's
 -- `llm_request` with gen_ai.request.id); it depends on no other span, so one pass suffices.
 CREATE OR REPLACE TEMP TABLE new_roots AS
