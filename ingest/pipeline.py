@@ -20,6 +20,7 @@ the batch before."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
 import threading
@@ -186,7 +187,12 @@ class Staged:
         if self.split is None:
             self.split = self.split_resources()
         if self.derived is None and self.spans.num_rows:
-            self.derived = deriver.derive(self.split[0])
+            try:
+                self.derived = deriver.derive(self.split[0])
+            except duckdb.Error:
+                # e.g. out of memory on a giant span: the merge runs the same SQL on the store's
+                # connection instead (merge_staged), which can spill to the store's disk
+                self.derived = None
         return self
 
     def split_resources(self) -> tuple[pa.Table, pa.Table]:
@@ -233,8 +239,8 @@ class Deriver:
     a span seen twice in the batch come from its first occurrence, as the merge keeps it; the
     merge stores the rows of the spans it adds."""
 
-    def __init__(self) -> None:
-        self.con = duckdb.connect(config={"threads": 1, "memory_limit": "256MB"})
+    def __init__(self, memory_limit: str = DUCKDB_MEMORY_LIMIT) -> None:
+        self.con = duckdb.connect(config={"threads": 1, "memory_limit": memory_limit})
 
     def derive(self, spans: pa.Table) -> dict[str, pa.Table]:
         """The derived tables' rows for `spans` (split_resources()' spans: res_idx, not the
@@ -255,7 +261,7 @@ class Deriver:
                     rows.setdefault(table, []).append(con.sql(statement).to_arrow_table())
             return {t: pa.concat_tables(parts) for t, parts in rows.items()}
         finally:
-            con.unregister("stage_spans")
+            _unregister(con, "stage_spans")
 
     def close(self) -> None:
         self.con.close()
@@ -311,7 +317,7 @@ def merge_staged(
             _normalise(con)
     finally:
         for name in ("stage_spans", "stage_resources", "stage_events", "stage_links"):
-            con.unregister(name)
+            _unregister(con, name)
     return result
 
 
@@ -329,7 +335,7 @@ def _store_derived(con: duckdb.DuckDBPyConnection, derived: dict[str, pa.Table],
             else:
                 con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM derived_rows")
         finally:
-            con.unregister("derived_rows")
+            _unregister(con, "derived_rows")
 
 
 def _normalise(con: duckdb.DuckDBPyConnection) -> None:
@@ -601,11 +607,35 @@ def ingest_files(
                     last_pos = pos
         if in_transaction:
             commit()
+    except duckdb.Error as exc:
+        if in_transaction:
+            _rollback(con)
+        where = current.ident if current is not None else "ingest"
+        held = len(uncommitted) + (current is not None)
+        raise IngestError(
+            f"{where}: the store failed: {exc}. The open transaction ({held} file(s)) was rolled back; "
+            "files committed before it are kept, and re-running the same command continues from there."
+        ) from exc
     except BaseException:
         if in_transaction:
-            con.execute("ROLLBACK")
+            _rollback(con)
         raise
     return [results[file_identity(p)[0]] for p in paths]
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back the open transaction; a connection that can no longer do even that (DuckDB
+    invalidated it) already holds nothing uncommitted, so its error is not the one to report."""
+    with contextlib.suppress(duckdb.Error):
+        con.execute("ROLLBACK")
+
+
+def _unregister(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop a registered Arrow table. In a transaction a failed statement aborted, DuckDB refuses
+    this too; that refusal must not replace the error that aborted it (a later register of the
+    same name replaces the view anyway)."""
+    with contextlib.suppress(duckdb.Error):
+        con.unregister(name)
 
 
 def _decoded_files(

@@ -200,3 +200,37 @@ def test_live_payload_and_file_give_the_same_tables(tmp_path: Path, pd_store: Pa
         con.close()
     assert (result.accepted, result.new_spans, again.new_spans) == (14, 14, 0)
     assert snapshot(db) == snapshot(pd_store)
+
+
+def test_a_batch_the_deriver_cannot_hold_is_normalised_on_the_store(tmp_path: Path, pd_store: Path) -> None:
+    """When the Deriver's private DuckDB fails on a batch (here: 1 MB of memory for a span with
+    200,000 page ids), the merge runs the same SQL on the store's connection: nothing is lost and
+    the tables match those of a batch the Deriver took."""
+    from ingest.columnar import decode_json_lines
+    from ingest.pipeline import Deriver, Staged, merge_staged
+
+    spans = pd_request_spans()
+    pages = b",".join(b'{"intValue":"%d"}' % i for i in range(200_000))
+    # the first kv.page_ids attribute (of a kv span) gets 200,000 page ids
+    big = json_lines(spans, per_line=100).replace(
+        b'{"key":"kv.page_ids","value":{"arrayValue":{"values":[',
+        b'{"key":"kv.page_ids","value":{"arrayValue":{"values":[' + pages + b",", 1)
+    stores = {}
+    for name, deriver in (("starved", Deriver(memory_limit="1MB")), ("normal", Deriver())):
+        tables = decode_json_lines(big)
+        assert tables is not None
+        staged = Staged.from_columnar(tables).prepare(deriver)
+        assert (staged.derived is None) == (name == "starved")
+        db = tmp_path / f"{name}.duckdb"
+        con = open_store(db)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            result = merge_staged(con, staged, None, "test")
+            con.execute("COMMIT")
+        finally:
+            con.close()
+            deriver.close()
+        assert result.new_spans == 14
+        stores[name] = snapshot(db)
+    assert stores["starved"] == stores["normal"]
+    assert query(tmp_path / "normal.duckdb", "SELECT max(n_pages) > 200_000 FROM kv_events") == [(True,)]
