@@ -240,7 +240,11 @@ class Deriver:
     merge stores the rows of the spans it adds."""
 
     def __init__(self, memory_limit: str = DUCKDB_MEMORY_LIMIT) -> None:
-        self.con = duckdb.connect(config={"threads": 1, "memory_limit": memory_limit})
+        # No spilling (an in-memory DuckDB would spill into ./.tmp, wherever the user stands):
+        # a batch that does not fit raises, and prepare() leaves it to the store's connection.
+        # No progress bar: this runs in the background, under ingest's own.
+        self.con = duckdb.connect(config={"threads": 1, "memory_limit": memory_limit, "temp_directory": ""})
+        self.con.execute("SET enable_progress_bar = false")
 
     def derive(self, spans: pa.Table) -> dict[str, pa.Table]:
         """The derived tables' rows for `spans` (split_resources()' spans: res_idx, not the
