@@ -14,9 +14,9 @@ pyarrow's JSON reader + Arrow kernels); no Python per span either way. A chunk b
 (anything they cannot reproduce byte for byte, including every malformed line) goes through
 the validating decoder (decode.py), which quarantines bad records. Protobuf
 ResourceSpans frames are decoded in groups by the C fast path (protofast.py, _otlpfast.c) with
-the same fallback. Single JSON documents go through the validating decoder. Decoding runs one
-batch ahead in a worker thread (pyarrow and the C decoder release the GIL) while DuckDB merges
-the batch before."""
+the same fallback. Single JSON documents go through the validating decoder. Decoding and the
+Deriver run up to PREFETCH_ITEMS ahead in a worker thread (the C decoder, pyarrow and DuckDB
+release the GIL) while the store's connection merges the batches before, so both cores work."""
 
 from __future__ import annotations
 

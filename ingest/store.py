@@ -33,9 +33,14 @@ def connect(
         try:
             return duckdb.connect(str(path), read_only=read_only, config=config or {})
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+            if not _held_by_another(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(_LOCK_POLL_S)
+
+
+def _held_by_another(exc: duckdb.Error) -> bool:
+    """Whether `exc` is DuckDB refusing a file another process holds (its lock)."""
+    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
 
 
 def open_store(path: str | Path, read_only: bool = False, wait_s: float = 0.0) -> duckdb.DuckDBPyConnection:
@@ -61,7 +66,7 @@ def open_store(path: str | Path, read_only: bool = False, wait_s: float = 0.0) -
 
 def held_note(exc: duckdb.Error, wait_s: float) -> str:
     """' (another process held it ...)' when `exc` is a lock conflict, else ''."""
-    if isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower():
+    if _held_by_another(exc):
         return f" (another process held it for the {wait_s:.0f} s waited)"
     return ""
 

@@ -2,9 +2,10 @@
 
 Answers per the OTLP/HTTP specification: 200 with an ExportTraceServiceResponse in the request's
 own encoding (with `partial_success` when spans were rejected); 400 undecodable; 401 without the
-bearer token; 411 without Content-Length (a chunked body is read, within the size limit); 413 over a size limit; 415 unknown media type or
-encoding; 429 (spool full) and 503 (memory budget or connection limit) with `Retry-After`. Error
-bodies are google.rpc.Status. `GET /status` returns the receiver's counters as JSON.
+bearer token; 411 without Content-Length or a chunked body (read within the size limit); 413 over
+a size limit; 415 unknown media type or encoding; 429 (spool full) and 503 (memory budget or
+connection limit) with `Retry-After`. Error bodies are google.rpc.Status. `GET /status` returns the
+receiver's counters as JSON.
 """
 
 from __future__ import annotations
@@ -42,11 +43,14 @@ def _response_body(batch: CheckedBatch) -> ExportTraceServiceResponse:
     return response
 
 
-
 class _BodyError(Exception):
+    """A request body refused while it was read: the HTTP status and reason to answer with, and
+    whether the body was read to its end (else the connection must close)."""
+
     def __init__(self, status: int, reason: str, message: str, drained: bool = False) -> None:
         super().__init__(message)
         self.status, self.reason, self.drained = status, reason, drained
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
