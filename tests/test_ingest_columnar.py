@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ingest_otlp_builders import json_lines, pd_request_spans
-from test_ingest_normalise import query, snapshot
+from test_ingest_normalise import assert_fast_and_validating_paths_agree
 
 from ingest.columnar import decode_json_lines
 from ingest.decode import StagingBatch
-from ingest.pipeline import _decode_record, ingest_paths
+from ingest.pipeline import _decode_record
 from ingest.sources import LineChunk
 
 TRACE = "5b8efff798038103d269b633813fc60c"
@@ -182,14 +182,7 @@ def test_fast_and_validating_ingest_store_identical_tables(tmp_path: Path) -> No
     other = json_lines(pd_request_spans(seed=2, rid="0f0e0d0c0b0a0908"), per_line=1).splitlines(keepends=True)
     (tmp_path / "a.jsonl").write_bytes(b"".join(good))
     (tmp_path / "b.jsonl").write_bytes(b"".join(other[:5]) + b'{"resourceSpans": [\n' + b"".join(other[5:]))
-    stores = {}
-    for fast in (True, False):
-        db = tmp_path / f"{fast}.duckdb"
-        summary = ingest_paths([tmp_path / "a.jsonl", tmp_path / "b.jsonl"], db, progress=False, batch_spans=3,
-                               columnar=fast)
-        assert (summary.spans_new, summary.quarantined) == (28, 1)
-        stores[fast] = snapshot(db), query(db, "SELECT line, byte_offset, span_id, reason, raw, raw_bytes FROM quarantine")
-    assert stores[True] == stores[False]
+    assert_fast_and_validating_paths_agree([tmp_path / "a.jsonl", tmp_path / "b.jsonl"], tmp_path, 28, 1)
 
 
 def test_simulator_output_takes_the_fast_path() -> None:

@@ -36,6 +36,19 @@ def snapshot(db: Path, tables: tuple[str, ...] = NORMALISED + RAW) -> dict[str, 
     return out
 
 
+def assert_fast_and_validating_paths_agree(paths: list[Path], tmp_path: Path, new: int, quarantined: int) -> None:
+    """Ingest `paths` with the fast decoders and with the validating decoder only (batches of 3
+    spans): both store `new` spans and quarantine `quarantined` records, and every table, the
+    quarantine included, comes out identical."""
+    stores = {}
+    for fast in (True, False):
+        db = tmp_path / f"{fast}.duckdb"
+        summary = ingest_paths(paths, db, progress=False, batch_spans=3, columnar=fast)
+        assert (summary.spans_new, summary.quarantined) == (new, quarantined)
+        stores[fast] = snapshot(db), query(db, "SELECT line, byte_offset, span_id, reason, raw, raw_bytes FROM quarantine")
+    assert stores[True] == stores[False]
+
+
 def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
     con = open_store(db, read_only=True)
     try:

@@ -20,12 +20,12 @@ from ingest_otlp_builders import delimited_protobuf, pd_request_spans, to_reques
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
-from test_ingest_normalise import query, snapshot
+from test_ingest_normalise import assert_fast_and_validating_paths_agree
 
 from ingest import protofast
 from ingest.decode import Position, StagingBatch, add_proto_resource_spans
 from ingest.errors import PayloadError
-from ingest.pipeline import ingest_paths, ingest_payload
+from ingest.pipeline import ingest_payload
 from ingest.store import open_store
 
 TRACE = bytes.fromhex("5b8efff798038103d269b633813fc60c")
@@ -312,14 +312,7 @@ def test_fast_and_validating_ingest_store_identical_tables(tmp_path: Path) -> No
     other = delimited_protobuf(pd_request_spans(seed=2, rid="0f0e0d0c0b0a0908"), per_message=3)
     (tmp_path / "a.pb").write_bytes(good)
     (tmp_path / "b.pb").write_bytes(other + bytes([len(bad_span)]) + bad_span + b"\x05\x0a\x03")
-    stores = {}
-    for fast in (True, False):
-        db = tmp_path / f"{fast}.duckdb"
-        summary = ingest_paths([tmp_path / "a.pb", tmp_path / "b.pb"], db, progress=False, batch_spans=3,
-                               columnar=fast)
-        assert (summary.spans_new, summary.quarantined) == (29, 2)
-        stores[fast] = snapshot(db), query(db, "SELECT line, byte_offset, span_id, reason, raw, raw_bytes FROM quarantine")
-    assert stores[True] == stores[False]
+    assert_fast_and_validating_paths_agree([tmp_path / "a.pb", tmp_path / "b.pb"], tmp_path, 29, 2)
 
 
 def test_simulator_protobuf_takes_the_fast_path(tmp_path: Path) -> None:
