@@ -8,7 +8,7 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "ingest._otlpfast",
+            "kvtrace.ingest._otlpfast",
             ["ingest/_otlpfast.c"],
             optional=True,
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],

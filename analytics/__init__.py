@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import duckdb
 
-from analytics.registry import ParamValue
-from analytics.runner import compute
+from kvtrace.analytics.registry import ParamValue
+from kvtrace.analytics.runner import compute
 
 
 def run_all(con: duckdb.DuckDBPyConnection, params: dict[str, ParamValue] | None = None) -> list[str]:

@@ -13,9 +13,9 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from analytics.errors import LabelsError
-from analytics.registry import ParamValue
-from analytics.runner import run
+from kvtrace.analytics.errors import LabelsError
+from kvtrace.analytics.registry import ParamValue
+from kvtrace.analytics.runner import run
 
 RACE_KINDS_EVALUATED = ("abort_before_write_complete", "read_before_load", "unsafe_free", "page_hazard")
 

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from analytics.registry import ParamValue
-from analytics.runner import run
+from kvtrace.analytics.registry import ParamValue
+from kvtrace.analytics.runner import run
 
 FINDING_FIELDS: Final = (
     "finding_id", "kind", "instance", "tp_rank", "kv_pool", "pages", "layers", "culprit_rid", "victim_rid",

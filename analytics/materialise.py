@@ -12,9 +12,9 @@ from typing import Final
 import duckdb
 import orjson
 
-from analytics.errors import StoreError
-from analytics.registry import ParamValue, Registry, default_registry
-from analytics.runner import compute
+from kvtrace.analytics.errors import StoreError
+from kvtrace.analytics.registry import ParamValue, Registry, default_registry
+from kvtrace.analytics.runner import compute
 
 RESULT_SCHEMA_SQL: Final = Path(__file__).resolve().parent / "schema.sql"
 _TABLE: Final = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)")

@@ -27,7 +27,7 @@ from typing import Final
 
 import duckdb
 
-from analytics.errors import AnalysisDefinitionError, UnknownAnalysisError
+from kvtrace.analytics.errors import AnalysisDefinitionError, UnknownAnalysisError
 
 SQL_DIR: Final = Path(__file__).resolve().parent / "sql"
 MACROS_SQL: Final = Path(__file__).resolve().parent / "macros.sql"

@@ -13,9 +13,9 @@ from typing import Final
 import duckdb
 import pyarrow as pa
 
-from analytics.errors import ReadOnlyQueryError, StoreError
-from analytics.registry import ParamValue, Registry, default_registry, install_macros
-from ingest import store
+from kvtrace.analytics.errors import ReadOnlyQueryError, StoreError
+from kvtrace.analytics.registry import ParamValue, Registry, default_registry, install_macros
+from kvtrace.ingest import store
 
 REQUIRED_TABLES: Final = ("requests", "spec_steps", "kv_events", "aborts", "request_stages", "feedback")
 _ALLOWED_STATEMENTS: Final = {"SELECT", "EXPLAIN"}

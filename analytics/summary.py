@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from analytics.findings import KINDS
+from kvtrace.analytics.findings import KINDS
 
 
 @dataclass(frozen=True)

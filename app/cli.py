@@ -12,12 +12,12 @@ import click
 
 # Each module defines `commands: list[click.Command]`. Add a feature by adding its module here.
 COMMAND_MODULES: tuple[str, ...] = (
-    "app.commands.serve",
-    "app.commands.ingest",
-    "app.commands.analytics",
-    "app.commands.app",
-    "app.commands.simulate",
-    "app.commands.replay",
+    "kvtrace.app.commands.serve",
+    "kvtrace.app.commands.ingest",
+    "kvtrace.app.commands.analytics",
+    "kvtrace.app.commands.app",
+    "kvtrace.app.commands.simulate",
+    "kvtrace.app.commands.replay",
 )
 
 

@@ -47,8 +47,8 @@ from typing import Any, TypeVar
 import duckdb
 import pandas as pd
 
-from analytics.registry import MACROS_SQL
-from app.safe_sql import (
+from kvtrace.analytics.registry import MACROS_SQL
+from kvtrace.app.safe_sql import (
     DEFAULT_MAX_ROWS,
     DEFAULT_TIMEOUT_S,
     QueryResult,

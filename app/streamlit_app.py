@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.ui import sidebar_status
+from kvtrace.app.ui import sidebar_status
 
 HERE = Path(__file__).resolve().parent
 PAGES = HERE / "pages"

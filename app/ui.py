@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 
 import streamlit as st
 
-from app.data.common import MissingTable
-from app.options import DEFAULT_DB
-from app.safe_sql import QueryError, StoreUnavailable
-from app.store import Store
+from kvtrace.app.data.common import MissingTable
+from kvtrace.app.options import DEFAULT_DB
+from kvtrace.app.safe_sql import QueryError, StoreUnavailable
+from kvtrace.app.store import Store
 
 T = TypeVar("T")
 

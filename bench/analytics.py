@@ -35,7 +35,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analytics import runner  # noqa: E402
+from kvtrace.analytics import runner  # noqa: E402
 
 INGEST_OUT = ROOT / "bench" / "out" / "ingest"
 OUT = ROOT / "bench" / "out" / "analytics"

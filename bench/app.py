@@ -50,8 +50,8 @@ PAGES = ["overview", "findings", "requests", "anomalies", "compare", "replay", "
 
 
 def build_seed(path: Path) -> None:
-    from analytics.materialise import analyze
-    from ingest import ingest_paths, open_store
+    from kvtrace.analytics.materialise import analyze
+    from kvtrace.ingest import ingest_paths, open_store
 
     files = sorted((ROOT / "sample_traces" / "mixed").glob("*.otlp.jsonl"))
     ingest_paths(files, path, progress=False)
@@ -100,8 +100,8 @@ def _median(values: list[float]) -> float:
 
 
 def measure_open(db: Path, repeat: int) -> tuple[float, float]:
-    from app.safe_sql import open_read_only
-    from app.store import Store
+    from kvtrace.app.safe_sql import open_read_only
+    from kvtrace.app.store import Store
 
     snap, plain = [], []
     for _ in range(repeat):

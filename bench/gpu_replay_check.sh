@@ -43,7 +43,7 @@ mapfile -t plans < <(find "$PLANS" -name '*.json' | sort)
 for s in $SCENARIOS; do echo "$s: $(find "$PLANS/$s" -name '*.json' 2>/dev/null | wc -l) findings"; done
 RESULTS="$OUT/gpu_replay_results.jsonl"
 # 1. The timed replays, alone on the GPU (CSAN children would perturb the timing).
-$PY -m replay.run "${plans[@]}" --device cuda --repeats "${REPEATS:-2}" --sweep "${SWEEP:-5}" --jitter "${JITTER:-10}" \
+$PY -m kvtrace.replay.run "${plans[@]}" --device cuda --repeats "${REPEATS:-2}" --sweep "${SWEEP:-5}" --jitter "${JITTER:-10}" \
   --json "$RESULTS" > /dev/null 2> "$OUT/replay_progress.log" || { tail -5 "$OUT/replay_progress.log"; exit 1; }
 echo "timed replays of ${#plans[@]} plans: $(( $(date +%s) - T0 )) s"
 # 2. The 1,000-operation bench (bounded, so that the sanitizer still runs).
@@ -52,7 +52,7 @@ timeout "${BENCH_TIMEOUT:-150}" $PY bench/replay.py --repeats "${BENCH_REPEATS:-
 echo "after the bench: $(( $(date +%s) - T0 )) s"
 # 3. CSAN, per cell and per pool, on every plan (SANITIZE_SAMPLE=K: K per scenario and kind), in parallel
 #    processes, attached to the records of step 1; then the table.
-$PY -m replay.run "${plans[@]}" --device cuda --from-json "$RESULTS" --sanitize --sanitize-sample "${SANITIZE_SAMPLE:-0}" \
+$PY -m kvtrace.replay.run "${plans[@]}" --device cuda --from-json "$RESULTS" --sanitize --sanitize-sample "${SANITIZE_SAMPLE:-0}" \
   --sanitize-jobs "${SANITIZE_JOBS:-8}" --sanitize-timeout "${SANITIZE_TIMEOUT:-210}" --json "$RESULTS" > "$OUT/gpu_replay_table.txt"
 echo "after the sanitizer: $(( $(date +%s) - T0 )) s"
 cat "$OUT/gpu_replay_table.txt"

@@ -81,7 +81,7 @@ def json_input(n_spans: int) -> tuple[list[Path], int]:
     if not marker.exists():
         if n_spans <= BASE:
             sys.path.insert(0, str(ROOT))
-            from simulator.fastpath import write_spans
+            from kvtrace.simulator.fastpath import write_spans
 
             shutil.rmtree(d, ignore_errors=True)
             stats = write_spans(d, n_spans, seed=1)
@@ -165,7 +165,7 @@ run_pb_bytes = run_bytes
 
 def run_ours(files: list[Path], work: Path) -> int:
     sys.path.insert(0, str(ROOT))
-    from ingest import ingest_paths
+    from kvtrace.ingest import ingest_paths
 
     summary = ingest_paths(files, work / "ours.duckdb", progress=False)
     assert summary.quarantined == 0, summary.quarantined
@@ -177,8 +177,8 @@ run_pb_ours = run_ours
 
 def run_decode(files: list[Path], work: Path) -> int:
     sys.path.insert(0, str(ROOT))
-    from ingest.pipeline import DEFAULT_BATCH_SPANS, _decoded_files
-    from ingest.sources import file_identity
+    from kvtrace.ingest.pipeline import DEFAULT_BATCH_SPANS, _decoded_files
+    from kvtrace.ingest.sources import file_identity
 
     todo = [(f, *file_identity(f)) for f in files]
     n = 0
@@ -195,7 +195,7 @@ def run_store_floor(files: list[Path], work: Path) -> tuple[int, float, float]:
     sys.path.insert(0, str(ROOT))
     import duckdb
 
-    from ingest import ingest_paths, open_store
+    from kvtrace.ingest import ingest_paths, open_store
 
     ingest_paths(files, work / "source.duckdb", progress=False)  # untimed: the rows to write
     src = duckdb.connect(str(work / "source.duckdb"), read_only=True)

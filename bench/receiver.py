@@ -242,7 +242,7 @@ def serve_status(http_port: int) -> dict[str, Any]:
 
 
 def stored_spans(db: Path) -> int:
-    from ingest import open_store
+    from kvtrace.ingest import open_store
     con = open_store(db, read_only=True)
     try:
         return int(con.execute("SELECT count(*) FROM spans").fetchone()[0])  # type: ignore[index]

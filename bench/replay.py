@@ -28,11 +28,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "32")  # 10 lanes = 10 streams: more than CUDA's default 8 queues
 
-from replay.cpu import predict, run_cpu
-from replay.examples import synthetic_plan
-from replay.plan import compile_plan
-from replay.timing import DEFAULT_FLOOR_NS, device_timing
-from replay.verdict import judge
+from kvtrace.replay.cpu import predict, run_cpu
+from kvtrace.replay.examples import synthetic_plan
+from kvtrace.replay.plan import compile_plan
+from kvtrace.replay.timing import DEFAULT_FLOOR_NS, device_timing
+from kvtrace.replay.verdict import judge
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
     except ImportError:
         has_cuda = False
     if has_cuda:
-        from replay.gpu import Replayer
+        from kvtrace.replay.gpu import Replayer
 
         rp = Replayer(plan, "cuda")
         clean = predict(plan, "fixed")[0]

@@ -18,9 +18,9 @@ Public API (stable; the live receiver and the CLI use only this):
 Errors: `IngestError` (and its subclass `PayloadError`). Nothing here imports a UI library.
 """
 
-from ingest.errors import IngestError, PayloadError
-from ingest.pipeline import BatchResult, FileResult, IngestSummary, ingest_paths, ingest_payload
-from ingest.store import open_store
+from kvtrace.ingest.errors import IngestError, PayloadError
+from kvtrace.ingest.pipeline import BatchResult, FileResult, IngestSummary, ingest_paths, ingest_payload
+from kvtrace.ingest.store import open_store
 
 __all__ = [
     "BatchResult",

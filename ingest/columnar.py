@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from ingest.decode import (
+from kvtrace.ingest.decode import (
     _SPAN_KINDS,
     _STATUS_CODES,
     EVENT_SCHEMA,
@@ -39,8 +39,8 @@ from ingest.decode import (
     Resource,
     json_attributes,
 )
-from ingest.errors import RecordError
-from ingest.jsonfast import decode_json_chunk
+from kvtrace.ingest.errors import RecordError
+from kvtrace.ingest.jsonfast import decode_json_chunk
 
 # Byte sequences whose presence sends a chunk to the validating decoder: JSON null (missing and
 # null differ there; Arrow cannot tell them apart) and a byte-order mark (Arrow skips it, orjson

@@ -26,7 +26,7 @@ import pyarrow as pa
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from ingest.errors import RecordError
+from kvtrace.ingest.errors import RecordError
 
 RAW_LIMIT = 4096
 _HEX = frozenset("0123456789abcdefABCDEF")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ingest.errors import IngestError
-from ingest.store import open_store
+from kvtrace.ingest.errors import IngestError
+from kvtrace.ingest.store import open_store
 
 # Tables keyed by span: partitioned by the service and UTC day of their span's start.
 SPAN_KEYED = (

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ingest.decode import Resource, json_attributes
-from ingest.errors import RecordError
-from ingest.protofast import StagingTables, _events, _links, _spans
+from kvtrace.ingest.decode import Resource, json_attributes
+from kvtrace.ingest.errors import RecordError
+from kvtrace.ingest.protofast import StagingTables, _events, _links, _spans
 
 try:
-    from ingest import _otlpfast  # type: ignore[attr-defined]
+    from kvtrace.ingest import _otlpfast  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - exercised only where the extension could not be built
     _otlpfast = None
 

@@ -42,17 +42,17 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from tqdm import tqdm
 
-from ingest.columnar import StagingTables, decode_json_lines
-from ingest.decode import (
+from kvtrace.ingest.columnar import StagingTables, decode_json_lines
+from kvtrace.ingest.decode import (
     QUARANTINE_SCHEMA,
     Position,
     StagingBatch,
     add_json_traces,
     add_proto_resource_spans,
 )
-from ingest.errors import IngestError, PayloadError
-from ingest.protofast import decode_traces, frame_resource_spans
-from ingest.sources import (
+from kvtrace.ingest.errors import IngestError, PayloadError
+from kvtrace.ingest.protofast import decode_traces, frame_resource_spans
+from kvtrace.ingest.sources import (
     LineChunk,
     Record,
     decompress_bytes,
@@ -63,7 +63,7 @@ from ingest.sources import (
     open_decompressed,
     sniff_format,
 )
-from ingest.store import open_store
+from kvtrace.ingest.store import open_store
 
 DEFAULT_BATCH_SPANS = 50_000
 # Files are committed in transactions of whole files holding at least this many spans (see
@@ -146,7 +146,7 @@ class IngestSummary:
 
 @cache
 def _sql(name: str) -> str:
-    return resources.files("ingest").joinpath("sql", f"{name}.sql").read_text(encoding="utf-8")
+    return resources.files("kvtrace.ingest").joinpath("sql", f"{name}.sql").read_text(encoding="utf-8")
 
 
 def _scalar(con: duckdb.DuckDBPyConnection, query: str) -> int:

@@ -25,11 +25,11 @@ import pyarrow as pa
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.resource.v1 import resource_pb2
 
-from ingest.decode import EVENT_SCHEMA, LINK_SCHEMA, SPAN_SCHEMA, Resource, proto_attributes
-from ingest.errors import RecordError
+from kvtrace.ingest.decode import EVENT_SCHEMA, LINK_SCHEMA, SPAN_SCHEMA, Resource, proto_attributes
+from kvtrace.ingest.errors import RecordError
 
 try:
-    from ingest import _otlpfast  # type: ignore[attr-defined]
+    from kvtrace.ingest import _otlpfast  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - exercised only where the extension could not be built
     _otlpfast = None
 

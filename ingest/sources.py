@@ -21,8 +21,8 @@ from typing import Any, BinaryIO, Literal
 import orjson
 import zstandard
 
-from ingest.decode import Position
-from ingest.errors import IngestError
+from kvtrace.ingest.decode import Position
+from kvtrace.ingest.errors import IngestError
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import duckdb
 
-from ingest.errors import IngestError
+from kvtrace.ingest.errors import IngestError
 
 
 def schema_sql() -> str:
     """The store's DDL (ingest/schema.sql): every statement is idempotent."""
-    return resources.files("ingest").joinpath("schema.sql").read_text(encoding="utf-8")
+    return resources.files("kvtrace.ingest").joinpath("schema.sql").read_text(encoding="utf-8")
 
 
 # How long the CLI's commands wait for a store another process holds: `kvtrace serve`'s store

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from replay.plan import Action, Key, Plan, PlanError, Program, compile_plan
-from replay.verdict import ACTION_KIND, Observations, Verdict, initial_tags, judge
+from kvtrace.replay.plan import Action, Key, Plan, PlanError, Program, compile_plan
+from kvtrace.replay.verdict import ACTION_KIND, Observations, Verdict, initial_tags, judge
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from replay.plan import Edge, Op, Plan, recorded_edges
+from kvtrace.replay.plan import Edge, Op, Plan, recorded_edges
 
 S = 1_000_000_000  # ns per second
 MS = 1_000_000

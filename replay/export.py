@@ -23,7 +23,7 @@ from typing import Any
 
 import duckdb
 
-from replay.plan import Holding, Op, Plan, PlanError, recorded_edges
+from kvtrace.replay.plan import Holding, Op, Plan, PlanError, recorded_edges
 
 
 class ExportError(PlanError):

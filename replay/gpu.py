@@ -35,9 +35,9 @@ from typing import Any
 
 import torch
 
-from replay.cpu import Schedule, schedule
-from replay.plan import Action, Key, Plan, PlanError, Program, compile_plan, launch_order
-from replay.verdict import ACTION_KIND, CELL_WIDTH, Observations, cell, initial_tags
+from kvtrace.replay.cpu import Schedule, schedule
+from kvtrace.replay.plan import Action, Key, Plan, PlanError, Program, compile_plan, launch_order
+from kvtrace.replay.verdict import ACTION_KIND, CELL_WIDTH, Observations, cell, initial_tags
 
 # Every lane is a stream, and lanes must run concurrently: with the default 8 hardware queues, the
 # streams of a plan with more lanes share queues and serialize (or stall behind each other's event

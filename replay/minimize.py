@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from replay.cpu import run_cpu
-from replay.plan import Op, Plan, PlanError, check_well_formed, recorded_edges
-from replay.verdict import Verdict
+from kvtrace.replay.cpu import run_cpu
+from kvtrace.replay.plan import Op, Plan, PlanError, check_well_formed, recorded_edges
+from kvtrace.replay.verdict import Verdict
 
 
 def _hazard_kinds(v: Verdict) -> set[str]:

@@ -1,4 +1,4 @@
-"""Replay plans on a device and report: `python -m replay.run PLAN [PLAN...] --device cuda|cpu ...`.
+"""Replay plans on a device and report: `python -m kvtrace.replay.run PLAN [PLAN...] --device cuda|cpu ...`.
 
 Needs the standard library, plus torch for --device cuda: this is what runs on a GPU host that has
 no analytics stack. `kvtrace replay run` calls the same functions and can store the results.
@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from replay.cpu import observe, predict, run_cpu
-from replay.plan import Plan, PlanError, compile_plan, load_plan
-from replay.sweep import sweep
-from replay.timing import DEFAULT_FLOOR_NS, DeviceTiming, device_timing
-from replay.verdict import Verdict, judge
+from kvtrace.replay.cpu import observe, predict, run_cpu
+from kvtrace.replay.plan import Plan, PlanError, compile_plan, load_plan
+from kvtrace.replay.sweep import sweep
+from kvtrace.replay.timing import DEFAULT_FLOOR_NS, DeviceTiming, device_timing
+from kvtrace.replay.verdict import Verdict, judge
 
 # Lanes are CUDA streams; more than CUDA's default 8 hardware queues would serialize them. Read when
 # the CUDA context is created: torch is imported lazily, below, so this comes first.
@@ -105,7 +105,7 @@ def run_plan_gpu(
 ) -> list[dict[str, Any]]:
     import torch
 
-    from replay.gpu import Replayer
+    from kvtrace.replay.gpu import Replayer
 
     scale = time_scale if time_scale is not None else auto_time_scale(plan)
     rp = Replayer(plan, "cuda")
@@ -171,7 +171,7 @@ def sanitizer_child(plan: Plan, time_scale: float | None) -> dict[str, Any]:
     (time scale 0) unless a scale is given."""
     import traceback
 
-    from replay.gpu import Replayer, quiet_stderr
+    from kvtrace.replay.gpu import Replayer, quiet_stderr
 
     # CSAN captures a Python stack for every tensor access; the replay's accesses are all alike, and
     # the stacks make a per-cell replay minutes long. Its verdict does not depend on them.
@@ -207,11 +207,11 @@ def sanitizer_check_many(
     them at once over interleaved shares of the plans: CSAN judges happens-before, not timing, so
     they may share the GPU. Each child prints one line per plan as it finishes; a child still
     running at `timeout_s` is stopped, and its unfinished plans say so."""
-    env = {**os.environ, "TORCH_CUDA_SANITIZER": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "TORCH_CUDA_SANITIZER": "1", "PYTHONPATH": str(Path(__file__).absolute().parents[2])}  # the folder holding kvtrace/
     shares = [plan_paths[i :: max(1, jobs)] for i in range(max(1, jobs))]
     procs = []
     for share in (s for s in shares if s):
-        cmd = [sys.executable, "-m", "replay.run", *share, "--device", "cuda", "--csan-child"]
+        cmd = [sys.executable, "-m", "kvtrace.replay.run", *share, "--device", "cuda", "--csan-child"]
         if time_scale is not None:
             cmd += ["--time-scale", str(time_scale)]
         procs.append((share, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
@@ -330,7 +330,7 @@ def table(records: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m replay.run", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m kvtrace.replay.run", description=__doc__.splitlines()[0])
     ap.add_argument("plans", nargs="+", help="plan JSON files (replay/PLAN_FORMAT.md)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--mode", choices=(*MODES, "both"), default="both")

@@ -52,7 +52,7 @@ def ensure_table(con: duckdb.DuckDBPyConnection) -> None:
 
 def write_runs(con: duckdb.DuckDBPyConnection, records: Iterable[dict[str, Any]]) -> str:
     """Append records (replay.run's JSON records) in one transaction; returns the run id."""
-    from replay.run import sanitizer_label
+    from kvtrace.replay.run import sanitizer_label
 
     ensure_table(con)
     run_id = uuid.uuid4().hex[:16]

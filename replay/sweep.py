@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from replay.cpu import run_cpu
-from replay.plan import Plan, jittered
-from replay.verdict import Verdict
+from kvtrace.replay.cpu import run_cpu
+from kvtrace.replay.plan import Plan, jittered
+from kvtrace.replay.verdict import Verdict
 
 Runner = Callable[[Plan, str], Verdict]
 

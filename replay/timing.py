@@ -22,8 +22,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from replay.cpu import Schedule, schedule
-from replay.plan import Action, Plan, Program, compile_plan, launch_order
+from kvtrace.replay.cpu import Schedule, schedule
+from kvtrace.replay.plan import Action, Plan, Program, compile_plan, launch_order
 
 Cell = tuple[str, int, int]
 ActKey = tuple[int, str, tuple[int, ...]]  # (op id, action kind, layers): one act instruction

@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from replay.plan import DATA, FREED, STAMP, TAG_NAMES, UNKNOWN, Plan, ownership_at_end
+from kvtrace.replay.plan import DATA, FREED, STAMP, TAG_NAMES, UNKNOWN, Plan, ownership_at_end
 
 VALUE_DIM = 16
 HEAD_DIM = VALUE_DIM // 2

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError  # noqa: E402
 from ingest_otlp_builders import pd_request_spans, to_request  # noqa: E402
 from test_ingest_protofast import validating  # noqa: E402
 
-from ingest import protofast  # noqa: E402
+from kvtrace.ingest import protofast  # noqa: E402
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:

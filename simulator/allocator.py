@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from simulator.config import SimulatorError
+from kvtrace.simulator.config import SimulatorError
 
 Runs = list[tuple[int, int]]
 

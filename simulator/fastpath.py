@@ -17,8 +17,8 @@ from typing import Any, BinaryIO
 import orjson
 from opentelemetry.sdk.version import __version__ as SDK_VERSION
 
-from simulator.otlp_sdk import BATCH_SPANS, file_name
-from simulator.records import SCOPE_NAME, STATUS_ERROR, AttrValue, InstanceInfo, SpanRecord
+from kvtrace.simulator.otlp_sdk import BATCH_SPANS, file_name
+from kvtrace.simulator.records import SCOPE_NAME, STATUS_ERROR, AttrValue, InstanceInfo, SpanRecord
 
 _FLAGS = 256  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK: what the SDK encoder sets for local parents
 
@@ -158,9 +158,9 @@ def write_spans(out_dir: str | Path, n_spans: int, seed: int = 0, scenario: str 
     about a percent of n_spans (a few hundred spans over or under for small n). Knob overrides (e.g.
     `mean_context=8192`) go to `simulator.config.Knobs`.
     """
-    from simulator.config import SAMPLE_PROFILE, scenario_knobs
-    from simulator.labels import write_labels
-    from simulator.model import ClusterModel
+    from kvtrace.simulator.config import SAMPLE_PROFILE, scenario_knobs
+    from kvtrace.simulator.labels import write_labels
+    from kvtrace.simulator.model import ClusterModel
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

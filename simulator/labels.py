@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from simulator.model import RunResult
+from kvtrace.simulator.model import RunResult
 
 LABELS_FORMAT = "kvtrace-labels/1"
 LABELS_FILE = "labels.json"

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from simulator.allocator import PagedAllocator, Runs, runs_intersect, runs_len, runs_pages, runs_slice
-from simulator.config import Knobs, Phase
-from simulator.outputs import completion_text, draw_accept_prob, sample_steps
-from simulator.records import STATUS_ERROR, AttrValue, InstanceInfo, SpanRecord, SpanSink
+from kvtrace.simulator.allocator import PagedAllocator, Runs, runs_intersect, runs_len, runs_pages, runs_slice
+from kvtrace.simulator.config import Knobs, Phase
+from kvtrace.simulator.outputs import completion_text, draw_accept_prob, sample_steps
+from kvtrace.simulator.records import STATUS_ERROR, AttrValue, InstanceInfo, SpanRecord, SpanSink
 
 ALLOC_NS = 20_000  # a kv.alloc / kv.free span lasts 20 us
 

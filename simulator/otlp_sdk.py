@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.version import __version__ as SDK_VERSION
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
 
-from simulator.records import SCOPE_NAME, STATUS_ERROR, InstanceInfo, SpanRecord
+from kvtrace.simulator.records import SCOPE_NAME, STATUS_ERROR, InstanceInfo, SpanRecord
 
 BATCH_SPANS = 256  # spans per written line / message, like a BatchSpanProcessor's export batch
 FORMATS = ("json", "protobuf")

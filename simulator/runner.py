@@ -7,13 +7,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from simulator.config import PROFILES, SAMPLE_PROFILE, Knobs, SimulatorError, scenario_knobs
-from simulator.fastpath import FastJsonSink
-from simulator.labels import write_labels
-from simulator.model import ClusterModel, Instance, Request, RunResult, id_stream
-from simulator.otlp_sdk import FORMATS, SdkSink
-from simulator.outputs import draw_accept_prob, sample_steps
-from simulator.records import CountingSink, SpanSink
+from kvtrace.simulator.config import PROFILES, SAMPLE_PROFILE, Knobs, SimulatorError, scenario_knobs
+from kvtrace.simulator.fastpath import FastJsonSink
+from kvtrace.simulator.labels import write_labels
+from kvtrace.simulator.model import ClusterModel, Instance, Request, RunResult, id_stream
+from kvtrace.simulator.otlp_sdk import FORMATS, SdkSink
+from kvtrace.simulator.outputs import draw_accept_prob, sample_steps
+from kvtrace.simulator.records import CountingSink, SpanSink
 
 MODES = ("sdk", "fast", "labels-only")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from analytics.materialise import analyze
-from ingest import ingest_paths, open_store
+from kvtrace.analytics.materialise import analyze
+from kvtrace.ingest import ingest_paths, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 MIXED = ROOT / "sample_traces" / "mixed"

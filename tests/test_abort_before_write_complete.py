@@ -9,7 +9,7 @@ import duckdb
 import pytest
 from analytics_store import insert, new_store, s
 
-from analytics import findings
+from kvtrace.analytics import findings
 
 P_HOST, D_HOST = "host-p0", "host-d0"
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from app.cli import main
+from kvtrace.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

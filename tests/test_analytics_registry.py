@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from analytics import runner
-from analytics.errors import AnalysisDefinitionError, ReadOnlyQueryError
-from analytics.materialise import analyze, result_tables
-from analytics.registry import SQL_DIR, default_registry, load_registry
-from app.cli import main
+from kvtrace.analytics import runner
+from kvtrace.analytics.errors import AnalysisDefinitionError, ReadOnlyQueryError
+from kvtrace.analytics.materialise import analyze, result_tables
+from kvtrace.analytics.registry import SQL_DIR, default_registry, load_registry
+from kvtrace.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,13 +10,13 @@ import duckdb
 import pytest
 from app_sample_store import ingested_only_store, mixed_store  # noqa: F401
 
-from app.data import findings, requests, sql_console
-from app.data.common import MissingTable
-from app.store import Store
+from kvtrace.app.data import findings, requests, sql_console
+from kvtrace.app.data.common import MissingTable
+from kvtrace.app.store import Store
 
-HEADLESS = ["app.safe_sql", "app.store", "app.data.overview", "app.data.findings", "app.data.requests",
-            "app.data.analysis", "app.data.anomalies", "app.data.compare", "app.data.sql_console",
-            "app.data.ingest_files", "app.data.replay"]
+HEADLESS = ["kvtrace.app.safe_sql", "kvtrace.app.store", "kvtrace.app.data.overview", "kvtrace.app.data.findings", "kvtrace.app.data.requests",
+            "kvtrace.app.data.analysis", "kvtrace.app.data.anomalies", "kvtrace.app.data.compare", "kvtrace.app.data.sql_console",
+            "kvtrace.app.data.ingest_files", "kvtrace.app.data.replay"]
 
 
 def test_execution_core_never_imports_streamlit_or_plotly() -> None:

@@ -18,11 +18,11 @@ import pytest
 from app_sample_store import MIXED, count_spans, ingested_only_store, mixed_store  # noqa: F401
 from streamlit.testing.v1 import AppTest
 
-from analytics.runner import compute
-from analytics.summary import summarise
-from app.ui import DB_ENV
-from replay.cpu import predict, run_cpu
-from replay.export import export_finding
+from kvtrace.analytics.runner import compute
+from kvtrace.analytics.summary import summarise
+from kvtrace.app.ui import DB_ENV
+from kvtrace.replay.cpu import predict, run_cpu
+from kvtrace.replay.export import export_finding
 
 ENTRY = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from app.safe_sql import (
+from kvtrace.app.safe_sql import (
     QueryError,
     QueryRefused,
     QueryTimeout,

@@ -11,8 +11,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from app.safe_sql import StoreUnavailable
-from app.store import Store, writer_pid
+from kvtrace.app.safe_sql import StoreUnavailable
+from kvtrace.app.store import Store, writer_pid
 
 WRITER = textwrap.dedent(
     """

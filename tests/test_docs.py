@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import pytest
 
-from app.cli import main
+from kvtrace.app.cli import main
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from ingest.sources import LineChunk, iter_json_units
+from kvtrace.ingest.sources import LineChunk, iter_json_units
 
 
 def lines_file(rng: random.Random, n: int, eol: bytes, final_eol: bool) -> bytes:

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from ingest_otlp_builders import json_lines, pd_request_spans
 from test_ingest_normalise import assert_fast_and_validating_paths_agree
 
-from ingest.columnar import decode_json_lines
-from ingest.decode import StagingBatch
-from ingest.pipeline import _decode_record
-from ingest.sources import LineChunk
+from kvtrace.ingest.columnar import decode_json_lines
+from kvtrace.ingest.decode import StagingBatch
+from kvtrace.ingest.pipeline import _decode_record
+from kvtrace.ingest.sources import LineChunk
 
 TRACE = "5b8efff798038103d269b633813fc60c"
 
@@ -186,7 +186,7 @@ def test_fast_and_validating_ingest_store_identical_tables(tmp_path: Path) -> No
 
 
 def test_simulator_output_takes_the_fast_path() -> None:
-    from simulator.fastpath import write_spans
+    from kvtrace.simulator.fastpath import write_spans
 
     with tempfile.TemporaryDirectory() as d:
         write_spans(Path(d), 3000, seed=3)

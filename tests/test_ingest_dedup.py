@@ -9,7 +9,7 @@ from pathlib import Path
 from ingest_otlp_builders import json_lines, pd_request_spans
 from test_ingest_normalise import query, snapshot
 
-from ingest import ingest_paths, open_store
+from kvtrace.ingest import ingest_paths, open_store
 
 
 def test_overlapping_files_store_each_span_once(tmp_path: Path) -> None:

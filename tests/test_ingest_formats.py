@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from ingest_otlp_builders import delimited_protobuf, json_lines, pd_request_spans, to_otlp_json, to_request
 from test_ingest_normalise import query, snapshot
 
-from app.cli import main
-from ingest import PayloadError, ingest_paths, ingest_payload, open_store
+from kvtrace.app.cli import main
+from kvtrace.ingest import PayloadError, ingest_paths, ingest_payload, open_store
 
 DATA = Path(__file__).parent / "data" / "ingest"
 

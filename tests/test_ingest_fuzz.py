@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from ingest_otlp_builders import delimited_protobuf, json_lines, pd_request_spans
 from test_ingest_normalise import query
 
-from ingest import ingest_paths
+from kvtrace.ingest import ingest_paths
 
 N_LINES = 7  # 14 spans, 2 a line
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from ingest_otlp_builders import json_lines, pd_request_spans
 from test_ingest_columnar import TRACE, kv, line, span, validating
 
-from ingest import jsonfast
+from kvtrace.ingest import jsonfast
 
 
 def assert_same_staging(chunk: bytes) -> None:
@@ -45,7 +45,7 @@ def test_sdk_request_lines() -> None:
 
 
 def test_simulator_output() -> None:
-    from simulator.fastpath import write_spans
+    from kvtrace.simulator.fastpath import write_spans
 
     with tempfile.TemporaryDirectory() as d:
         write_spans(Path(d), 2000, seed=3)

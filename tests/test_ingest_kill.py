@@ -14,7 +14,7 @@ import pytest
 from ingest_otlp_builders import json_lines, pd_request_spans
 from test_ingest_normalise import query, snapshot
 
-from ingest import ingest_paths
+from kvtrace.ingest import ingest_paths
 
 KVTRACE = str(Path(sys.executable).with_name("kvtrace"))
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from ingest_otlp_builders import MS, T0, json_lines, pd_request_spans
 
-from ingest import ingest_paths, open_store
+from kvtrace.ingest import ingest_paths, open_store
 
 NORMALISED = ("requests", "spec_steps", "kv_events", "aborts", "request_stages", "feedback")
 RAW = ("spans", "span_events", "span_links", "resources")
@@ -202,7 +202,7 @@ def test_reingest_and_overlap_store_no_duplicates(tmp_path: Path, pd_store: Path
 def test_live_payload_and_file_give_the_same_tables(tmp_path: Path, pd_store: Path) -> None:
     """A file's batches are normalised ahead by the Deriver (its own in-memory DuckDB); a live
     payload by the same SQL on the store's connection: the tables come out identical."""
-    from ingest import ingest_payload
+    from kvtrace.ingest import ingest_payload
 
     db = tmp_path / "live.duckdb"
     con = open_store(db)
@@ -219,8 +219,8 @@ def test_a_batch_the_deriver_cannot_hold_is_normalised_on_the_store(tmp_path: Pa
     """When the Deriver's private DuckDB fails on a batch (here: 1 MB of memory for a span with
     200,000 page ids), the merge runs the same SQL on the store's connection: nothing is lost and
     the tables match those of a batch the Deriver took."""
-    from ingest.columnar import decode_json_lines
-    from ingest.pipeline import Deriver, Staged, merge_staged
+    from kvtrace.ingest.columnar import decode_json_lines
+    from kvtrace.ingest.pipeline import Deriver, Staged, merge_staged
 
     spans = pd_request_spans()
     pages = b",".join(b'{"intValue":"%d"}' % i for i in range(200_000))

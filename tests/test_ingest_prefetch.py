@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ingest.pipeline import _prefetched
+from kvtrace.ingest.pipeline import _prefetched
 
 
 def test_items_arrive_in_order_with_the_worker_ahead() -> None:

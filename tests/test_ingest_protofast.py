@@ -22,11 +22,11 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from test_ingest_normalise import assert_fast_and_validating_paths_agree
 
-from ingest import protofast
-from ingest.decode import Position, StagingBatch, add_proto_resource_spans
-from ingest.errors import PayloadError
-from ingest.pipeline import ingest_payload
-from ingest.store import open_store
+from kvtrace.ingest import protofast
+from kvtrace.ingest.decode import Position, StagingBatch, add_proto_resource_spans
+from kvtrace.ingest.errors import PayloadError
+from kvtrace.ingest.pipeline import ingest_payload
+from kvtrace.ingest.store import open_store
 
 TRACE = bytes.fromhex("5b8efff798038103d269b633813fc60c")
 
@@ -317,9 +317,9 @@ def test_fast_and_validating_ingest_store_identical_tables(tmp_path: Path) -> No
 
 def test_simulator_protobuf_takes_the_fast_path(tmp_path: Path) -> None:
     """The simulator's protobuf files (real SDK, length-delimited TracesData) decode identically."""
-    from ingest.pipeline import _staged_proto
-    from ingest.sources import iter_proto_records, open_decompressed, sniff_format
-    from simulator.runner import simulate
+    from kvtrace.ingest.pipeline import _staged_proto
+    from kvtrace.ingest.sources import iter_proto_records, open_decompressed, sniff_format
+    from kvtrace.simulator.runner import simulate
 
     simulate("pr35049", 0, tmp_path, fmt="protobuf")
     files = sorted(tmp_path.glob("*.otlp.pb"))

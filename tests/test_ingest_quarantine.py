@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from ingest_otlp_builders import delimited_protobuf, json_lines, pd_request_spans, to_otlp_json, to_request
 from test_ingest_normalise import query
 
-from app.cli import main
-from ingest import ingest_paths
+from kvtrace.app.cli import main
+from kvtrace.ingest import ingest_paths
 
 
 def _line(spans_doc: dict[str, object]) -> bytes:

@@ -11,8 +11,8 @@ import pytest
 from ingest_otlp_builders import json_lines, pd_request_spans
 from test_ingest_normalise import query
 
-from ingest import IngestError, ingest_paths, open_store
-from ingest.pipeline import ingest_files
+from kvtrace.ingest import IngestError, ingest_paths, open_store
+from kvtrace.ingest.pipeline import ingest_files
 
 
 def big_file(path: Path) -> Path:

@@ -19,8 +19,8 @@ HEADLESS_PACKAGES = ("ingest", "analytics", "simulator")
 
 
 def _modules(package: str) -> list[str]:
-    names = [package]
-    for info in pkgutil.walk_packages([str(ROOT / package)], prefix=f"{package}."):
+    names = [f"kvtrace.{package}"]
+    for info in pkgutil.walk_packages([str(ROOT / package)], prefix=f"kvtrace.{package}."):
         names.append(info.name)
     return names
 

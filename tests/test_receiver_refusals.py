@@ -22,10 +22,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from ingest.receiver.front import Front, Limits
-from ingest.receiver.grpc_transport import start_grpc_server
-from ingest.receiver.http_transport import OtlpHttpServer
-from ingest.receiver.spool import Spool
+from kvtrace.ingest.receiver.front import Front, Limits
+from kvtrace.ingest.receiver.grpc_transport import start_grpc_server
+from kvtrace.ingest.receiver.http_transport import OtlpHttpServer
+from kvtrace.ingest.receiver.spool import Spool
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.receiver.spool import KIND_JSON, KIND_PROTOBUF, Position, Spool, SpoolError, SpoolFull
+from kvtrace.ingest.receiver.spool import KIND_JSON, KIND_PROTOBUF, Position, Spool, SpoolError, SpoolFull
 
 
 def _payloads(spool: Spool) -> list[tuple[int, bytes]]:

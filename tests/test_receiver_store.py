@@ -29,8 +29,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from ingest import open_store
-from ingest.receiver import Receiver, ReceiverConfig
+from kvtrace.ingest import open_store
+from kvtrace.ingest.receiver import Receiver, ReceiverConfig
 
 Key = tuple[str, str, str]  # (trace_id, span_id, name)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from replay.cpu import run_cpu
-from replay.examples import pr35049_plan, read_before_load_plan, synthetic_plan
-from replay.plan import check_well_formed
+from kvtrace.replay.cpu import run_cpu
+from kvtrace.replay.examples import pr35049_plan, read_before_load_plan, synthetic_plan
+from kvtrace.replay.plan import check_well_formed
 
 
 def test_pr35049_as_recorded_corrupts_pages_14_to_32_of_b():

@@ -9,8 +9,8 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-from app.cli import main
-from replay.plan import check_well_formed, load_plan
+from kvtrace.app.cli import main
+from kvtrace.replay.plan import check_well_formed, load_plan
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_traces" / "pr35049"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from replay.cpu import predict, run_cpu
-from replay.examples import pr35049_plan, read_before_load_plan, synthetic_plan
-from replay.plan import compile_plan, save_plan
-from replay.verdict import judge
+from kvtrace.replay.cpu import predict, run_cpu
+from kvtrace.replay.examples import pr35049_plan, read_before_load_plan, synthetic_plan
+from kvtrace.replay.plan import compile_plan, save_plan
+from kvtrace.replay.verdict import judge
 
 torch = pytest.importorskip("torch")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("make", [pr35049_plan, read_before_load_plan, lambda: synthetic_plan(200, seed=1)])
 def test_torch_tensor_paths_agree_with_cpu_executor(make):
-    from replay.gpu import replay_serial
+    from kvtrace.replay.gpu import replay_serial
 
     plan = make()
     clean = predict(plan, "fixed")[0]
@@ -41,9 +41,9 @@ def test_torch_tensor_paths_agree_with_cpu_executor(make):
 @pytest.mark.gpu
 @cuda
 def test_pr35049_on_gpu_corrupts_as_recorded_and_not_fixed():
-    from replay.gpu import Replayer
-    from replay.run import auto_time_scale
-    from replay.timing import device_timing
+    from kvtrace.replay.gpu import Replayer
+    from kvtrace.replay.run import auto_time_scale
+    from kvtrace.replay.timing import device_timing
 
     plan = pr35049_plan()
     rp = Replayer(plan, "cuda")
@@ -62,9 +62,9 @@ def test_pr35049_on_gpu_corrupts_as_recorded_and_not_fixed():
 @pytest.mark.gpu
 @cuda
 def test_read_before_load_on_gpu_reads_stale_layers_2_and_3_only_as_recorded():
-    from replay.gpu import Replayer
-    from replay.run import auto_time_scale
-    from replay.timing import device_timing
+    from kvtrace.replay.gpu import Replayer
+    from kvtrace.replay.run import auto_time_scale
+    from kvtrace.replay.timing import device_timing
 
     plan = read_before_load_plan()
     rp = Replayer(plan, "cuda")
@@ -82,7 +82,7 @@ def _csan(tmp_path, plan):
     save_plan(plan, path)
     env = {**os.environ, "TORCH_CUDA_SANITIZER": "1", "PYTHONPATH": str(REPO)}
     out = subprocess.run(
-        [sys.executable, "-m", "replay.run", str(path), "--device", "cuda", "--csan-child"],
+        [sys.executable, "-m", "kvtrace.replay.run", str(path), "--device", "cuda", "--csan-child"],
         env=env, capture_output=True, text=True, timeout=300, check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])[str(path)]
@@ -102,7 +102,7 @@ def test_cuda_sanitizer_is_clean_on_a_fixed_window_with_several_compute_lanes(tm
     """Overlapping forward steps put one rank's compute actor on several lanes (streams); the fix's
     and the scheduler's orderings must reach CSAN as events between them too. What CSAN flags as
     recorded lies on cells that the happens-before analysis predicts."""
-    from replay.timing import unordered_conflicts
+    from kvtrace.replay.timing import unordered_conflicts
 
     plan = synthetic_plan(40, seed=1, races=1)
     lanes = {lane.rsplit("#", 1)[0] for lane in compile_plan(plan, "fixed").lanes if lane.endswith("#1")}

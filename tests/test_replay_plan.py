@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from replay.examples import pr35049_plan, read_before_load_plan
-from replay.plan import Edge, PlanError, fix_edges, load_plan, plan_from_json, plan_to_json, save_plan
+from kvtrace.replay.examples import pr35049_plan, read_before_load_plan
+from kvtrace.replay.plan import Edge, PlanError, fix_edges, load_plan, plan_from_json, plan_to_json, save_plan
 
 
 def test_plan_round_trips_through_json(tmp_path):
@@ -75,7 +75,7 @@ def test_executor_side_needs_only_the_standard_library():
     import sys
 
     code = (
-        "import sys, replay.plan, replay.cpu, replay.verdict, replay.sweep, replay.minimize, replay.run;"
+        "import sys, kvtrace.replay.plan, kvtrace.replay.cpu, kvtrace.replay.verdict, kvtrace.replay.sweep, kvtrace.replay.minimize, kvtrace.replay.run;"
         "bad = sorted(m for m in ('duckdb', 'polars', 'click', 'numpy', 'torch', 'pyarrow') if m in sys.modules);"
         "print(','.join(bad))"
     )

@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from replay.cpu import run_cpu
-from replay.examples import MS, pr35049_plan, read_before_load_plan, synthetic_plan
-from replay.minimize import ddmin, reproduces
-from replay.plan import PlanError, check_well_formed
-from replay.sweep import sweep
+from kvtrace.replay.cpu import run_cpu
+from kvtrace.replay.examples import MS, pr35049_plan, read_before_load_plan, synthetic_plan
+from kvtrace.replay.minimize import ddmin, reproduces
+from kvtrace.replay.plan import PlanError, check_well_formed
+from kvtrace.replay.sweep import sweep
 
 
 def test_pr35049_is_a_sure_thing_and_the_fix_always_holds():

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from replay.cpu import observe, run_cpu, schedule
-from replay.examples import pr35049_plan, read_before_load_plan, synthetic_plan
-from replay.plan import load_plan
-from replay.timing import conflicts, device_timing, unordered_conflicts
-from replay.verdict import judge
+from kvtrace.replay.cpu import observe, run_cpu, schedule
+from kvtrace.replay.examples import pr35049_plan, read_before_load_plan, synthetic_plan
+from kvtrace.replay.plan import load_plan
+from kvtrace.replay.timing import conflicts, device_timing, unordered_conflicts
+from kvtrace.replay.verdict import judge
 
 SAMPLES = sorted((Path(__file__).resolve().parent.parent / "replay" / "plans" / "samples").glob("*/*.json"))
 

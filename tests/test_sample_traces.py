@@ -10,7 +10,7 @@ import duckdb
 import orjson
 from click.testing import CliRunner
 
-from app.cli import main
+from kvtrace.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_traces"

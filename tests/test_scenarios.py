@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from analytics import evaluation, findings, runner
-from app.cli import main
+from kvtrace.analytics import evaluation, findings, runner
+from kvtrace.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = sorted(p for p in (ROOT / "tests" / "scenarios").iterdir() if (p / "scenario.json").exists())

@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from google.protobuf import json_format
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from app.cli import main
-from simulator.labels import read_labels
-from simulator.runner import simulate
+from kvtrace.app.cli import main
+from kvtrace.simulator.labels import read_labels
+from kvtrace.simulator.runner import simulate
 
 SMALL: dict[str, Any] = {"requests": 60}  # on top of the `sample` profile (simulator.config.SAMPLE_PROFILE)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import orjson
 from test_simulator import SMALL, load_spans
 
-from simulator.fastpath import write_spans
-from simulator.runner import simulate
+from kvtrace.simulator.fastpath import write_spans
+from kvtrace.simulator.runner import simulate
 
 
 def test_fast_path_equals_the_sdk_path_byte_for_byte(tmp_path: Path) -> None:

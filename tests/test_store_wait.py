@@ -16,10 +16,10 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from test_ingest_kill import KVTRACE
 from test_receiver_store import _start_serve, make_spans
 
-from analytics.errors import StoreError
-from analytics.runner import connect
-from ingest import ingest_paths, open_store
-from ingest.errors import IngestError
+from kvtrace.analytics.errors import StoreError
+from kvtrace.analytics.runner import connect
+from kvtrace.ingest import ingest_paths, open_store
+from kvtrace.ingest.errors import IngestError
 
 HOLDER = """
 import sys, time, duckdb

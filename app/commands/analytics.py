@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from analytics import findings as findings_mod
-from analytics import runner
-from analytics.errors import AnalyticsError
-from analytics.materialise import analyze as analyze_store
-from analytics.registry import default_registry
-from app.options import db_option
-from ingest.store import CLI_WAIT_S
+from kvtrace.analytics import findings as findings_mod
+from kvtrace.analytics import runner
+from kvtrace.analytics.errors import AnalyticsError
+from kvtrace.analytics.materialise import analyze as analyze_store
+from kvtrace.analytics.registry import default_registry
+from kvtrace.app.options import db_option
+from kvtrace.ingest.store import CLI_WAIT_S
 
 
 def _fail(exc: AnalyticsError) -> click.ClickException:
@@ -137,7 +137,7 @@ def report_command(db: str, out_dir: Path, labels: Path | None) -> None:
 
         kvtrace report --db demo/kvtrace.duckdb --out demo/report
     """
-    from app.report.build import build_report
+    from kvtrace.app.report.build import build_report
 
     try:
         con = runner.connect(db, read_only=True, wait_s=CLI_WAIT_S)

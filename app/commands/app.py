@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from app.options import db_option
+from kvtrace.app.options import db_option
 
 ENTRYPOINT = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 

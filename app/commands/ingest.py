@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 import click
 
-from app.options import db_option
-from ingest import IngestError, IngestSummary, ingest_paths, open_store
-from ingest.export import export_parquet
-from ingest.pipeline import DEFAULT_BATCH_SPANS, DEFAULT_COMMIT_SPANS
-from ingest.store import CLI_WAIT_S
+from kvtrace.app.options import db_option
+from kvtrace.ingest import IngestError, IngestSummary, ingest_paths, open_store
+from kvtrace.ingest.export import export_parquet
+from kvtrace.ingest.pipeline import DEFAULT_BATCH_SPANS, DEFAULT_COMMIT_SPANS
+from kvtrace.ingest.store import CLI_WAIT_S
 
 
 def _ns(ns: int | None) -> str:

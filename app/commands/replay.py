@@ -10,10 +10,10 @@ import click
 import duckdb
 from tqdm import tqdm
 
-from app.options import db_option
-from ingest import store
-from replay.plan import PlanError, load_plan, save_plan
-from replay.timing import DEFAULT_FLOOR_NS
+from kvtrace.app.options import db_option
+from kvtrace.ingest import store
+from kvtrace.replay.plan import PlanError, load_plan, save_plan
+from kvtrace.replay.timing import DEFAULT_FLOOR_NS
 
 MODES = ("as-recorded", "fixed", "both")
 
@@ -46,7 +46,7 @@ def _ensure_findings(con: duckdb.DuckDBPyConnection) -> None:
             return
     except duckdb.CatalogException:
         pass
-    from analytics.findings import compute
+    from kvtrace.analytics.findings import compute
 
     live = compute(con)
     con.register("replay_live_findings", live)
@@ -67,7 +67,7 @@ def export_command(db: str, finding_id: str | None, window: str | None, tp_rank:
 
         kvtrace replay export --db demo/kvtrace.duckdb --window decode-0:878.7s..886.1s --out plan.json
     """
-    from replay.export import export_finding, export_window
+    from kvtrace.replay.export import export_finding, export_window
 
     if [finding_id is not None, window is not None, all_findings].count(True) != 1:
         raise click.ClickException("give exactly one of --finding ID, --window INSTANCE:T0..T1, --all-findings")
@@ -117,7 +117,7 @@ def run_command(
 
         kvtrace replay run plan.json --device cuda --sweep 50 --jitter 20 --sanitize --db demo/kvtrace.duckdb
     """
-    from replay import run as runner
+    from kvtrace.replay import run as runner
 
     modes = runner.MODES if mode == "both" else (mode,)
     records: list[dict[str, Any]] = []
@@ -133,7 +133,8 @@ def run_command(
                         recs = runner.run_plan_gpu(plan, name, modes, time_scale, sweep_n, jitter,
                                                    floor_ns=min_gap_ms * 1e6)
                     except (ImportError, RuntimeError, AssertionError) as exc:
-                        raise click.ClickException(f"--device cuda needs torch with a CUDA GPU: {exc}") from exc
+                        raise click.ClickException(
+                            f"--device cuda needs torch with a CUDA GPU (pip install 'kvtrace[gpu]'): {exc}") from exc
                     if sanitize:
                         s = runner.sanitizer_check(path, time_scale)
                         for r in recs:
@@ -149,7 +150,7 @@ def run_command(
 
 
 def _store(db: str, records: list[dict[str, Any]]) -> None:
-    from replay.store import write_runs
+    from kvtrace.replay.store import write_runs
 
     try:
         with store.connect(db, read_only=False, wait_s=store.CLI_WAIT_S) as con:
@@ -163,7 +164,7 @@ def _store(db: str, records: list[dict[str, Any]]) -> None:
 @click.argument("results", type=click.Path(exists=True, dir_okay=False))
 @db_option
 def store_command(results: str, db: str) -> None:
-    """Store replay records (JSON lines from `python -m replay.run --json` on a GPU host) in the store.
+    """Store replay records (JSON lines from `python -m kvtrace.replay.run --json` on a GPU host) in the store.
 
     Example:
 
@@ -193,7 +194,7 @@ def minimize_command(plan_path: str, out: str) -> None:
 
         kvtrace replay minimize plan.json --out minimal.json
     """
-    from replay.minimize import ddmin
+    from kvtrace.replay.minimize import ddmin
 
     try:
         plan = load_plan(plan_path)

@@ -10,7 +10,7 @@ from types import FrameType
 
 import click
 
-from app.options import db_option
+from kvtrace.app.options import db_option
 
 MB = 1 << 20
 
@@ -75,9 +75,9 @@ def serve(
 
         kvtrace serve --db kvtrace.duckdb --token "$KVTRACE_TOKEN"
     """
-    from ingest.errors import IngestError
-    from ingest.receiver import Limits, Receiver, ReceiverConfig
-    from ingest.receiver.spool import SpoolError
+    from kvtrace.ingest.errors import IngestError
+    from kvtrace.ingest.receiver import Limits, Receiver, ReceiverConfig
+    from kvtrace.ingest.receiver.spool import SpoolError
 
     logging.basicConfig(level=logging.WARNING, format="kvtrace serve: %(levelname)s %(message)s")
     if no_grpc and no_http:

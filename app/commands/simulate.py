@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
-from simulator.config import PROFILES, SCENARIOS, SimulatorError
-from simulator.labels import summarize
-from simulator.model import RunResult
-from simulator.otlp_sdk import FORMATS
+from kvtrace.simulator.config import PROFILES, SCENARIOS, SimulatorError
+from kvtrace.simulator.labels import summarize
+from kvtrace.simulator.model import RunResult
+from kvtrace.simulator.otlp_sdk import FORMATS
 
 # (option, knob field, type, help). Unset options keep the scenario's preset (docs/simulator.md).
 _KNOB_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
@@ -84,7 +84,7 @@ def simulate_command(scenario: str, profile: str, seed: int, out: Path | None, f
 
         kvtrace simulate --scenario mixed --profile realistic --requests 90000 --labels-only
     """
-    from simulator.runner import simulate
+    from kvtrace.simulator.runner import simulate
 
     if fast and labels_only:
         raise click.ClickException("--fast and --labels-only exclude each other")

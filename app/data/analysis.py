@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import duckdb
 import pandas as pd
 
-from analytics.registry import default_registry
-from analytics.summary import Summary, summarise
-from app.data.common import require
-from app.store import Store
+from kvtrace.analytics.registry import default_registry
+from kvtrace.analytics.summary import Summary, summarise
+from kvtrace.app.data.common import require
+from kvtrace.app.store import Store
 
 NICE_BUCKETS_S = (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 6 * 3600, 86400, 7 * 86400)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from app.data.common import require
-from app.store import Store
+from kvtrace.app.data.common import require
+from kvtrace.app.store import Store
 
 
 def linkage(store: Store) -> pd.DataFrame:

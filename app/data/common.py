@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.store import Store
+from kvtrace.app.store import Store
 
 
 class MissingTable(Exception):

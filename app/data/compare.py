@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from app.data.common import require
-from app.store import Store
+from kvtrace.app.data.common import require
+from kvtrace.app.store import Store
 
 BUCKET_ORDER = ["<16K", "16-32K", "32-64K", "64-128K", ">=128K"]
 METRICS = ["output_tokens_per_s", "ttft_p50_s", "ttft_p90_s", "cache_hit_rate", "anomalies_per_10k"]

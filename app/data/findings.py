@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from app.data.common import require
-from app.store import Store
+from kvtrace.app.data.common import require
+from kvtrace.app.store import Store
 
 MAX_READS = 300
 FOCUS_MARGIN = 8  # pages shown either side of the finding's pages

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from app.data.common import INGEST_HINT, require
-from app.store import Store
-from ingest import IngestSummary, ingest_paths
+from kvtrace.app.data.common import INGEST_HINT, require
+from kvtrace.app.store import Store
+from kvtrace.ingest import IngestSummary, ingest_paths
 
 QUARANTINE_ROWS = 500
 

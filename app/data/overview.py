@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from app.data.common import INGEST_HINT, require
-from app.store import Store
+from kvtrace.app.data.common import INGEST_HINT, require
+from kvtrace.app.store import Store
 
 
 @dataclass(frozen=True)

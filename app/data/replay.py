@@ -12,11 +12,11 @@ from typing import Any
 
 import pandas as pd
 
-from app.data.common import require
-from app.store import Store
-from replay.cpu import predict, run_cpu
-from replay.export import export_finding
-from replay.plan import Plan
+from kvtrace.app.data.common import require
+from kvtrace.app.store import Store
+from kvtrace.replay.cpu import predict, run_cpu
+from kvtrace.replay.export import export_finding
+from kvtrace.replay.plan import Plan
 
 MODES = ("as-recorded", "fixed")
 STORE_HINT = "kvtrace replay run PLAN --device cuda --db {db} (on the GPU host)"

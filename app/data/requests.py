@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from app.data.common import INGEST_HINT, require
-from app.store import Store
+from kvtrace.app.data.common import INGEST_HINT, require
+from kvtrace.app.store import Store
 
 MAX_SPANS = 2_000
 

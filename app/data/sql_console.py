@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from analytics.materialise import result_tables
-from analytics.registry import Analysis, ParamValue, default_registry
-from app.safe_sql import QueryResult
-from app.store import Store
+from kvtrace.analytics.materialise import result_tables
+from kvtrace.analytics.registry import Analysis, ParamValue, default_registry
+from kvtrace.app.safe_sql import QueryResult
+from kvtrace.app.store import Store
 
 CONSOLE_MAX_ROWS = 5_000
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from app.data import compare
-from app.ui import cached, section
+from kvtrace.app.data import compare
+from kvtrace.app.ui import cached, section
 
 st.title("Compare versions")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.data import ingest_files
-from app.ui import cached, db_path, section, store
-from ingest import IngestError
+from kvtrace.app.data import ingest_files
+from kvtrace.app.ui import cached, db_path, section, store
+from kvtrace.ingest import IngestError
 
 st.title("Ingest")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts
-from app.data import analysis, overview
-from app.ui import cached, ns_to_text, section
+from kvtrace.app import charts
+from kvtrace.app.data import analysis, overview
+from kvtrace.app.ui import cached, ns_to_text, section
 
 st.title("Overview")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts
-from app.data import findings, replay
-from app.ui import cached, section
+from kvtrace.app import charts
+from kvtrace.app.data import findings, replay
+from kvtrace.app.ui import cached, section
 
 st.title("Replay")
 st.caption("The CPU executor predicts what the recorded order does to the KV pages (as recorded) and "

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts
-from app.data import analysis, requests
-from app.ui import cached, section
+from kvtrace.app import charts
+from kvtrace.app.data import analysis, requests
+from kvtrace.app.ui import cached, section
 
 st.title("Requests")
 

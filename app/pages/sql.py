@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.data import sql_console
-from app.safe_sql import QueryError
-from app.ui import cached, section, store
+from kvtrace.app.data import sql_console
+from kvtrace.app.safe_sql import QueryError
+from kvtrace.app.ui import cached, section, store
 
 st.title("SQL console")
 st.caption("Read-only: one SELECT or EXPLAIN at a time, no file, network or extension access, "

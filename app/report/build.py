@@ -11,9 +11,9 @@ import duckdb
 import plotly.graph_objects as go
 import pyarrow as pa
 
-from analytics import evaluation, findings, runner
-from analytics.summary import Summary, summarise
-from app.report import charts
+from kvtrace.analytics import evaluation, findings, runner
+from kvtrace.analytics.summary import Summary, summarise
+from kvtrace.app.report import charts
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ silently: whole-request refusals get an error status, refused spans a partial su
 Never imports streamlit, plotly or torch.
 """
 
-from ingest.receiver.front import Limits
-from ingest.receiver.server import Receiver, ReceiverConfig, default_spool_dir
+from kvtrace.ingest.receiver.front import Limits
+from kvtrace.ingest.receiver.server import Receiver, ReceiverConfig, default_spool_dir
 
 __all__ = ["Limits", "Receiver", "ReceiverConfig", "default_spool_dir"]

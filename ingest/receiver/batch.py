@@ -25,9 +25,9 @@ import orjson
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from ingest.decode import normalise_span_id, normalise_trace_id
-from ingest.errors import RecordError
-from ingest.receiver.spool import KIND_JSON, KIND_PROTOBUF
+from kvtrace.ingest.decode import normalise_span_id, normalise_trace_id
+from kvtrace.ingest.errors import RecordError
+from kvtrace.ingest.receiver.spool import KIND_JSON, KIND_PROTOBUF
 
 _MAX_EXAMPLES = 3
 _ZERO_TRACE = bytes(16)

@@ -10,7 +10,7 @@ import hmac
 import threading
 from dataclasses import dataclass, field
 
-from ingest.receiver.batch import (
+from kvtrace.ingest.receiver.batch import (
     CheckedBatch,
     MalformedPayload,
     PayloadTooLarge,
@@ -19,7 +19,7 @@ from ingest.receiver.batch import (
     check_protobuf,
     decompress,
 )
-from ingest.receiver.spool import KIND_JSON, Spool, SpoolFull
+from kvtrace.ingest.receiver.spool import KIND_JSON, Spool, SpoolFull
 
 __all__ = [
     "Front",

@@ -26,9 +26,9 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from ingest.receiver.batch import MalformedPayload, ReceiverRefusal
-from ingest.receiver.front import Front, Overloaded, Throttled, refusal_reason
-from ingest.receiver.spool import KIND_PROTOBUF
+from kvtrace.ingest.receiver.batch import MalformedPayload, ReceiverRefusal
+from kvtrace.ingest.receiver.front import Front, Overloaded, Throttled, refusal_reason
+from kvtrace.ingest.receiver.spool import KIND_PROTOBUF
 
 log = logging.getLogger(__name__)
 

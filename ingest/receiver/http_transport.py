@@ -23,9 +23,9 @@ from google.protobuf import json_format
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from ingest.receiver.batch import CheckedBatch, ReceiverRefusal
-from ingest.receiver.front import Front, Overloaded, Throttled, refusal_reason
-from ingest.receiver.spool import KIND_JSON, KIND_PROTOBUF
+from kvtrace.ingest.receiver.batch import CheckedBatch, ReceiverRefusal
+from kvtrace.ingest.receiver.front import Front, Overloaded, Throttled, refusal_reason
+from kvtrace.ingest.receiver.spool import KIND_JSON, KIND_PROTOBUF
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingest.receiver.front import Front, Limits
-from ingest.receiver.grpc_transport import start_grpc_server
-from ingest.receiver.http_transport import OtlpHttpServer
-from ingest.receiver.spool import Spool
-from ingest.receiver.writer_process import WriterProcess
+from kvtrace.ingest.receiver.front import Front, Limits
+from kvtrace.ingest.receiver.grpc_transport import start_grpc_server
+from kvtrace.ingest.receiver.http_transport import OtlpHttpServer
+from kvtrace.ingest.receiver.spool import Spool
+from kvtrace.ingest.receiver.writer_process import WriterProcess
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest.receiver.board import Board
+from kvtrace.ingest.receiver.board import Board
 
 log = logging.getLogger(__name__)
 

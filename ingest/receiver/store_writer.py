@@ -35,9 +35,9 @@ from typing import Literal
 
 import duckdb
 
-from ingest.errors import IngestError, PayloadError
-from ingest.pipeline import DUCKDB_MEMORY_LIMIT, BatchResult
-from ingest.receiver.spool import KIND_JSON, KIND_PROTOBUF, Frame, Spool, SpoolError, SpoolReader
+from kvtrace.ingest.errors import IngestError, PayloadError
+from kvtrace.ingest.pipeline import DUCKDB_MEMORY_LIMIT, BatchResult
+from kvtrace.ingest.receiver.spool import KIND_JSON, KIND_PROTOBUF, Frame, Spool, SpoolError, SpoolReader
 
 log = logging.getLogger(__name__)
 

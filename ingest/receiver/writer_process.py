@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from ingest.receiver.board import Board, WriterState
-from ingest.receiver.spool import SpoolReader
-from ingest.receiver.store_writer import StoreWriter, WriterStats
+from kvtrace.ingest.receiver.board import Board, WriterState
+from kvtrace.ingest.receiver.spool import SpoolReader
+from kvtrace.ingest.receiver.store_writer import StoreWriter, WriterStats
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def child_main(argv: list[str] | None = None) -> int:
-    """Entry point of the writer process (`python -m ingest.receiver.writer_process ...`)."""
+    """Entry point of the writer process (`python -m kvtrace.ingest.receiver.writer_process ...`)."""
     ap = argparse.ArgumentParser(description="kvtrace serve's store writer (started by kvtrace serve)")
     ap.add_argument("--spool", type=Path, required=True)
     ap.add_argument("--db", type=Path, required=True)
@@ -84,7 +84,7 @@ def child_main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGUSR1, on_usr1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
 
-    from ingest import ingest_payload, open_store
+    from kvtrace.ingest import ingest_payload, open_store
 
     board = Board(args.spool, create=False)
     reader = SpoolReader(args.spool, board)
@@ -142,7 +142,7 @@ class WriterProcess:
         self._retired = WriterStats()
 
     def _spawn(self) -> bool:
-        cmd = [sys.executable, "-c", "import sys; from ingest.receiver.writer_process import child_main; "
+        cmd = [sys.executable, "-c", "import sys; from kvtrace.ingest.receiver.writer_process import child_main; "
                "sys.exit(child_main())", "--spool", str(self.spool_dir), "--db", str(self.db_path),
                "--hold", str(self.hold_s), "--release", str(self.release_s), "--parent-pid", str(os.getpid())]
         with self._lock:

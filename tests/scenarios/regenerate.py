@@ -20,7 +20,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from test_scenarios import KEEP, SCENARIOS, findings_table, ingest  # noqa: E402
 
-from analytics import evaluation, findings, runner  # noqa: E402
+from kvtrace.analytics import evaluation, findings, runner  # noqa: E402
 
 
 def main(write: bool) -> int:
