@@ -18,6 +18,7 @@ from kvtrace.analytics.registry import ParamValue
 from kvtrace.analytics.runner import run
 
 RACE_KINDS_EVALUATED = ("abort_before_write_complete", "read_before_load", "unsafe_free", "page_hazard")
+REQUEST_LEVEL_KIND = "abort_during_transfer"  # scored on (instance, culprit): it sees no pages
 
 
 def load_labels(path: Path) -> dict[str, Any]:
@@ -86,10 +87,11 @@ def score_findings(findings: pa.Table, labels: dict[str, Any]) -> list[RaceScore
     """
     races = list(labels["races"])
     rows = findings.to_pylist()
+    page_rows = [f for f in rows if f["kind"] != REQUEST_LEVEL_KIND]
     scores: list[RaceScore] = []
     for kind in (*RACE_KINDS_EVALUATED, "all"):
         kr = [r for r in races if kind in ("all", r["kind"])]
-        kf = [f for f in rows if kind in ("all", f["kind"])]
+        kf = [f for f in page_rows if kind in ("all", f["kind"])]
         matched_races = 0
         victims_right = 0
         matched_f: set[int] = set()
@@ -103,7 +105,30 @@ def score_findings(findings: pa.Table, labels: dict[str, Any]) -> list[RaceScore
                     victims_right += 1
         contradicted = sum(1 for i, f in enumerate(kf) if f["confidence"] == "certain" and i not in matched_f)
         scores.append(RaceScore(kind, len(kr), len(kf), matched_races, len(matched_f), victims_right, contradicted))
+    request_level = [f for f in rows if f["kind"] == REQUEST_LEVEL_KIND]
+    if request_level:
+        scores.append(_score_request_level(request_level, races))
     return scores
+
+
+def _score_request_level(found: list[dict[str, Any]], races: list[dict[str, Any]]) -> RaceScore:
+    """abort_during_transfer against the injected transfer races (abort_before_write_complete and
+    unsafe_free), one per (decode instance, culprit): it sees requests, not ranks, pools or pages.
+    Each of its findings names one candidate victim; a race's victim is right when one names it."""
+    truth: dict[tuple[str, str], set[str | None]] = {}
+    for r in races:
+        if r["kind"] in ("abort_before_write_complete", "unsafe_free"):
+            truth.setdefault((str(r["instance"]), str(r["culprit_rid"])), set()).add(r.get("victim_rid"))
+    matched_f = {i for i, f in enumerate(found) if (str(f["instance"]), str(f["culprit_rid"])) in truth}
+    matched_races = victims_right = 0
+    for key, victims in truth.items():
+        hits = [found[i] for i in matched_f if (str(found[i]["instance"]), str(found[i]["culprit_rid"])) == key]
+        if hits:
+            matched_races += 1
+            named = {f["victim_rid"] for f in hits}
+            if victims <= named or victims == {None}:
+                victims_right += 1
+    return RaceScore(REQUEST_LEVEL_KIND, len(truth), len(found), matched_races, len(matched_f), victims_right, 0)
 
 
 def monitor_sweep(

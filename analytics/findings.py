@@ -18,7 +18,7 @@ FINDING_FIELDS: Final = (
     "finding_id", "kind", "instance", "tp_rank", "kv_pool", "pages", "layers", "culprit_rid", "victim_rid",
     "window_start_ns", "window_end_ns", "confidence", "evidence_span_ids",
 )
-KINDS: Final = ("abort_before_write_complete", "unsafe_free", "read_before_load", "page_hazard")
+KINDS: Final = ("abort_before_write_complete", "unsafe_free", "read_before_load", "page_hazard", "abort_during_transfer")
 Format = Literal["jsonl", "parquet", "csv"]
 
 

@@ -11,6 +11,7 @@
 --   run the list test only on the rows that passed the range test.
 -- to_decode_clock(t, offset): a time on a prefill host moved onto the decode host's clock, where
 --   offset = prefill clock - decode clock for the same instant (skew_bounds.sql).
+-- duration_words(ns): a duration for a person ('3.49 s', '4.5 ms', '12.0 us', '800 ns').
 CREATE OR REPLACE TEMP MACRO intervals_overlap(a_start, a_end, b_start, b_end) AS
     a_start < b_end AND b_start < a_end;
 CREATE OR REPLACE TEMP MACRO page_ranges_overlap(a_lo, a_hi, b_lo, b_hi) AS
@@ -23,3 +24,8 @@ CREATE OR REPLACE TEMP MACRO sorted_intersection(a, b) AS
     list_sort(list_intersect(a, b));
 CREATE OR REPLACE TEMP MACRO to_decode_clock(t, offset_ns) AS
     t - offset_ns;
+CREATE OR REPLACE TEMP MACRO duration_words(ns) AS
+    CASE WHEN abs(ns) >= 1000000000 THEN printf('%.2f s', ns / 1e9)
+         WHEN abs(ns) >= 1000000 THEN printf('%.1f ms', ns / 1e6)
+         WHEN abs(ns) >= 1000 THEN printf('%.1f us', ns / 1e3)
+         ELSE printf('%d ns', CAST(ns AS BIGINT)) END;

@@ -24,7 +24,22 @@ CREATE TABLE IF NOT EXISTS findings (
     window_end_earliest_ns   BIGINT,
     window_end_latest_ns     BIGINT,
     detail                   VARCHAR,
-    service_version          VARCHAR
+    service_version          VARCHAR,
+    culprit_clock_host       VARCHAR,
+    refute_offset_ns         BIGINT,
+    refute_margin            VARCHAR
+);
+-- added after the first stores were written: the same columns for a store that predates them
+ALTER TABLE findings ADD COLUMN IF NOT EXISTS culprit_clock_host VARCHAR;
+ALTER TABLE findings ADD COLUMN IF NOT EXISTS refute_offset_ns BIGINT;
+ALTER TABLE findings ADD COLUMN IF NOT EXISTS refute_margin VARCHAR;
+
+-- What evidence the store holds (coverage.sql): every verdict starts from it.
+CREATE TABLE IF NOT EXISTS coverage (
+    evidence                 VARCHAR,
+    n                        BIGINT,
+    present                  BOOLEAN,
+    n_missing                BIGINT
 );
 
 -- Clock offset bounds per (prefill host, decode host); offset = prefill clock - decode clock.
@@ -39,7 +54,7 @@ CREATE TABLE IF NOT EXISTS skew_bounds (
     consistent               BOOLEAN
 );
 
--- One anomaly label (ok / garbled / repetition) per finished request, with its signals and reasons.
+-- One anomaly label (ok / garbled / repetition / aborted) per finished request, with its signals and reasons.
 CREATE TABLE IF NOT EXISTS request_anomalies (
     rid                      VARCHAR,
     instance_id              VARCHAR,
@@ -63,8 +78,10 @@ CREATE TABLE IF NOT EXISTS request_anomalies (
     first_abnormal_tokens    BIGINT,
     feedback_label           VARCHAR,
     anomaly                  VARCHAR,
-    reasons                  VARCHAR[]
+    reasons                  VARCHAR[],
+    finish_reason            VARCHAR
 );
+ALTER TABLE request_anomalies ADD COLUMN IF NOT EXISTS finish_reason VARCHAR;
 
 -- Attributes used for attribution and comparison, per request.
 CREATE TABLE IF NOT EXISTS request_attributes (

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from kvtrace.analytics.coverage import Coverage, read_coverage
 from kvtrace.analytics.findings import KINDS
 
 
@@ -30,6 +31,7 @@ class Summary:
     requests: int
     rates: list[VersionRate]
     verdict: str
+    coverage: Coverage
 
 
 def _join(items: list[str]) -> str:
@@ -51,7 +53,8 @@ def _kind_clause(con: duckdb.DuckDBPyConnection, kind: str, count: int) -> str:
     else:
         where = "in versions " + _join([f"{v} ({n})" for v, n in versions])
     plural = "finding" if count == 1 else "findings"
-    return f"{count} {kind} {plural} on {_join([str(i) for i in shown])}, {where}"
+    level = " (request level, no pages seen: possible at best)" if kind == "abort_during_transfer" else ""
+    return f"{count} {kind} {plural}{level} on {_join([str(i) for i in shown])}, {where}"
 
 
 def summarise(con: duckdb.DuckDBPyConnection) -> Summary:
@@ -68,17 +71,37 @@ def summarise(con: duckdb.DuckDBPyConnection) -> Summary:
     rates = [VersionRate(str(v), int(r), int(a), float(p)) for v, r, a, p in con.execute(
         "SELECT service_version, requests, anomalies, per_10k FROM temp.main.anomaly_rate_by_version").fetchall()]
 
-    clauses = [_kind_clause(con, k, by_kind[k]) for k in KINDS if by_kind.get(k) and k != "unsafe_free"]
+    coverage = read_coverage(con)
+    race_kinds = [k for k in KINDS if k != "unsafe_free"]
+    clauses = [_kind_clause(con, k, by_kind[k]) for k in race_kinds if by_kind.get(k)]
     bad_words = _join([f"{n} {k}" for k, n in sorted(kinds_of_bad.items())]) or "no"
-    if clauses:
-        victims = "their victims are" if (sum(by_kind.get(k, 0) for k in KINDS) - by_kind.get("unsafe_free", 0)) > 1 \
-            else "its victim is"
+    if clauses and not coverage.anomalies_detectable:
+        named = con.execute("SELECT count(DISTINCT victim_rid) FROM temp.main.findings WHERE kind <> 'unsafe_free'"
+                            ).fetchall()
+        sentence = (f"{'; '.join(clauses)}; their {int(named[0][0]) if named else 0} (candidate) victims cannot be "
+                    "checked against their outputs")
+    elif clauses:
+        victims = "their victims are" if sum(by_kind.get(k, 0) for k in race_kinds) > 1 else "its victim is"
         sentence = f"{'; '.join(clauses)}; {victims} {explained} of the {anomalies} anomalous outputs ({bad_words})"
-    else:
+    elif not coverage.anything_to_judge:
+        sentence = "No verdict: the store holds no SGLang request or KV spans, so nothing in it could show a race"
+    elif coverage.race_analyses_complete:
         sentence = f"No race findings; {anomalies} anomalous outputs ({bad_words}) are unexplained leads"
+    else:
+        ran = [a.name for a in coverage.analyses if a.status == "ran"]
+        looked = f"no findings from {_join(ran)}" if ran else "no findings"
+        sentence = (f"No verdict on races: {looked}, but not every race analysis could run (below); "
+                    f"{anomalies} anomalous outputs ({bad_words}) are unexplained leads")
     if by_kind.get("unsafe_free"):
         sentence += f"; {by_kind['unsafe_free']} unsafe frees were near misses"
-    if rates:
+    if rates and coverage.anomalies_detectable:
         parts = [f"{r.per_10k:.1f} per 10k in {r.version}" for r in rates]
         sentence += "; anomaly rate " + _join(parts) if len(parts) > 1 else f"; anomaly rate {parts[0]}"
-    return Summary(by_kind, certain, int(anomalies), int(explained), requests, rates, sentence + ".")
+    elif coverage.anything_to_judge and not coverage.anomalies_detectable and not clauses:
+        sentence += ("; anomalous outputs cannot be detected here (no speculative metrics, output text or "
+                     "feedback)")
+    verdict = sentence + "."
+    statement = coverage.statement()
+    if statement:
+        verdict += " " + statement
+    return Summary(by_kind, certain, int(anomalies), int(explained), requests, rates, verdict, coverage)

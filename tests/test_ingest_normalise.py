@@ -89,7 +89,7 @@ def test_kv_events_rows(pd_store: Path) -> None:
          "b-77", "decode"),
         # a transfer is keyed on its destination pages; its times stay on the prefill host's clock
         ("transfer", RID, "decode-0", 1, "kv", pages, 3, 17, 5, 3 * MS, 9 * MS, "host-p", "prefill-0", "v1.2.0",
-         2, None, None, None, "0x5f3a", 327680, "mooncake", None, None, None, None),
+         2, None, None, None, "0000000000005f3a", 327680, "mooncake", None, None, None, None),
     ]
 
 
@@ -101,9 +101,9 @@ def test_requests_and_spec_steps(pd_store: Path) -> None:
                spec_draft_tokens, completion_text
         FROM requests ORDER BY role""")
     assert rows == [
-        (RID, "decode", "decode-0", "host-d", "v1.2.0", "0x5f3a", 1 * MS, 70_000, 9, 64, "abort", 0.012, 0.015,
+        (RID, "decode", "decode-0", "host-d", "v1.2.0", "0000000000005f3a", 1 * MS, 70_000, 9, 64, "abort", 0.012, 0.015,
          3, 9, 6, 0.5, 3.0, 4, "hello wor"),
-        (RID, "prefill", "prefill-0", "host-p", "v1.2.0", "0x5f3a", 0, None, None, None, None, None, None,
+        (RID, "prefill", "prefill-0", "host-p", "v1.2.0", "0000000000005f3a", 0, None, None, None, None, None, None,
          None, None, None, None, None, None, None),
     ]
     steps = query(pd_store, "SELECT rid, instance_id, step, accepted, step_end_ns FROM spec_steps ORDER BY step")
@@ -119,9 +119,9 @@ def test_stages_aborts_feedback(pd_store: Path) -> None:
         SELECT name, rid, bootstrap_room, instance_id, host_name, start_ns - 1764000000000000000,
                end_ns - 1764000000000000000
         FROM request_stages ORDER BY name""") == [
-        ("decode_bootstrap", RID, "0x5f3a", "decode-0", "host-d", 1 * MS, 2 * MS),
-        ("decode_transferred", RID, "0x5f3a", "decode-0", "host-d", 2 * MS, 10 * MS),
-        ("prefill_forward", RID, "0x5f3a", "prefill-0", "host-p", 1 * MS, 4 * MS),
+        ("decode_bootstrap", RID, "0000000000005f3a", "decode-0", "host-d", 1 * MS, 2 * MS),
+        ("decode_transferred", RID, "0000000000005f3a", "decode-0", "host-d", 2 * MS, 10 * MS),
+        ("prefill_forward", RID, "0000000000005f3a", "prefill-0", "host-p", 1 * MS, 4 * MS),
     ]
     assert query(pd_store, "SELECT rid, instance_id, host_name, time_ns, abort_reason, poll_state FROM aborts") == [
         (RID, "decode-0", "host-d", T0 + 14 * MS, "transfer_timeout", "Transferring")

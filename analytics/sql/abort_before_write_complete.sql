@@ -6,8 +6,10 @@
 -- returns: one row per (transfer, reusing alloc), in the findings columns (finding_id, kind,
 --   instance, tp_rank, kv_pool, pages, layers, culprit_rid, victim_rid, window_start_ns,
 --   window_end_ns, confidence, evidence_span_ids) plus window_end_raw_ns (prefill clock),
---   window_end_earliest_ns, window_end_latest_ns, skew_bounded, free_seen, service_version,
---   transfer_span_id, release_span_id.
+--   window_end_earliest_ns, window_end_latest_ns, skew_bounded, free_seen, culprit_clock_host
+--   (the prefill host), refute_offset_ns (the finding holds unless the prefill host's clock is at
+--   least this far ahead of the decode host's: write end (prefill clock) - reuse (decode clock);
+--   NULL on one host), service_version, transfer_span_id, release_span_id.
 -- requires: early_releases, kv_ownership
 WITH allocs AS (
     SELECT span_id, rid, instance_id, tp_rank, kv_pool, page_ids, page_lo, page_hi, start_ns,
@@ -68,6 +70,8 @@ SELECT
     end_latest_ns AS window_end_latest_ns,
     skew_bounded,
     free_seen,
+    prefill_host AS culprit_clock_host,
+    CASE WHEN prefill_host IS DISTINCT FROM decode_host THEN end_raw_ns - reuse_ns END AS refute_offset_ns,
     service_version
 FROM reuses
 ORDER BY instance, tp_rank, kv_pool, window_start_ns, finding_id

@@ -20,5 +20,5 @@ SELECT a.rid, a.anomaly, a.reasons, a.instance_id, a.service_version,
        a.first_abnormal_ns - v.window_start_ns AS delay_ns
 FROM request_anomalies a
 LEFT JOIN victims v USING (rid)
-WHERE a.anomaly <> 'ok'
+WHERE a.anomaly IN ('garbled', 'repetition')
 ORDER BY explained, a.service_version, a.rid

@@ -7,7 +7,7 @@
 -- requires: request_anomalies, anomaly_linkage, findings
 WITH per_version AS (
     SELECT coalesce(service_version, 'unknown') AS service_version, count(*) AS requests,
-           count(*) FILTER (WHERE anomaly <> 'ok') AS anomalies,
+           count(*) FILTER (WHERE anomaly IN ('garbled', 'repetition')) AS anomalies,
            count(*) FILTER (WHERE anomaly = 'garbled') AS garbled,
            count(*) FILTER (WHERE anomaly = 'repetition') AS repetition,
            min(start_ns) AS first_start_ns, max(start_ns) AS last_start_ns

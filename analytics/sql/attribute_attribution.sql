@@ -7,7 +7,7 @@
 -- requires: request_attributes
 WITH long_form AS (
     UNPIVOT (
-        SELECT rid, anomaly <> 'ok' AS anomalous, context_bucket, concurrency_bucket,
+        SELECT rid, anomaly IN ('garbled', 'repetition') AS anomalous, context_bucket, concurrency_bucket,
                coalesce(instance_id, 'unknown') AS instance, coalesce(service_version, 'unknown') AS version,
                transfer_backend
         FROM request_attributes
@@ -16,7 +16,7 @@ WITH long_form AS (
     INTO NAME attribute VALUE value
 ),
 totals AS (
-    SELECT count(*) FILTER (WHERE anomaly <> 'ok') AS n_anomalous, count(*) FILTER (WHERE anomaly = 'ok') AS n_normal
+    SELECT count(*) FILTER (WHERE anomaly IN ('garbled', 'repetition')) AS n_anomalous, count(*) FILTER (WHERE anomaly = 'ok') AS n_normal
     FROM request_attributes
 ),
 counts AS (

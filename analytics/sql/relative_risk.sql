@@ -15,7 +15,7 @@ kinds AS (
     UNION SELECT 'any'
 ),
 grid AS (
-    SELECT k.exposure, a.rid, a.anomaly <> 'ok' AS anomalous, e.rid IS NOT NULL AS exposed
+    SELECT k.exposure, a.rid, a.anomaly IN ('garbled', 'repetition') AS anomalous, e.rid IS NOT NULL AS exposed
     FROM kinds k CROSS JOIN request_anomalies a
     LEFT JOIN exposures e ON e.exposure = k.exposure AND e.rid = a.rid
 ),

@@ -1,12 +1,13 @@
 -- analysis: request_anomalies
--- description: One anomaly label per finished request (ok / garbled / repetition) with its reasons:
+-- description: One anomaly label per finished request (ok / garbled / repetition, or aborted: no
+--   output to judge, never counted as an anomalous output) with its reasons:
 --   text signals (replacement and rare-character ratio, word 3-gram repetition), speculative
 --   signals (whole-request accept length and rate, the per-step windowed detector) and feedback.
 -- returns: one row per decode-side (or unified) request: rid, instance_id, host_name,
 --   service_version, prompt_tokens, completion_tokens, cached_tokens, ttft_s, e2e_s, start_ns,
 --   replacement_ratio, rare_char_ratio, repetition_ratio, spec_accept_length, spec_accept_rate,
 --   detector_fired, detector_kind, first_abnormal_step, first_abnormal_ns, first_abnormal_tokens,
---   feedback_label, anomaly, reasons (sorted; empty when ok).
+--   feedback_label, anomaly, reasons (sorted; empty when ok or aborted), finish_reason.
 -- param: min_text_chars INTEGER = 24  shorter completions give no text signal
 -- param: replacement_threshold DOUBLE = 0.02  share of U+FFFD characters that marks garbled text
 -- param: rare_char_threshold DOUBLE = 0.08  share of characters outside common scripts that marks garbled text
@@ -51,7 +52,7 @@ signals AS (
            r.spec_accept_length, r.spec_accept_rate,
            coalesce(d.fired, false) AS detector_fired, d.fire_kind AS detector_kind,
            d.fire_step AS first_abnormal_step, d.fire_ns AS first_abnormal_ns, d.fire_tokens AS first_abnormal_tokens,
-           f.feedback_label
+           f.feedback_label, r.finish_reason
     FROM roots r
     LEFT JOIN text_signals t USING (rid)
     LEFT JOIN spec_step_detector d USING (rid)
@@ -85,6 +86,7 @@ labelled AS (
     SELECT *,
            CASE
                WHEN feedback_label IN ('garbled', 'repetition') THEN feedback_label
+               WHEN lower(finish_reason) = 'abort' THEN 'aborted'
                WHEN has_text AND len(text_garbled) > 0 THEN 'garbled'
                WHEN has_text AND len(text_repeated) > 0 THEN 'repetition'
                WHEN NOT has_text AND list_contains(spec_garbled, 'spec_low_accept_length') THEN 'garbled'
@@ -93,10 +95,11 @@ labelled AS (
            END AS anomaly
     FROM reasons
 )
-SELECT * EXCLUDE (text_garbled, text_repeated, spec_garbled, spec_repeated, has_text),
-       CASE WHEN anomaly = 'ok' THEN [] ELSE list_sort(list_concat(
+SELECT * EXCLUDE (text_garbled, text_repeated, spec_garbled, spec_repeated, has_text, finish_reason),
+       CASE WHEN anomaly IN ('ok', 'aborted') THEN [] ELSE list_sort(list_concat(
            CASE WHEN feedback_label IN ('garbled', 'repetition') THEN ['feedback_' || feedback_label] ELSE [] END,
            CASE WHEN anomaly = 'garbled' THEN list_concat(text_garbled, spec_garbled)
-                ELSE list_concat(text_repeated, spec_repeated) END)) END AS reasons
+                ELSE list_concat(text_repeated, spec_repeated) END)) END AS reasons,
+       finish_reason
 FROM labelled
 ORDER BY rid

@@ -1,7 +1,8 @@
 -- analysis: skew_bounds
 -- description: Bounds on the clock offset between each prefill host and decode host, from the
 --   causal pairs of the conventions (decode_bootstrap end -> kv.transfer start; kv.transfer end ->
---   decode_transferred end, same bootstrap_room).
+--   decode_transferred end, same bootstrap_room; in stock SGLang traces mooncake_worker_send_session
+--   slices, else prefill_transfer_kv_cache, stand in for kv.transfer).
 -- returns: one row per (prefill_host, decode_host): offset_lo_ns, offset_hi_ns (offset = prefill
 --   clock minus decode clock at one instant; NULL = no evidence on that side), offset_est_ns,
 --   n_lower_pairs, n_upper_pairs, consistent (false when the evidence contradicts itself: lo > hi).
@@ -13,6 +14,18 @@ WITH transfers AS (
     SELECT bootstrap_room, clock_host AS prefill_host, start_ns, end_ns, status_code
     FROM kv_events
     WHERE op = 'transfer' AND bootstrap_room IS NOT NULL
+    UNION ALL
+    -- stock SGLang (no kv.transfer): mooncake's send sessions of the room are the write itself
+    SELECT bootstrap_room, host_name, min(start_ns), max(end_ns), NULL
+    FROM request_stages
+    WHERE name = 'mooncake_worker_send_session' AND bootstrap_room IS NOT NULL AND host_name IS NOT NULL
+    GROUP BY bootstrap_room, host_name
+    UNION ALL
+    -- without mooncake's slices: prefill's own transfer stage (successful transfers only)
+    SELECT bootstrap_room, host_name, start_ns, end_ns, NULL
+    FROM request_stages AS g
+    WHERE name = 'prefill_transfer_kv_cache' AND bootstrap_room IS NOT NULL AND host_name IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM kv_events AS k WHERE k.op = 'transfer' AND k.bootstrap_room = g.bootstrap_room)
 ),
 stage_ends AS (
     SELECT bootstrap_room, name, host_name AS decode_host, max(end_ns) AS end_ns

@@ -26,6 +26,8 @@ SELECT
     e.end_latest_ns AS window_end_latest_ns,
     e.skew_bounded,
     e.free_seen,
+    e.prefill_host AS culprit_clock_host,
+    CASE WHEN e.prefill_host IS DISTINCT FROM e.decode_host THEN e.end_raw_ns - e.release_ns END AS refute_offset_ns,
     e.service_version
 FROM early_releases e
 WHERE NOT EXISTS (

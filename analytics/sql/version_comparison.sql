@@ -11,7 +11,7 @@ SELECT coalesce(a.service_version, 'unknown') AS service_version, b.context_buck
        quantile_cont(a.ttft_s, 0.5) AS ttft_p50_s,
        quantile_cont(a.ttft_s, 0.9) AS ttft_p90_s,
        sum(a.cached_tokens) / nullif(sum(a.prompt_tokens), 0) AS cache_hit_rate,
-       round(count(*) FILTER (WHERE a.anomaly <> 'ok') * 10000.0 / count(*), 2) AS anomalies_per_10k
+       round(count(*) FILTER (WHERE a.anomaly IN ('garbled', 'repetition')) * 10000.0 / count(*), 2) AS anomalies_per_10k
 FROM request_anomalies a
 JOIN request_attributes b USING (rid)
 GROUP BY ALL

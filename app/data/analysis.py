@@ -17,7 +17,7 @@ NICE_BUCKETS_S = (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 6 * 3600, 86400, 7 * 8
 
 
 # The materialised results that analytics.summary.summarise reads (it reads temp.main.<name>).
-_SUMMARY_INPUTS = ("findings", "anomaly_linkage", "request_anomalies", "anomaly_rate_by_version")
+_SUMMARY_INPUTS = ("findings", "anomaly_linkage", "request_anomalies", "anomaly_rate_by_version", "coverage")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Verdict:
     headline: str
     rates: pd.DataFrame
     findings_by_kind: dict[str, int]
+    coverage: pd.DataFrame   # evidence, what it is, records, present, how to get it
 
 
 def verdict(store: Store) -> Verdict:
@@ -38,7 +39,12 @@ def verdict(store: Store) -> Verdict:
         [(r.version, r.requests, r.anomalies, round(r.per_10k, 2)) for r in summary.rates],
         columns=["service_version", "requests", "anomalies", "per_10k"],
     )
-    return Verdict(headline=summary.verdict, rates=rates, findings_by_kind=dict(summary.findings_by_kind))
+    coverage = pd.DataFrame(
+        [(e.key, e.label, e.n, e.present and not e.n_missing, e.how_to_get) for e in summary.coverage.evidence.values()],
+        columns=["evidence", "what", "records", "present", "how to get it"],
+    )
+    return Verdict(headline=summary.verdict, rates=rates, findings_by_kind=dict(summary.findings_by_kind),
+                   coverage=coverage)
 
 
 def _summarise_stored(cur: duckdb.DuckDBPyConnection) -> Summary:
@@ -69,8 +75,8 @@ def anomaly_rate(store: Store, target_buckets: int = 30) -> pd.DataFrame:
         SELECT to_timestamp((start_ns // ($s::BIGINT * 1000000000)) * $s::BIGINT) AS bucket,
                coalesce(service_version, '(none)') AS service_version,
                count(*) AS requests,
-               count(*) FILTER (WHERE anomaly <> 'ok') AS anomalies,
-               1e4 * count(*) FILTER (WHERE anomaly <> 'ok') / count(*) AS per_10k
+               count(*) FILTER (WHERE anomaly IN ('garbled', 'repetition')) AS anomalies,
+               1e4 * count(*) FILTER (WHERE anomaly IN ('garbled', 'repetition')) / count(*) AS per_10k
         FROM request_anomalies
         WHERE start_ns IS NOT NULL
         GROUP BY ALL

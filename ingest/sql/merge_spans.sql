@@ -4,7 +4,7 @@
 -- Returns: nothing; leaves view `new_spans` (the spans this batch adds); ingest.pipeline then
 -- runs merge_new_spans.sql when the batch has doubles (stored_doubles is not empty, or
 -- batch_keys has fewer rows than the stage), and merge_store.sql.
--- Parameters: variable file_id (ingested_files.file_id, NULL for live batches).
+-- stage_spans.file_id: ingested_files.file_id of each span's file, NULL for live batches.
 -- Dedup: a span is (trace_id, span_id); doubles inside the batch keep the first occurrence,
 -- doubles of stored spans are found through span_keys (below; no per-row index maintenance).
 CREATE OR REPLACE TEMP TABLE batch_keys AS

@@ -1,6 +1,7 @@
 -- merge_store: store one batch's new spans (view new_spans, see merge_spans.sql) in the raw
 -- tables: span_keys, resources, spans, span_events, span_links. Reads: new_spans, stage_resources, stage_spans,
--- stage_events, stage_links. Parameters: variable file_id. Returns nothing.
+-- stage_events, stage_links. stage_spans.file_id: the ingested_files row of each span's file (NULL
+-- for live batches). Returns nothing.
 INSERT INTO span_keys SELECT span_key FROM new_spans;
 
 -- Resources: each distinct one of the stage once (its fields follow from its attribute text);
@@ -15,7 +16,7 @@ INSERT INTO spans BY NAME
 SELECT
     trace_id, span_id, parent_span_id, name, kind, resource_id, service_name, instance_id,
     host_name, service_version, scope_name, scope_version, start_ns, end_ns, status_code,
-    status_message, rid, attributes::JSON AS attributes, getvariable('file_id') AS file_id
+    status_message, rid, attributes::JSON AS attributes, file_id
 FROM new_spans;
 
 INSERT INTO span_events BY NAME

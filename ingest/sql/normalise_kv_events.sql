@@ -48,7 +48,10 @@ SELECT
     TRY_CAST(v[6]->>'$' AS INTEGER) AS page_size,
     v[7]->>'$' AS free_mode,
     v[8]->>'$' AS free_reason,
-    CASE WHEN op = 'transfer' THEN v[9]->>'$' END AS bootstrap_room,
+    -- as requests and request_stages store it: 16 zero-padded hex digits ("0x5f3a" too)
+    CASE WHEN op <> 'transfer' THEN NULL
+         WHEN v[9]->>'$' ILIKE '0x%' THEN lpad(lower(substr(v[9]->>'$', 3)), 16, '0')
+         ELSE v[9]->>'$' END AS bootstrap_room,
     TRY_CAST(v[10]->>'$' AS BIGINT) AS transfer_bytes,
     v[11]->>'$' AS transfer_backend,
     CASE WHEN op = 'load' THEN TRY_CAST(v[12] AS BIGINT[]) END AS layer_offsets_ns,

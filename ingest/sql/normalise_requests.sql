@@ -7,13 +7,20 @@
 -- an `INSERT INTO table BY NAME query` or a temp table, and no "--" or ";" in literals.
 -- A root is an SGLang "{role} Req {rid[:8]}" span with a `rid` attribute (or vLLM's
 -- `llm_request` with gen_ai.request.id); it depends on no other span, so one pass suffices.
+-- Stock SGLang (conventions v2, "Stock SGLang spans"): a unified server's role is empty, so its
+-- root name starts with a space; mooncake's per-transfer `Sender Req 0x<room>` root is a
+-- transfer, never a request (request_stages keeps its slices). Role: the resource's sglang.role
+-- when set, else the root name's. bootstrap_room: stock roots write str(hex(room)) ("0x1f..."),
+-- kvtrace's conventions 16 zero-padded hex digits; both are stored as the latter.
 CREATE OR REPLACE TEMP TABLE new_roots AS
 SELECT
     trace_id, span_id, coalesce(rid, attributes->>'$."gen_ai.request.id"') AS rid,
-    coalesce(role, CASE WHEN name = 'llm_request' THEN 'unified' ELSE lower(split_part(name, ' ', 1)) END) AS role,
+    coalesce(role, CASE WHEN name = 'llm_request' THEN 'unified'
+                        WHEN starts_with(name, ' Req ') THEN 'unified'
+                        ELSE lower(split_part(name, ' ', 1)) END) AS role,
     instance_id, host_name, service_version, start_ns, end_ns, attributes
 FROM new_spans
-WHERE (regexp_matches(name, '^\w+ Req ') AND rid IS NOT NULL)
+WHERE (regexp_matches(name, '^\w* Req ') AND NOT starts_with(name, 'Sender Req ') AND rid IS NOT NULL)
    OR (name = 'llm_request' AND attributes->>'$."gen_ai.request.id"' IS NOT NULL);
 
 INSERT INTO requests BY NAME
@@ -30,12 +37,16 @@ WITH a AS (
 )
 SELECT
     trace_id, span_id, rid, role, instance_id, host_name, service_version,
-    v[1]->>'$' AS bootstrap_room,
+    CASE WHEN v[1]->>'$' ILIKE '0x%' THEN lpad(lower(substr(v[1]->>'$', 3)), 16, '0') ELSE v[1]->>'$' END
+        AS bootstrap_room,
     start_ns, end_ns,
     TRY_CAST(v[2]->>'$' AS BIGINT) AS prompt_tokens,
     TRY_CAST(v[3]->>'$' AS BIGINT) AS completion_tokens,
     TRY_CAST(v[4]->>'$' AS BIGINT) AS cached_tokens,
-    CASE json_type(v[5]) WHEN 'ARRAY' THEN v[5]->>'$[0]' ELSE v[5]->>'$' END AS finish_reason,
+    -- an OTLP array (conventions), or stock SGLang's JSON-encoded string ('["abort"]')
+    CASE WHEN json_type(v[5]) = 'ARRAY' THEN v[5]->>'$[0]'
+         WHEN json_valid(v[5]->>'$') AND json_type(json(v[5]->>'$')) = 'ARRAY' THEN json(v[5]->>'$')->>'$[0]'
+         ELSE v[5]->>'$' END AS finish_reason,
     TRY_CAST(v[6]->>'$' AS DOUBLE) AS ttft_s,
     TRY_CAST(v[7]->>'$' AS DOUBLE) AS e2e_s,
     TRY_CAST(v[8]->>'$' AS BIGINT) AS spec_verify_ct,

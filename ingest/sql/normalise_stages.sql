@@ -6,7 +6,10 @@ WHERE EXISTS (SELECT 1 FROM stage_targets AS t
               WHERE t.was_pending AND t.trace_id = r.trace_id AND t.span_id = r.span_id);
 
 INSERT INTO request_stages BY NAME
-SELECT t.trace_id, t.span_id, t.name, o.rid, o.room AS bootstrap_room, t.instance_id, t.host_name,
+SELECT t.trace_id, t.span_id, t.name, o.rid,
+       -- stock SGLang writes str(hex(room)), kvtrace's conventions 16 zero-padded hex digits
+       CASE WHEN o.room ILIKE '0x%' THEN lpad(lower(substr(o.room, 3)), 16, '0') ELSE o.room END AS bootstrap_room,
+       t.instance_id, t.host_name,
        t.start_ns, t.end_ns
 FROM stage_targets AS t
 JOIN stage_walk_out AS o ON o.trace_id = t.trace_id AND o.span_id = t.span_id;

@@ -6,8 +6,13 @@ CREATE OR REPLACE TEMP TABLE stage_targets AS
 SELECT trace_id, span_id, parent_span_id, name, instance_id, host_name, start_ns, end_ns,
        rid, attributes->>'$.bootstrap_room' AS room, false AS was_pending
 FROM new_spans
-WHERE name IN ('prefill_bootstrap', 'prefill_forward', 'prefill_transfer_kv_cache',
-               'decode_bootstrap', 'decode_transferred', 'decode_waiting', 'decode_forward');
+WHERE name IN ('prefill_prepare', 'prefill_bootstrap', 'prefill_waiting', 'prefill_forward',
+               'prefill_transfer_kv_cache',
+               'decode_prepare', 'decode_bootstrap', 'decode_transferred', 'decode_waiting', 'decode_forward',
+               -- mooncake's slices (stock SGLang, --trace-modules mooncake); their root is the
+               -- transfer's `Sender Req 0x<room>`, whose rid is the room in hex
+               'mooncake_send', 'mooncake_recv', 'mooncake_worker_send', 'mooncake_worker_send_session',
+               'mooncake_worker_recv');
 
 CREATE OR REPLACE TEMP TABLE stage_pending_now AS
 SELECT p.trace_id, p.span_id
