@@ -18,9 +18,10 @@ import orjson
 from opentelemetry.sdk.version import __version__ as SDK_VERSION
 
 from kvtrace.simulator.otlp_sdk import BATCH_SPANS, file_name
-from kvtrace.simulator.records import SCOPE_NAME, STATUS_ERROR, AttrValue, InstanceInfo, SpanRecord
+from kvtrace.simulator.records import STATUS_ERROR, AttrValue, ResourceAttrs, SpanRecord
 
 _FLAGS = 256  # SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK: what the SDK encoder sets for local parents
+_FLAGS_REMOTE = 768  # ... | SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK: a parent or link from another process
 
 
 _INT_CACHE: dict[int, str] = {}
@@ -66,51 +67,63 @@ def encode_span(rec: SpanRecord) -> str:
     if rec.attributes:
         parts.append(',"attributes":[' + _attributes(rec.attributes) + "]")
     if rec.links:
+        remote = rec.links_remote or (False,) * len(rec.links)
         parts.append(',"links":[' + ",".join(
-            f'{{"traceId":"{t:032x}","spanId":"{s:016x}","flags":{_FLAGS}}}' for t, s in rec.links) + "]")
+            f'{{"traceId":"{t:032x}","spanId":"{s:016x}","flags":{_FLAGS_REMOTE if r else _FLAGS}}}'
+            for (t, s), r in zip(rec.links, remote, strict=True)) + "]")
     if rec.status_code == STATUS_ERROR:  # Status fields in proto order: message (2), code (3)
         message = ('"message":' + orjson.dumps(rec.status_message).decode() + ",") if rec.status_message else ""
         parts.append(f',"status":{{{message}"code":{STATUS_ERROR}}}')
     else:
         parts.append(',"status":{}')
-    parts.append(f',"flags":{_FLAGS}}}')
+    parts.append(f',"flags":{_FLAGS_REMOTE if rec.parent_remote else _FLAGS}}}')
     return "".join(parts)
+
+
+_ResourceKey = tuple[str, str] | ResourceAttrs
+
+
+def _resource_key(rec: SpanRecord) -> _ResourceKey:
+    """What encode_spans groups a batch by: the Resource (its attributes), then the scope."""
+    return rec.resource if rec.resource is not None else (rec.instance.instance_id, rec.version)
 
 
 class _FastWriter:
     def __init__(self, path: Path) -> None:
         self._fh: BinaryIO = path.open("wb")
         self._batch: list[SpanRecord] = []
-        self._resources: dict[tuple[str, str], str] = {}
+        self._resources: dict[_ResourceKey, str] = {}
 
     def add(self, rec: SpanRecord) -> None:
         self._batch.append(rec)
         if len(self._batch) >= BATCH_SPANS:
             self.flush()
 
-    def _resource_head(self, inst: InstanceInfo, version: str) -> str:
-        key = (inst.instance_id, version)
+    def _resource_head(self, rec: SpanRecord, key: _ResourceKey) -> str:
         head = self._resources.get(key)
         if head is None:
-            attrs = _attributes(inst.resource_attributes(version, SDK_VERSION))
-            head = ('{"resource":{"attributes":[' + attrs + ']},"scopeSpans":[{"scope":{"name":'
-                    + orjson.dumps(SCOPE_NAME).decode() + '},"spans":[')
+            attrs = _attributes(dict(rec.resource) if rec.resource is not None
+                                else rec.instance.resource_attributes(rec.version, SDK_VERSION))
+            head = '{"resource":{"attributes":[' + attrs + ']},"scopeSpans":['
             self._resources[key] = head
         return head
 
     def flush(self) -> None:
-        """One line per batch, spans grouped by resource in first-seen order (as encode_spans does)."""
+        """One line per batch, spans grouped by resource then scope in first-seen order (as encode_spans)."""
         if not self._batch:
             return
-        groups: dict[tuple[str, str], tuple[InstanceInfo, list[str]]] = {}
+        groups: dict[_ResourceKey, tuple[SpanRecord, dict[str, list[str]]]] = {}
         for rec in self._batch:
-            key = (rec.instance.instance_id, rec.version)
+            key = _resource_key(rec)
             if key not in groups:
-                groups[key] = (rec.instance, [])
-            groups[key][1].append(encode_span(rec))
+                groups[key] = (rec, {})
+            groups[key][1].setdefault(rec.scope, []).append(encode_span(rec))
         self._batch = []
-        body = ",".join(self._resource_head(inst, version) + ",".join(spans) + "]}]}"
-                        for (_, version), (inst, spans) in groups.items())
+        body = ",".join(
+            self._resource_head(first, key) + ",".join(
+                '{"scope":{"name":' + orjson.dumps(scope).decode() + '},"spans":[' + ",".join(spans) + "]}"
+                for scope, spans in scopes.items()) + "]}"
+            for key, (first, scopes) in groups.items())
         self._fh.write(('{"resourceSpans":[' + body + "]}\n").encode())
 
     def close(self) -> None:

@@ -149,7 +149,8 @@ class RunResult:
     instances: list[InstanceInfo]
     races: list[Race]
     requests: list[Request]
-    spans_by_version: dict[str, int]
+    spans_by_version: dict[str, int]  # the model's (conventions) spans, what labels.json's summary counts
+    stock_spans_by_version: dict[str, int] | None = None  # spans written in stock-only mode (simulator.stock)
 
 
 class ClusterModel:

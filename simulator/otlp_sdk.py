@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.version import __version__ as SDK_VERSION
 from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceFlags
 
-from kvtrace.simulator.records import SCOPE_NAME, STATUS_ERROR, InstanceInfo, SpanRecord
+from kvtrace.simulator.records import STATUS_ERROR, ResourceAttrs, SpanRecord
 
 BATCH_SPANS = 256  # spans per written line / message, like a BatchSpanProcessor's export batch
 FORMATS = ("json", "protobuf")
@@ -110,38 +110,46 @@ def file_name(instance_id: str, fmt: str) -> str:
 
 
 class SdkSink:
-    """SpanSink that replays each record through a TracerProvider of its instance and version."""
+    """SpanSink that replays each record through a TracerProvider of its instance and version (or of
+    the record's own process `resource` and `scope`, in stock SGLang mode)."""
 
     def __init__(self, out_dir: Path, fmt: str = "json") -> None:
         self.out_dir = out_dir
         self.fmt = fmt
         self._writers: dict[str, OtlpFileWriter] = {}
-        self._tracers: dict[tuple[str, str], tuple[trace_api.Tracer, PresetIdGenerator, TracerProvider]] = {}
+        # one provider per (instance, version, process resource, scope)
+        self._tracers: dict[tuple[str, str, ResourceAttrs | None, str],
+                            tuple[trace_api.Tracer, PresetIdGenerator, TracerProvider]] = {}
 
-    def _tracer(self, inst: InstanceInfo, version: str) -> tuple[trace_api.Tracer, PresetIdGenerator]:
-        key = (inst.instance_id, version)
+    def _tracer(self, record: SpanRecord) -> tuple[trace_api.Tracer, PresetIdGenerator]:
+        inst, version = record.instance, record.version
+        key = (inst.instance_id, version, record.resource, record.scope)
         if key not in self._tracers:
             writer = self._writers.get(inst.instance_id)
             if writer is None:
                 writer = OtlpFileWriter(self.out_dir / file_name(inst.instance_id, self.fmt), self.fmt)
                 self._writers[inst.instance_id] = writer
             ids = PresetIdGenerator()
-            provider = TracerProvider(resource=Resource(inst.resource_attributes(version, SDK_VERSION)),
-                                      id_generator=ids)
+            attrs = (dict(record.resource) if record.resource is not None
+                     else inst.resource_attributes(version, SDK_VERSION))
+            provider = TracerProvider(resource=Resource(attrs), id_generator=ids)
             provider.add_span_processor(SimpleSpanProcessor(_WriterExporter(writer)))
-            self._tracers[key] = (provider.get_tracer(SCOPE_NAME), ids, provider)
+            self._tracers[key] = (provider.get_tracer(record.scope), ids, provider)
         tracer, ids, _ = self._tracers[key]
         return tracer, ids
 
     def emit(self, record: SpanRecord) -> None:
-        tracer, ids = self._tracer(record.instance, record.version)
+        tracer, ids = self._tracer(record)
         ids.trace_id, ids.span_id = record.trace_id, record.span_id
         sampled = TraceFlags(TraceFlags.SAMPLED)
         context = Context()
         if record.parent_id is not None:
-            parent = SpanContext(record.trace_id, record.parent_id, is_remote=False, trace_flags=sampled)
+            parent = SpanContext(record.trace_id, record.parent_id, is_remote=record.parent_remote,
+                                 trace_flags=sampled)
             context = trace_api.set_span_in_context(trace_api.NonRecordingSpan(parent))
-        links = [Link(SpanContext(t, s, is_remote=False, trace_flags=sampled)) for t, s in record.links]
+        remote = record.links_remote or (False,) * len(record.links)
+        links = [Link(SpanContext(t, s, is_remote=r, trace_flags=sampled))
+                 for (t, s), r in zip(record.links, remote, strict=True)]
         span = tracer.start_span(record.name, context=context, attributes=record.attributes, links=links,
                                  start_time=record.start_ns)
         if record.status_code == STATUS_ERROR:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 AttrValue = str | int | float | bool | list[int] | list[str]
+ResourceAttrs = tuple[tuple[str, str], ...]  # a Resource's attributes in order (hashable)
 
 SPAN_KIND_INTERNAL = 1
 STATUS_UNSET = 0
@@ -55,6 +56,11 @@ class SpanRecord:
     status_code: int = STATUS_UNSET
     status_message: str | None = None
     links: list[tuple[int, int]] = field(default_factory=list)
+    # Stock SGLang mode (simulator.stock) only; the defaults are the conventions output.
+    resource: ResourceAttrs | None = None  # this span's process Resource; None = instance.resource_attributes
+    scope: str = SCOPE_NAME  # instrumentation scope name
+    parent_remote: bool = False  # parent span context came from another process (SpanContext.is_remote)
+    links_remote: tuple[bool, ...] = ()  # per link: is_remote; empty = all local
 
 
 class SpanSink(Protocol):

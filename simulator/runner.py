@@ -14,6 +14,7 @@ from kvtrace.simulator.model import ClusterModel, Instance, Request, RunResult, 
 from kvtrace.simulator.otlp_sdk import FORMATS, SdkSink
 from kvtrace.simulator.outputs import draw_accept_prob, sample_steps
 from kvtrace.simulator.records import CountingSink, SpanSink
+from kvtrace.simulator.stock import StockSglangSink, check_stock_options
 
 MODES = ("sdk", "fast", "labels-only")
 
@@ -35,11 +36,17 @@ def build_knobs(scenario: str, overrides: dict[str, Any], profile: str = "realis
 
 
 def simulate(scenario: str, seed: int, out_dir: Path | None, overrides: dict[str, Any] | None = None,
-             fmt: str = "json", mode: str = "sdk", profile: str = "realistic") -> RunResult:
+             fmt: str = "json", mode: str = "sdk", profile: str = "realistic", *, stock_only: bool = False,
+             stock_resources: str = "configured", stock_trace_level: int = 3) -> RunResult:
     """Simulate `scenario` and write `<out>/<instance>.otlp.jsonl|.pb` and `<out>/labels.json`.
 
     mode: `sdk` (opentelemetry-sdk), `fast` (direct JSON encoder, same bytes), `labels-only`
     (no span files, only labels.json and the counts; for measuring rates over many requests).
+    stock_only: write what stock SGLang 0.5.23 emits (`--enable-trace --trace-modules
+    request,mooncake`) instead of the kvtrace conventions, from the same model run (labels.json is
+    unchanged); stock_resources `configured` (OTEL_RESOURCE_ATTRIBUTES set by the operator) or
+    `unconfigured` (service.name "sglang" and a random service.instance.id per process);
+    stock_trace_level is SGLANG_TRACE_LEVEL (1-3, SGLang's default 3). See simulator.stock.
     """
     if fmt not in FORMATS:
         raise SimulatorError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -47,6 +54,10 @@ def simulate(scenario: str, seed: int, out_dir: Path | None, overrides: dict[str
         raise SimulatorError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode == "fast" and fmt != "json":
         raise SimulatorError("the fast path writes OTLP JSON only; drop --format protobuf or --fast")
+    if stock_only:
+        if mode == "labels-only":
+            raise SimulatorError("stock-only mode writes spans; it has no effect with labels-only")
+        check_stock_options(stock_resources, stock_trace_level)
     knobs = build_knobs(scenario, overrides or {}, profile)
     sink: SpanSink | None = None
     if out_dir is not None:
@@ -57,10 +68,16 @@ def simulate(scenario: str, seed: int, out_dir: Path | None, overrides: dict[str
         sink = SdkSink(_need(out_dir), fmt)
     elif mode == "fast":
         sink = FastJsonSink(_need(out_dir))
+    stock: StockSglangSink | None = None
+    if stock_only and sink is not None:
+        sink = stock = StockSglangSink(sink, knobs, scenario, seed, resources=stock_resources,
+                                       trace_level=stock_trace_level)
     if scenario == "pr35049":
         result = run_pr35049(knobs, seed, sink if sink is not None else CountingSink())
     else:
         result = ClusterModel(knobs, seed, sink, scenario).run()
+    if stock is not None:
+        result.stock_spans_by_version = stock.spans_by_version
     if out_dir is not None:
         write_labels(out_dir, result)
     return result

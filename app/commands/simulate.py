@@ -11,6 +11,7 @@ from kvtrace.simulator.config import PROFILES, SCENARIOS, SimulatorError
 from kvtrace.simulator.labels import summarize
 from kvtrace.simulator.model import RunResult
 from kvtrace.simulator.otlp_sdk import FORMATS
+from kvtrace.simulator.stock import RESOURCE_MODES, STOCK_SGLANG_VERSION
 
 # (option, knob field, type, help). Unset options keep the scenario's preset (docs/simulator.md).
 _KNOB_OPTIONS: tuple[tuple[str, str, Any, str], ...] = (
@@ -69,9 +70,22 @@ def _knob_options(func: Any) -> Any:
 @click.option("--fast", is_flag=True, help="Encode OTLP JSON directly (same bytes as the SDK path, several times faster).")
 @click.option("--labels-only", is_flag=True,
               help="Statistics mode: run the model, write only labels.json (if --out) and the summary.")
+@click.option("--stock-only", is_flag=True,
+              help=f"Write only what stock SGLang {STOCK_SGLANG_VERSION} emits with --enable-trace --trace-modules "
+                   "request,mooncake (request roots, thread spans, stage slices, mooncake Sender traces; no kv.*, "
+                   "forward, hicache.load, request.abort or spec.* spans/attributes), from the same model run: "
+                   "labels.json is identical to the default mode's.")
+@click.option("--stock-resources", type=click.Choice(RESOURCE_MODES), default="configured", show_default=True,
+              help="With --stock-only: configured = the operator set OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES "
+                   "(host.name, service.instance.id, sglang.role, service.version); unconfigured = service.name "
+                   "'sglang' and the SDK's random service.instance.id per process.")
+@click.option("--stock-trace-level", type=click.IntRange(1, 3), default=3, show_default=True,
+              help="With --stock-only: SGLANG_TRACE_LEVEL (3, SGLang's default, adds fake_output and one "
+                   "decode_loop span per decode step; 1 drops api_server_dispatch and mooncake_worker_send_session).")
 @_knob_options
 def simulate_command(scenario: str, profile: str, seed: int, out: Path | None, fmt: str, fast: bool,
-                     labels_only: bool, **knobs: Any) -> None:
+                     labels_only: bool, stock_only: bool, stock_resources: str, stock_trace_level: int,
+                     **knobs: Any) -> None:
     """Simulate a PD-disaggregated SGLang cluster with HiCache and write its OTLP traces + labels.
 
     Spans go through the real opentelemetry-sdk (one TracerProvider per instance) into one file
@@ -83,6 +97,8 @@ def simulate_command(scenario: str, profile: str, seed: int, out: Path | None, f
         kvtrace simulate --scenario mixed --seed 7 --out traces/
 
         kvtrace simulate --scenario mixed --profile realistic --requests 90000 --labels-only
+
+        kvtrace simulate --scenario pd-abort-race --seed 2 --stock-only --out traces-stock/
     """
     from kvtrace.simulator.runner import simulate
 
@@ -90,11 +106,16 @@ def simulate_command(scenario: str, profile: str, seed: int, out: Path | None, f
         raise click.ClickException("--fast and --labels-only exclude each other")
     if out is None and not labels_only:
         raise click.ClickException("--out is required (or use --labels-only)")
+    if stock_only and labels_only:
+        raise click.ClickException("--stock-only and --labels-only exclude each other (labels-only writes no spans)")
+    if not stock_only and (stock_resources != "configured" or stock_trace_level != 3):
+        raise click.ClickException("--stock-resources and --stock-trace-level need --stock-only")
     if knobs.get("pools") is not None:
         knobs["pools"] = tuple(p.strip() for p in knobs["pools"].split(",") if p.strip())
     mode = "labels-only" if labels_only else "fast" if fast else "sdk"
     try:
-        result = simulate(scenario, seed, out, knobs, fmt, mode, profile)
+        result = simulate(scenario, seed, out, knobs, fmt, mode, profile, stock_only=stock_only,
+                          stock_resources=stock_resources, stock_trace_level=stock_trace_level)
     except SimulatorError as err:
         raise click.ClickException(str(err)) from err
     click.echo(render_summary(result))
@@ -111,6 +132,10 @@ def render_summary(result: RunResult) -> str:
     for r in rows:
         lines.append(f"{r.version:<16} {r.requests:>9} {r.spans:>10} {r.aborted:>8} {r.races:>7} "
                      f"{r.anomalies:>9} {r.rate_per_10k:>8.2f}")
+    if result.stock_spans_by_version is not None:
+        written = sum(result.stock_spans_by_version.values())
+        lines.append(f"stock-only: wrote {written} stock SGLang {STOCK_SGLANG_VERSION} spans (the spans column, like "
+                     "labels.json, counts the model's kvtrace-convention spans)")
     return "\n".join(lines)
 
 
