@@ -1,10 +1,17 @@
-"""Plotly figures for the pages: DataFrame in, Figure out (no queries, no streamlit)."""
+"""Plotly figures for the pages: DataFrame in, Figure out (no queries, no streamlit).
+
+plotly renders a subset of HTML (`<b>`, `<a href>`, `<br>`...) in every text it draws: trace
+names, tick labels, hover text and titles. Every text column of a frame goes through
+`plain_labels()` before it reaches a figure, so a value from a trace shows as its text.
+"""
 
 from __future__ import annotations
 
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+
+from kvtrace.app.escape import plot_text
 
 ROLE_COLOURS = {"culprit": "#d62728", "victim": "#1f77b4", "other": "#7f7f7f"}
 # (who, op) -> colour, opacity: the culprit's write/load in red behind everything, instants dark.
@@ -19,9 +26,20 @@ EVENT_STYLE = {
 DRAW_ORDER = {"transfer": 0, "load": 0, "alloc": 1, "read": 2, "free": 3, "abort": 4}
 
 
+def plain_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `frame` with every string cell escaped for plotly (`plot_text`); other cells as they are."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            out[column] = out[column].map(lambda v: plot_text(v) if isinstance(v, str) else v)
+        elif isinstance(out[column].dtype, pd.CategoricalDtype):
+            out[column] = out[column].astype(object).map(lambda v: plot_text(v) if isinstance(v, str) else v)
+    return out
+
+
 def waterfall(spans: pd.DataFrame) -> go.Figure:
     """A request's spans as horizontal bars, one row per span, coloured by host (raw host clocks)."""
-    frame = spans.copy()
+    frame = plain_labels(spans)
     frame["label"] = frame["name"] + " · " + frame["instance_id"].fillna("?")
     frame["duration_ms"] = frame["duration_ms"].clip(lower=0.05)
     fig = px.bar(
@@ -52,14 +70,14 @@ def spec_steps(steps: pd.DataFrame, min_accept_length: float | None, title: str 
             y=min_accept_length, line_dash="dash", line_color="#d62728",
             annotation_text=f"garbled if accept length < {min_accept_length:g}",
         )
-    fig.update_layout(title=title, xaxis_title="verify step", yaxis_title="tokens", height=320,
+    fig.update_layout(title=plot_text(title), xaxis_title="verify step", yaxis_title="tokens", height=320,
                       margin={"l": 10, "r": 10})
     return fig
 
 
 def rate_over_time(rates: pd.DataFrame) -> go.Figure:
     """Anomaly rate per 10,000 requests by time bucket, one line per service version."""
-    fig = px.line(rates, x="bucket", y="per_10k", color="service_version", markers=True,
+    fig = px.line(plain_labels(rates), x="bucket", y="per_10k", color="service_version", markers=True,
                   hover_data=["requests", "anomalies"])
     fig.update_layout(yaxis_title="anomalies per 10,000 requests", xaxis_title=None, height=340,
                       legend_title_text="version", margin={"l": 10, "r": 10})
@@ -73,6 +91,7 @@ def finding_timeline(events: pd.DataFrame, clock: str, window: tuple[float, floa
     x0_ms, x1_ms (already on the chosen clock, ms relative to the window start).
     """
     fig = go.Figure()
+    events = plain_labels(events)
     span = float(events["x1_ms"].max() - events["x0_ms"].min()) if not events.empty else 1.0
     min_width = max(span * 0.004, 0.001)  # instants (alloc, abort) stay visible
     ordered = events.assign(
@@ -97,7 +116,7 @@ def finding_timeline(events: pd.DataFrame, clock: str, window: tuple[float, floa
         fig.add_vrect(x0=window[0], x1=window[1], fillcolor="#ff7f0e", opacity=0.12, line_width=0,
                       annotation_text="unsafe window", annotation_position="top left")
     fig.update_layout(
-        barmode="overlay", height=420, xaxis_title=f"ms from the window start ({clock})",
+        barmode="overlay", height=420, xaxis_title=f"ms from the window start ({plot_text(clock)})",
         yaxis_title="page id", margin={"l": 10, "r": 10}, legend={"orientation": "h", "y": -0.2},
     )
     return fig
@@ -110,7 +129,7 @@ def layer_timeline(layers: pd.DataFrame, flagged: list[int], window: tuple[float
     symbols = {"load": "line-ns-open", "read": "circle"}
     for op, group in layers.groupby("op"):
         fig.add_scatter(
-            x=group["t_ms"], y=group["layer"], mode="markers", name=names.get(str(op), str(op)),
+            x=group["t_ms"], y=group["layer"], mode="markers", name=names.get(str(op), plot_text(op)),
             marker={"symbol": symbols.get(str(op), "circle"), "size": 11, "line": {"width": 2},
                     "color": ROLE_COLOURS["culprit" if op == "load" else "victim"]},
             hovertemplate="layer %{y}<br>%{x:.3f} ms<extra></extra>",
@@ -139,6 +158,6 @@ def page_heatmap(cells: pd.DataFrame, num_rows: int | None = None) -> go.Figure:
         hovertemplate="page %{x}, layer %{y}: %{z} hazard(s)<extra></extra>",
     ))
     fig.update_xaxes(type="category", title="page id")
-    fig.update_yaxes(type="category", title=str(cells.attrs.get("row_title", "layer")))
+    fig.update_yaxes(type="category", title=plot_text(cells.attrs.get("row_title", "layer")))
     fig.update_layout(height=max(260, 26 * len(rows) + 140), margin={"l": 10, "r": 10})
     return fig

@@ -1,7 +1,8 @@
 """Streamlit glue shared by the pages: the store resource, cached data calls, error sections.
 
 Pages stay thin: they call `cached(data_function, ...)` and draw. Cache keys include the store
-snapshot's version, so every cache follows a refresh after an ingest.
+snapshot's version, so every cache follows a refresh after an ingest. A value from a trace (or
+from a message that may quote one) enters Markdown only through `md()` / `md_code()` (app/escape.py).
 """
 
 from __future__ import annotations
@@ -14,18 +15,25 @@ from typing import Any, TypeVar
 
 import streamlit as st
 
+# the environment `kvtrace app` sets for this process (re-exported: pages and tests read them here)
+from kvtrace.app.commands.app import ALLOW_INGEST_ENV as ALLOW_INGEST_ENV
+from kvtrace.app.commands.app import DB_ENV as DB_ENV
 from kvtrace.app.data.common import MissingTable
+from kvtrace.app.escape import md, md_code
 from kvtrace.app.options import DEFAULT_DB
 from kvtrace.app.safe_sql import QueryError, StoreUnavailable
 from kvtrace.app.store import Store
 
 T = TypeVar("T")
 
-DB_ENV = "KVTRACE_DB"
-
 
 def db_path() -> Path:
     return Path(os.environ.get(DB_ENV, DEFAULT_DB)).resolve()
+
+
+def ingest_allowed() -> bool:
+    """Whether the Ingest page may write uploads into the store: only under `kvtrace app --allow-ingest`."""
+    return os.environ.get(ALLOW_INGEST_ENV) == "1"
 
 
 @st.cache_resource(show_spinner=False)
@@ -60,13 +68,14 @@ def section() -> Iterator[None]:
     except StoreUnavailable as exc:
         st.error(str(exc))
     except QueryError as exc:
-        st.error(f"query failed: {exc}")
+        # DuckDB's message may quote a value from the store
+        st.error(f"query failed: {md(exc)}")
 
 
 def sidebar_status() -> None:
     """Which store, how old the snapshot is, and whether an ingest is writing to it now."""
     with st.sidebar:
-        st.caption(f"store: `{db_path()}`")
+        st.caption(f"store: {md_code(db_path())}")
         try:
             status = store().status()
         except StoreUnavailable as exc:

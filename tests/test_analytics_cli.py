@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from kvtrace.app.cli import main
+from kvtrace.app.escape import md
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +73,7 @@ def test_report_writes_html_markdown_and_findings_with_a_verdict(store: Path, tm
     assert verdict in page
     assert "<script src=" not in page and "Plotly.newPlot" in page  # plotly inline: opens offline
     assert "Online abort rule: threshold sweep" in page
-    md = (out / "summary.md").read_text()
-    assert f"**{verdict}**" in md
+    summary_md = (out / "summary.md").read_text()
+    assert f"**{md(verdict)}**" in summary_md  # escaped: the verdict quotes values from the traces
     assert pq.read_table(out / "findings.parquet").num_rows == 20
     assert len((out / "findings.jsonl").read_text().splitlines()) == 20

@@ -20,7 +20,8 @@ from streamlit.testing.v1 import AppTest
 
 from kvtrace.analytics.runner import compute
 from kvtrace.analytics.summary import summarise
-from kvtrace.app.ui import DB_ENV
+from kvtrace.app.escape import md
+from kvtrace.app.ui import ALLOW_INGEST_ENV, DB_ENV
 from kvtrace.replay.cpu import predict, run_cpu
 from kvtrace.replay.export import export_finding
 
@@ -93,7 +94,7 @@ def test_overview_shows_counts_verdict_and_rates(mixed: Path, monkeypatch: pytes
     compute(con)
     expected = summarise(con)
     con.close()
-    assert f"**{expected.verdict}**" in [m.value for m in at.markdown]
+    assert f"**{md(expected.verdict)}**" in [m.value for m in at.markdown]  # the sentence, escaped as text
     for kind, count in expected.findings_by_kind.items():
         assert metrics[kind] == str(count)
     rates = _df(at, "service_version", "per_10k")
@@ -232,6 +233,7 @@ def test_ingest_page_uploads_and_shows_quarantine(
 ) -> None:
     db = tmp_path / "store.duckdb"
     shutil.copy(ingested_only_store, db)
+    monkeypatch.setenv(ALLOW_INGEST_ENV, "1")  # `kvtrace app --allow-ingest`
     at = _page(db, "ingest", monkeypatch)
     assert len(_df(at, "file_id", "path")) == 2
     assert at.success[0].value == "no quarantined records"

@@ -50,6 +50,10 @@ ATTACKS = [
     ("DROP TABLE requests", "DROP statements are not allowed"),
     ("EXPORT DATABASE '{tmp}/dump'", "EXPORT statements are not allowed"),
     ("SELECT 1; DROP TABLE requests", "one statement at a time"),
+    # EXPLAIN ANALYZE executes what it explains: only a SELECT may be explained.
+    ("EXPLAIN ANALYZE CREATE TEMP TABLE t2 AS SELECT 1", "only a SELECT may be explained here, not CREATE"),
+    ("EXPLAIN ANALYZE SET memory_limit = '100GB'", "only a SELECT may be explained here, not SET"),
+    ("EXPLAIN ANALYZE CHECKPOINT", "only a SELECT may be explained here, not CALL"),
 ]
 
 

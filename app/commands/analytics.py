@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -13,6 +14,7 @@ from kvtrace.analytics.errors import AnalyticsError
 from kvtrace.analytics.materialise import analyze as analyze_store
 from kvtrace.analytics.registry import default_registry
 from kvtrace.app.options import db_option
+from kvtrace.app.safe_sql import DEFAULT_TIMEOUT_S, QueryError, QueryRefused, process_started_at, run_isolated
 from kvtrace.ingest.store import CLI_WAIT_S
 
 
@@ -47,26 +49,43 @@ def analyses_command() -> None:
 @click.option("--max-rows", type=click.IntRange(min=1), default=1000, show_default=True, help="Rows shown at most.")
 @click.option("--analyses/--no-analyses", "with_analyses", default=False,
               help="Compute the analyses first so the query can read them by name (findings, ...).")
-def query_command(db: str, sql: str, max_rows: int, with_analyses: bool) -> None:
-    """Run one read-only SELECT against the store and print the rows as CSV.
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1.0), default=DEFAULT_TIMEOUT_S, show_default=True,
+              help="Seconds the command may run (--analyses' own time not counted); the query is stopped then.")
+def query_command(db: str, sql: str, max_rows: int, with_analyses: bool, timeout_s: float) -> None:
+    """Run one read-only SELECT (or EXPLAIN [ANALYZE] of one) against the store; print the rows as CSV.
+
+    The app's SQL console guard: a process of its own with a time and a memory limit, no file,
+    network or extension access; columns CSV cannot hold (lists, structs, ...) print as text.
 
     Example:
 
         kvtrace query --db demo/kvtrace.duckdb "SELECT op, count(*) FROM kv_events GROUP BY op"
     """
+    import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    checked_at = time.monotonic()
     try:
-        con = runner.connect(db, read_only=True, wait_s=CLI_WAIT_S)
-        try:
-            if with_analyses:
-                runner.compute(con)
-            table = runner.read_only_query(con, sql, max_rows=max_rows)
-        finally:
-            con.close()
+        runner.connect(db, read_only=True, wait_s=CLI_WAIT_S).close()  # a kvtrace store? (one clear line)
     except AnalyticsError as exc:
         raise _fail(exc) from exc
-    pacsv.write_csv(table, sys.stdout.buffer)
+    # The limit counts from the command's start, less any wait for a store another process held.
+    started_at = process_started_at() + (time.monotonic() - checked_at)
+    try:
+        result = run_isolated(db, sql, timeout_s=timeout_s, max_rows=max_rows, analyses=with_analyses,
+                              wait_s=CLI_WAIT_S, started_at=started_at)
+    except QueryRefused as exc:
+        if exc.statement_type:
+            raise click.ClickException(f"only SELECT/EXPLAIN queries are allowed here, not {exc.statement_type}") from exc
+        raise click.ClickException(str(exc)) from exc
+    except QueryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        pacsv.write_csv(result.table, sys.stdout.buffer)
+    except pa.ArrowException as exc:
+        raise click.ClickException(f"the result cannot be written as CSV: {str(exc).splitlines()[0]}") from exc
+    if result.truncated:
+        click.echo(result.note or f"first {max_rows:,} rows shown (--max-rows)", err=True)
 
 
 @click.command("analyze")

@@ -85,6 +85,8 @@ def timeline(store: Store, finding_id: str) -> Timeline:
         raise KeyError(f"no finding {finding_id}")
     f = found.iloc[0].to_dict()
     ws, we = int(f["window_start_ns"]), int(f["window_end_ns"])
+    if not len(f["pages"]):  # request level (abort_during_transfer): its evidence spans, no pages
+        return _request_level_timeline(store, f, ws, we)
     pad = max(we - ws, 5_000_000) * 2
     skew = "skew_bounds" if store.has_table("skew_bounds") else None
     events = store.frame(
@@ -158,6 +160,35 @@ def timeline(store: Store, finding_id: str) -> Timeline:
         finding=f, events=frame, window_ms=(0.0, (we - ws) / 1e6),
         window_raw_ms=(0.0, (raw_end_ns - ws) / 1e6), corrected_hosts=corrected,
         layers=pd.DataFrame(layer_rows, columns=["who", "op", "span_id", "layer", "t_ms"]),
+    )
+
+
+def _request_level_timeline(store: Store, f: dict[str, Any], ws: int, we: int) -> Timeline:
+    """A finding without pages, drawn from its evidence spans (the aborted decode request, its
+    ERROR thread span, the prefill's write, the victim's root) on their own clocks: all on one row,
+    since no page is known."""
+    spans = store.frame(
+        "SELECT span_id, name, rid, host_name, start_ns, end_ns FROM spans "
+        "WHERE list_contains($ids, span_id) ORDER BY start_ns",
+        {"ids": [str(i) for i in f["evidence_span_ids"]]},
+    )
+    rows = []
+    for e in spans.itertuples(index=False):
+        who = "victim" if f["victim_rid"] is not None and e.rid == f["victim_rid"] else "culprit"
+        rows.append({
+            "label": f"{who} {e.rid}: {e.name} on {e.host_name}", "who": who, "op": str(e.name), "rid": e.rid,
+            "span_id": e.span_id, "page_lo": 0, "page_hi": 0, "clock_host": e.host_name,
+            "x0_raw_ms": (e.start_ns - ws) / 1e6, "x1_raw_ms": (e.end_ns - ws) / 1e6,
+            "x0_ms": (e.start_ns - ws) / 1e6, "x1_ms": (e.end_ns - ws) / 1e6,
+        })
+    frame = pd.DataFrame(rows, columns=["label", "who", "op", "rid", "span_id", "page_lo", "page_hi",
+                                        "clock_host", "x0_raw_ms", "x1_raw_ms", "x0_ms", "x1_ms"])
+    raw_end = f.get("window_end_raw_ns")
+    raw_end_ns = we if raw_end is None or pd.isna(raw_end) else int(raw_end)
+    return Timeline(
+        finding=f, events=frame, window_ms=(0.0, (we - ws) / 1e6),
+        window_raw_ms=(0.0, (raw_end_ns - ws) / 1e6), corrected_hosts={},
+        layers=pd.DataFrame([], columns=["who", "op", "span_id", "layer", "t_ms"]),
     )
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -47,18 +48,28 @@ def quarantine_by_reason(store: Store) -> pd.DataFrame:
 
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+UPLOAD_PREFIX = "kvtrace-upload-"
 
 
-def save_uploads(uploads: Iterable[tuple[str, bytes]], folder: Path | None = None) -> list[Path]:
-    """Write uploaded (name, bytes) pairs to a private folder, names sanitised; returns the paths."""
-    target = folder or Path(tempfile.mkdtemp(prefix="kvtrace-upload-"))
-    paths = []
+def save_uploads(uploads: Iterable[tuple[str, bytes]], folder: Path) -> list[Path]:
+    """Write uploaded (name, bytes) pairs into `folder`, names sanitised and unique; returns the paths."""
+    paths: list[Path] = []
     for name, data in uploads:
         safe = _SAFE_NAME.sub("_", Path(name).name).lstrip(".") or "upload"
-        path = target / safe
+        path, n = folder / safe, 1
+        while path.exists():  # two uploads of one name: keep both
+            path, n = folder / f"{n}-{safe}", n + 1
         path.write_bytes(data)
         paths.append(path)
     return paths
+
+
+@contextlib.contextmanager
+def saved_uploads(uploads: Iterable[tuple[str, bytes]]) -> Iterator[list[Path]]:
+    """The uploads written to a private temporary folder (mode 0700) that is removed when the block
+    ends, whether the ingest in it succeeded or raised."""
+    with tempfile.TemporaryDirectory(prefix=UPLOAD_PREFIX) as folder:
+        yield save_uploads(uploads, Path(folder))
 
 
 def ingest_uploads(db: Path, paths: list[Path]) -> IngestSummary:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
+
+import duckdb
 
 from kvtrace.analytics.materialise import result_tables
-from kvtrace.analytics.registry import Analysis, ParamValue, default_registry
-from kvtrace.app.safe_sql import QueryResult
+from kvtrace.analytics.registry import MACROS_SQL, Analysis, ParamValue, default_registry
+from kvtrace.app.safe_sql import QueryResult, StoreUnavailable, run_isolated
 from kvtrace.app.store import Store
 
 CONSOLE_MAX_ROWS = 5_000
@@ -66,5 +69,29 @@ def examples(store: Store) -> list[Example]:
 
 
 def run_console(store: Store, sql: str) -> QueryResult:
-    """The console's query: read-only guard, timeout and row cap of app.safe_sql."""
-    return store.query(sql, max_rows=CONSOLE_MAX_ROWS)
+    """The console's query: app.safe_sql's guard, in a worker process of its own (the app's process
+    never runs SQL a person typed), on the store's current snapshot, with the analyses' macros.
+
+    A snapshot replaced (and removed) between asking for its path and the worker opening it is
+    retried once on the new one.
+    """
+    for attempt in (1, 2):
+        path = store.call(_snapshot_path)
+        try:
+            return run_isolated(path, sql, timeout_s=store.timeout_s, max_rows=CONSOLE_MAX_ROWS,
+                                prelude=_macros()).to_query_result()
+        except StoreUnavailable:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _snapshot_path(cur: duckdb.DuckDBPyConnection) -> str:
+    row = cur.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+@cache
+def _macros() -> str:
+    return MACROS_SQL.read_text(encoding="utf-8")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
+from kvtrace.app.charts import plain_labels
 from kvtrace.app.data import anomalies
 from kvtrace.app.ui import cached, section
 
@@ -16,7 +17,7 @@ with section():
     if counts.empty:
         st.success("no anomalous requests")
     else:
-        fig = px.bar(counts, x="anomaly", y="requests", color="linkage", barmode="stack", height=300)
+        fig = px.bar(plain_labels(counts), x="anomaly", y="requests", color="linkage", barmode="stack", height=300)
         st.plotly_chart(fig, key="anomalies_linkage_chart")
         st.dataframe(cached(anomalies.linkage), hide_index=True, key="anomalies_linkage", height=260)
 
@@ -26,7 +27,7 @@ with section():
     st.dataframe(rr, hide_index=True, key="anomalies_relative_risk")
     shown = rr.dropna(subset=["relative_risk"])
     if not shown.empty:
-        fig = px.bar(shown, x="exposure", y="relative_risk", height=280, text_auto=".1f")
+        fig = px.bar(plain_labels(shown), x="exposure", y="relative_risk", height=280, text_auto=".1f")
         fig.add_hline(y=1.0, line_dash="dot")
         st.plotly_chart(fig, key="anomalies_rr_chart")
 
@@ -36,7 +37,7 @@ with section():
     if attr.empty:
         st.info("nothing to attribute")
     else:
-        frame = attr.assign(label=attr["attribute"] + " = " + attr["value"].astype(str))
+        frame = plain_labels(attr.assign(label=attr["attribute"] + " = " + attr["value"].astype(str)))
         fig = px.bar(frame, x="difference", y="label", orientation="h", color="attribute",
                      hover_data=["share_anomalous", "share_normal", "anomalous", "normal"], height=420)
         fig.update_yaxes(autorange="reversed", title=None)

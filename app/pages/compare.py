@@ -5,7 +5,9 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
+from kvtrace.app.charts import plain_labels
 from kvtrace.app.data import compare
+from kvtrace.app.escape import plot_text
 from kvtrace.app.ui import cached, section
 
 st.title("Compare versions")
@@ -23,8 +25,8 @@ with section():
                      column_config={"throughput_gain": st.column_config.NumberColumn(format="percent")})
         long = cached(compare.long_form, a, b)
         metric = st.selectbox("metric", compare.METRICS, index=0, key="compare_metric")
-        chosen = long[long["metric"] == metric]
+        chosen = plain_labels(long[long["metric"] == metric])
         fig = px.bar(chosen, x="context_bucket", y="value", color="service_version", barmode="group",
-                     category_orders={"context_bucket": compare.BUCKET_ORDER}, height=360)
-        fig.update_layout(yaxis_title=metric, xaxis_title="context length")
+                     category_orders={"context_bucket": [plot_text(b) for b in compare.BUCKET_ORDER]}, height=360)
+        fig.update_layout(yaxis_title=plot_text(metric), xaxis_title="context length")
         st.plotly_chart(fig, key="compare_chart")

@@ -6,6 +6,7 @@ import streamlit as st
 
 from kvtrace.app import charts
 from kvtrace.app.data import findings
+from kvtrace.app.escape import md, md_code
 from kvtrace.app.ui import cached, ns_to_text, section
 
 st.title("Findings")
@@ -31,14 +32,19 @@ with section():
         st.query_params["finding"] = picked
         tl = cached(findings.timeline, picked)
         f = tl.finding
-        st.subheader(f"{f['kind']} on {f['instance']} rank {f['tp_rank']} pool {f['kv_pool']}")
+        st.subheader(f"{md(f['kind'])} on {md(f['instance'])} rank {md(f['tp_rank'])} pool {md(f['kv_pool'])}")
         m = st.columns(4)
-        m[0].metric("confidence", str(f["confidence"]))
+        m[0].metric("confidence", md(f["confidence"]))
         m[1].metric("pages", len(f["pages"]))
         m[2].metric("unsafe window", f"{tl.window_ms[1]:.3f} ms")
-        m[3].metric("victim", str(f["victim_rid"] or "-"))
-        st.caption(f"culprit `{f['culprit_rid']}`, window starts {ns_to_text(f['window_start_ns'])} UTC "
-                   f"(clock of {f['instance']}); evidence spans: {', '.join(map(str, f['evidence_span_ids']))}")
+        m[3].metric("victim", md(f["victim_rid"]) if f["victim_rid"] else "-")
+        st.caption(f"culprit {md_code(f['culprit_rid'])}, window starts {ns_to_text(f['window_start_ns'])} UTC "
+                   f"(clock of {md(f['instance'])}); evidence spans: {md(', '.join(map(str, f['evidence_span_ids'])))}")
+        if f.get("refute_margin"):  # cross-host: how strong the clock evidence is, in words
+            st.info(f"Clocks: {md(f['refute_margin'])}.", icon=":material/schedule:")
+        if f["kind"] == "abort_during_transfer":
+            st.caption("request level (stock SGLang spans): no page is known to be shared, so the victim is a "
+                       "candidate, admitted on this instance while the culprit's write was still running")
         links = st.columns(3)
         if f["victim_rid"]:
             links[0].page_link("pages/requests.py", label="victim in Requests", icon=":material/search:",
@@ -55,7 +61,7 @@ with section():
             events["x0_ms"], events["x1_ms"] = events["x0_raw_ms"], events["x1_raw_ms"]
             window, label = tl.window_raw_ms, "raw clocks: each host its own"
         else:
-            window, label = tl.window_ms, f"clock of {f['instance']}"
+            window, label = tl.window_ms, f"clock of {f['instance']}"  # an axis title: charts escape it
         if events.empty:
             st.info("no KV events of the culprit or the victim on these pages")
         else:
@@ -65,6 +71,6 @@ with section():
             st.plotly_chart(charts.layer_timeline(tl.layers, [int(x) for x in f["layers"]], tl.window_ms),
                             key="findings_layers")
         if tl.corrected_hosts:
-            st.caption("corrected: " + ", ".join(f"{h} shifted by {-ms:+.3f} ms" for h, ms in tl.corrected_hosts.items()))
+            st.caption("corrected: " + ", ".join(f"{md(h)} shifted by {-ms:+.3f} ms" for h, ms in tl.corrected_hosts.items()))
         with st.expander("events"):
             st.dataframe(tl.events, hide_index=True, key="findings_events")

@@ -6,6 +6,7 @@ import streamlit as st
 
 from kvtrace.app import charts
 from kvtrace.app.data import analysis, overview
+from kvtrace.app.escape import md
 from kvtrace.app.ui import cached, ns_to_text, section
 
 st.title("Overview")
@@ -25,12 +26,15 @@ with section():
 st.subheader("Verdict")
 with section():
     verdict = cached(analysis.verdict)
-    st.markdown(f"**{verdict.headline}**")
+    st.markdown(f"**{md(verdict.headline)}**")  # the sentence quotes instance ids and versions
     kinds = verdict.findings_by_kind
     if kinds:
         for col, (kind, count) in zip(st.columns(len(kinds)), sorted(kinds.items()), strict=True):
             col.metric(kind, count)
     st.dataframe(verdict.rates, hide_index=True, key="overview_verdict_rates")
+    # coverage before conclusions: what the store holds, and how to get what it lacks
+    with st.expander("Coverage: what the store could show", expanded=not bool(verdict.coverage["present"].all())):
+        st.dataframe(verdict.coverage, hide_index=True, key="overview_coverage")
 
 st.subheader("Anomaly rate per 10,000 requests, by version")
 with section():

@@ -6,6 +6,7 @@ import streamlit as st
 
 from kvtrace.app import charts
 from kvtrace.app.data import findings, replay
+from kvtrace.app.escape import md, md_code
 from kvtrace.app.ui import cached, section
 
 st.title("Replay")
@@ -33,7 +34,7 @@ with section():
                 col.metric(mode, "corrupted" if v["corrupted"] else "clean",
                            help=f"{len(v['corrupted_pages'])} pages touched by a hazard")
                 col.caption(f"late writes {v['n_late_writes']}, stale reads {v['n_stale_reads']}, "
-                            f"foreign pages {v['n_foreign_pages']}; victim `{v['victim_rid']}`")
+                            f"foreign pages {v['n_foreign_pages']}; victim {md_code(v['victim_rid'])}")
             cells = replay.heatmap_cells(result, "as-recorded")
             if cells.empty:
                 st.success("as recorded, the replay damages no page")
@@ -49,7 +50,7 @@ with section():
     only_this = st.toggle("only the chosen finding", value=True, key="replay_only_finding")
     runs = cached(replay.stored_runs, finding if only_this else None)
     if runs.empty:
-        st.info("no stored runs" + (f" for finding {finding}" if only_this and finding else ""))
+        st.info("no stored runs" + (f" for finding {md(finding)}" if only_this and finding else ""))
     else:
         st.dataframe(runs, hide_index=True, key="replay_stored_runs")
         damaged = replay.stored_heatmap_cells(runs)

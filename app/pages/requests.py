@@ -6,6 +6,7 @@ import streamlit as st
 
 from kvtrace.app import charts
 from kvtrace.app.data import analysis, requests
+from kvtrace.app.escape import md_code
 from kvtrace.app.ui import cached, section
 
 st.title("Requests")
@@ -16,14 +17,14 @@ rid: str | None = None
 with section():
     found = cached(requests.search, query, 50)
     if found.empty:
-        st.info(f"no request rid starts with `{query}`")
+        st.info(f"no request rid starts with {md_code(query)}" if query else "no requests in the store")
     else:
         st.dataframe(found, hide_index=True, key="requests_found", height=240)
         options = list(found["rid"])
         rid = st.selectbox("request", options, index=0, key="requests_pick")
 
 if rid:
-    st.subheader(f"Request `{rid}`")
+    st.subheader(f"Request {md_code(rid)}")
     with section():
         st.dataframe(cached(requests.roots, rid), hide_index=True, key="requests_roots")
     tab_spans, tab_spec, tab_kv, tab_text = st.tabs(["Span waterfall", "Speculative steps", "KV events", "Output"])

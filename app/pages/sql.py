@@ -9,8 +9,9 @@ from kvtrace.app.safe_sql import QueryError
 from kvtrace.app.ui import cached, section, store
 
 st.title("SQL console")
-st.caption("Read-only: one SELECT or EXPLAIN at a time, no file, network or extension access, "
-           f"a time limit and at most {sql_console.CONSOLE_MAX_ROWS:,} rows shown.")
+st.caption("Read-only: one SELECT (or EXPLAIN [ANALYZE] of one) at a time, no file, network or extension "
+           f"access, a time and a memory limit, and at most {sql_console.CONSOLE_MAX_ROWS:,} rows shown; "
+           "lists, structs and other nested values are shown as text.")
 
 with section():
     examples = cached(sql_console.examples)
@@ -28,6 +29,6 @@ with section():
         except QueryError as exc:
             st.error(str(exc))
         else:
-            note = f" (first {result.max_rows:,} shown)" if result.truncated else ""
+            note = f" ({result.note})" if result.note else f" (first {result.max_rows:,} shown)" if result.truncated else ""
             st.success(f"{len(result.frame):,} row(s){note} in {result.elapsed_s * 1000:.0f} ms")
             st.dataframe(result.frame, hide_index=True, key="sql_result")

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from kvtrace.analytics import evaluation, findings, runner
 from kvtrace.analytics.summary import Summary, summarise
+from kvtrace.app.escape import md
 from kvtrace.app.report import charts
 
 
@@ -51,10 +52,17 @@ def _html_table(table: pa.Table, columns: list[str], limit: int = 50) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
 
 
+def _md_cell(value: Any) -> str:
+    """A table cell of summary.md: numbers as they are, any text (a trace value) escaped to stay text."""
+    if isinstance(value, str | list | dict | bytes):
+        return md(_fmt(value))
+    return _fmt(value)
+
+
 def _md_table(table: pa.Table, columns: list[str], limit: int = 20) -> str:
     rows = table.select(columns).slice(0, limit).to_pylist()
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r[c]).replace("|", "/") for c in columns) + " |" for r in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]  # our column names
+    lines += ["| " + " | ".join(_md_cell(r[c]) for c in columns) + " |" for r in rows]
     if table.num_rows > limit:
         lines.append(f"\n({table.num_rows - limit} more rows in the store)")
     return "\n".join(lines)
@@ -66,7 +74,24 @@ table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px so
 th{background:#f4f4f4}.more{color:#777;font-size:.85em}"""
 
 FINDING_COLUMNS = ["finding_id", "kind", "instance", "tp_rank", "kv_pool", "pages", "layers", "culprit_rid",
-                   "victim_rid", "window_start_ns", "window_end_ns", "confidence"]
+                   "victim_rid", "window_start_ns", "window_end_ns", "confidence", "refute_margin"]
+
+
+def _coverage_table(summary: Summary) -> pa.Table:
+    """What the store holds, per kind of evidence, and what each race analysis could do with it."""
+    evidence = summary.coverage.evidence.values()
+    return pa.Table.from_pylist([{
+        "evidence": e.label, "records": e.n, "present": e.present and not e.n_missing,
+        "how to get it": "" if e.present and not e.n_missing else e.how_to_get,
+    } for e in evidence])
+
+
+def _analyses_table(summary: Summary) -> pa.Table:
+    words = {"ran": "ran", "request_level": "request level only", "not_run": "could not run"}
+    return pa.Table.from_pylist([{
+        "analysis": a.name, "status": words[a.status],
+        "missing": ", ".join(summary.coverage.evidence[k].label for k in a.missing),
+    } for a in summary.coverage.analyses])
 
 
 def build_report(con: duckdb.DuckDBPyConnection, out_dir: Path, labels_path: Path | None = None) -> ReportFiles:
@@ -120,7 +145,10 @@ def _render_html(summary: Summary, found: pa.Table, tables: dict[str, pa.Table],
                  scores: list[evaluation.RaceScore] | None) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>kvtrace report</title>"
              f"<style>{_CSS}</style></head><body><h1>kvtrace report</h1>",
-             f"<p class='verdict'>{html.escape(summary.verdict)}</p>"]
+             f"<p class='verdict'>{html.escape(summary.verdict)}</p>",
+             "<h2>Coverage: what the store could show</h2>" + _html_table(_analyses_table(summary),
+                                                                        ["analysis", "status", "missing"])
+             + _html_table(_coverage_table(summary), ["evidence", "records", "present", "how to get it"])]
     for i, (_name, fig) in enumerate(figures):
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
         if _name == "timeline":
@@ -144,11 +172,15 @@ def _render_markdown(summary: Summary, found: pa.Table, tables: dict[str, pa.Tab
                      scores: list[evaluation.RaceScore] | None) -> str:
     rates = tables["anomaly_rate_by_version"]
     sections = [
-        "# kvtrace report", "", f"**{summary.verdict}**", "",
+        # the verdict quotes instance ids and versions from the traces: escaped, like every value here
+        "# kvtrace report", "", f"**{md(summary.verdict)}**", "",
         f"{summary.requests} requests, {summary.anomalies} anomalous outputs, {summary.explained} explained by a finding.",
+        "", "## Coverage: what the store could show", "",
+        _md_table(_analyses_table(summary), ["analysis", "status", "missing"]), "",
+        _md_table(_coverage_table(summary), ["evidence", "records", "present", "how to get it"]),
         "", "## Findings by kind", "",
         "| kind | findings | certain |", "| --- | --- | --- |",
-        *[f"| {k} | {n} | {summary.certain_by_kind.get(k, 0)} |" for k, n in sorted(summary.findings_by_kind.items())],
+        *[f"| {md(k)} | {n} | {summary.certain_by_kind.get(k, 0)} |" for k, n in sorted(summary.findings_by_kind.items())],
         "", "## Anomaly rate by version", "", _md_table(rates, rates.column_names[:13]),
         "", "## Relative risk", "", _md_table(tables["relative_risk"], tables["relative_risk"].column_names),
         "", "## What sets anomalous requests apart", "",

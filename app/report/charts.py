@@ -1,9 +1,15 @@
-"""Plotly figures of the report, one small function per chart; each takes a pyarrow table."""
+"""Plotly figures of the report, one small function per chart; each takes a pyarrow table.
+
+plotly renders a subset of HTML in every text it draws (names, ticks, hover, text): each string
+made from a table value goes through `plot_text` (as `_t`) so it shows as its text.
+"""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 import pyarrow as pa
+
+from kvtrace.app.escape import plot_text as _t
 
 _LAYOUT = {"template": "plotly_white", "height": 380, "margin": {"l": 60, "r": 20, "t": 50, "b": 50}}
 
@@ -15,7 +21,7 @@ def _rows(table: pa.Table) -> list[dict[str, object]]:
 def anomaly_rate_by_version(rates: pa.Table) -> go.Figure:
     rows = _rows(rates)
     fig = go.Figure(go.Bar(
-        x=[str(r["service_version"]) for r in rows], y=[r["per_10k"] for r in rows],
+        x=[_t(r["service_version"]) for r in rows], y=[r["per_10k"] for r in rows],
         text=[f"{r['anomalies']} / {r['requests']}" for r in rows], textposition="outside",
     ))
     fig.update_layout(title="Anomalous outputs per 10,000 requests, by service.version",
@@ -35,12 +41,12 @@ def findings_timeline(findings: pa.Table) -> go.Figure:
         for r in rows:
             if r["kind"] != kind:
                 continue
-            lane = f"{r['instance']} r{r['tp_rank']} {r['kv_pool']}"
-            label = f"{r['finding_id']} {r['confidence']} victim={r['victim_rid']}"
+            lane = _t(f"{r['instance']} r{r['tp_rank']} {r['kv_pool']}")
+            label = _t(f"{r['finding_id']} {r['confidence']} victim={r['victim_rid']}")
             xs += [(int(str(r["window_start_ns"])) - t0) / 1e9, (int(str(r["window_end_ns"])) - t0) / 1e9, None]
             ys += [lane, lane, None]
             texts += [label, label, None]
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=kind, text=texts,
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=_t(kind), text=texts,
                                  hoverinfo="text+x", line={"width": 6}))
     fig.update_layout(title="Unsafe windows (decode-instance clock, s from the first finding)",
                       xaxis_title="seconds", **_LAYOUT)
@@ -49,7 +55,7 @@ def findings_timeline(findings: pa.Table) -> go.Figure:
 
 def relative_risk(risk: pa.Table) -> go.Figure:
     rows = [r for r in _rows(risk) if r["relative_risk"] is not None]
-    fig = go.Figure(go.Bar(x=[str(r["exposure"]) for r in rows], y=[r["relative_risk"] for r in rows],
+    fig = go.Figure(go.Bar(x=[_t(r["exposure"]) for r in rows], y=[r["relative_risk"] for r in rows],
                            text=[f"{r['exposed_anomalous']}/{r['exposed']} vs {r['unexposed_anomalous']}/{r['unexposed']}"
                                  for r in rows], textposition="outside"))
     fig.update_layout(title="Relative risk of an anomalous output: victims of a finding vs the rest",
@@ -60,7 +66,7 @@ def relative_risk(risk: pa.Table) -> go.Figure:
 def attribution(attr: pa.Table, top: int = 15) -> go.Figure:
     rows = _rows(attr)[:top][::-1]
     fig = go.Figure(go.Bar(
-        x=[r["difference"] for r in rows], y=[f"{r['attribute']}={r['value']}" for r in rows], orientation="h",
+        x=[r["difference"] for r in rows], y=[_t(f"{r['attribute']}={r['value']}") for r in rows], orientation="h",
         text=[f"{float(str(r['share_anomalous'])):.0%} of anomalous vs {float(str(r['share_normal'])):.0%} of normal"
               for r in rows],
     ))
@@ -74,7 +80,7 @@ def version_comparison(cmp: pa.Table, metric: str, title: str) -> go.Figure:
     fig = go.Figure()
     for version in dict.fromkeys(str(r["service_version"]) for r in rows):
         sel = [r for r in rows if str(r["service_version"]) == version]
-        fig.add_trace(go.Bar(name=version, x=[r["context_bucket"] for r in sel], y=[r[metric] for r in sel]))
+        fig.add_trace(go.Bar(name=_t(version), x=[_t(r["context_bucket"]) for r in sel], y=[r[metric] for r in sel]))
     fig.update_layout(title=title, xaxis_title="context length", barmode="group", **_LAYOUT)
     return fig
 
