@@ -136,8 +136,11 @@ CREATE TABLE IF NOT EXISTS kv_events (
                                               -- read: forward.layer_read_offsets_ns
     hicache_num_tokens BIGINT,
     forward_batch_id  VARCHAR,                -- read: parent forward's forward.batch_id
-    forward_mode      VARCHAR                 -- read: extend / decode
+    forward_mode      VARCHAR,                -- read: extend / decode
+    page_error        VARCHAR                 -- why kv.page_ranges gave no pages (normalise_kv_events.sql)
 );
+-- stores made before page_error existed
+ALTER TABLE kv_events ADD COLUMN IF NOT EXISTS page_error VARCHAR;
 
 CREATE TABLE IF NOT EXISTS aborts (
     trace_id         VARCHAR NOT NULL,

@@ -69,6 +69,13 @@ def runs_pages(runs: Runs) -> list[int]:
     return [p for lo, hi in runs for p in range(lo, hi)]
 
 
+def runs_ranges(runs: Runs) -> list[int]:
+    """The runs as `kv.page_ranges` (docs/conventions.md): inclusive [first, last] pairs, flattened,
+    adjacent runs joined: [(14, 45), (90, 91)] -> [14, 44, 90, 90]. Expanded pair by pair they give
+    runs_pages(runs) in the same order."""
+    return [x for lo, hi in coalesce(runs) if hi > lo for x in (lo, hi - 1)]
+
+
 def runs_intersect(a: Runs, b: Runs) -> list[int]:
     """Sorted page ids present in both run lists."""
     out: list[int] = []

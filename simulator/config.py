@@ -11,6 +11,10 @@ from typing import Any
 
 SCENARIOS: tuple[str, ...] = ("clean", "pd-abort-race", "hicache-race", "mixed", "pr35049", "offload-race")
 PROFILES: tuple[str, ...] = ("sample", "realistic")
+# How kv.* spans give their page set (docs/conventions.md): kv.page_ids (v1, every page id) or
+# kv.page_ranges (v2, inclusive runs). An encoding, like --format, so not a Knobs field (labels.json
+# does not change with it); the realistic profile writes ranges, every other run ids.
+PAGE_FORMATS: tuple[str, ...] = ("ids", "ranges")
 
 # The `sample` profile: a small cluster, short contexts and rate knobs raised far above the
 # realistic ones, so that a few dozen requests hold several races in a few MB of OTLP JSON

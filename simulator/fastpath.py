@@ -163,13 +163,14 @@ class FastStats:
 
 
 def write_spans(out_dir: str | Path, n_spans: int, seed: int = 0, scenario: str = "mixed",
-                **knob_overrides: Any) -> FastStats:
+                page_format: str = "ids", **knob_overrides: Any) -> FastStats:
     """Write about `n_spans` spans of `scenario` as OTLP JSON lines, plus labels.json.
 
     Each phase stops issuing requests once its spans so far plus the expected spans of the
     requests in flight reach its share of n_spans; those then finish, so the count lands within
     about a percent of n_spans (a few hundred spans over or under for small n). Knob overrides (e.g.
-    `mean_context=8192`) go to `simulator.config.Knobs`.
+    `mean_context=8192`) go to `simulator.config.Knobs`; page_format `ids` (kv.page_ids) or
+    `ranges` (kv.page_ranges).
     """
     from kvtrace.simulator.config import SAMPLE_PROFILE, scenario_knobs
     from kvtrace.simulator.labels import write_labels
@@ -185,7 +186,7 @@ def write_spans(out_dir: str | Path, n_spans: int, seed: int = 0, scenario: str 
     knobs = replace(scenario_knobs(scenario), **defaults)
     started = time.perf_counter()
     sink = FastJsonSink(out)
-    model = ClusterModel(knobs, seed, sink, scenario, span_budget=n_spans)
+    model = ClusterModel(knobs, seed, sink, scenario, span_budget=n_spans, page_format=page_format)
     result = model.run()
     write_labels(out, result)
     files = sorted(p.name for p in out.glob("*.otlp.jsonl"))

@@ -25,8 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvtrace.simulator.allocator import PagedAllocator, Runs, runs_intersect, runs_len, runs_pages, runs_slice
-from kvtrace.simulator.config import Knobs, Phase
+from kvtrace.simulator.allocator import (
+    PagedAllocator,
+    Runs,
+    runs_intersect,
+    runs_len,
+    runs_pages,
+    runs_ranges,
+    runs_slice,
+)
+from kvtrace.simulator.config import PAGE_FORMATS, Knobs, Phase, SimulatorError
 from kvtrace.simulator.outputs import completion_text, draw_accept_prob, sample_steps
 from kvtrace.simulator.records import STATUS_ERROR, AttrValue, InstanceInfo, SpanRecord, SpanSink
 
@@ -157,8 +165,12 @@ class ClusterModel:
     """Runs the phases of one scenario and feeds span records to a sink (None = labels only)."""
 
     def __init__(self, knobs: Knobs, seed: int, sink: SpanSink | None, scenario: str = "custom",
-                 span_budget: int | None = None) -> None:
+                 span_budget: int | None = None, page_format: str = "ids") -> None:
         self.k = knobs.validate()
+        if page_format not in PAGE_FORMATS:
+            raise SimulatorError(f"unknown page format {page_format!r}; choose one of {', '.join(PAGE_FORMATS)}")
+        # how kv spans give their page set: kv.page_ids (every id) or kv.page_ranges (inclusive runs)
+        self.page_format = page_format
         self.span_budget = span_budget  # fast path: stop issuing requests after this many spans
         self._emitted = 0
         self._in_flight = 0
@@ -599,11 +611,19 @@ class ClusterModel:
         self._emitted += 1
         return span_id
 
+    def _page_attr(self, runs: Runs) -> tuple[str, list[int]]:
+        """The page set attribute of `runs`: ("kv.page_ids", every id in run order) or
+        ("kv.page_ranges", inclusive pairs), per page_format."""
+        if self.page_format == "ranges":
+            return "kv.page_ranges", runs_ranges(runs)
+        return "kv.page_ids", runs_pages(runs)
+
     def _kv_spans(self, inst: InstanceInfo, version: str, trace: int, parent: int, name: str, start_ns: int,
-                  end_ns: int, rid: str, pages: list[int], extra: Callable[[str, int], dict[str, AttrValue]]) -> None:
+                  end_ns: int, rid: str, runs: Runs, extra: Callable[[str, int], dict[str, AttrValue]]) -> None:
+        key, pages = self._page_attr(runs)
         for rank in range(self.k.tp):
             for pool in self.k.pools:
-                attrs: dict[str, AttrValue] = {"rid": rid, "tp_rank": rank, "kv.pool": pool, "kv.page_ids": pages}
+                attrs: dict[str, AttrValue] = {"rid": rid, "tp_rank": rank, "kv.pool": pool, key: pages}
                 attrs.update(extra(pool, rank))
                 self._emit(inst, version, trace, parent, name, start_ns, end_ns, attrs)
 
@@ -633,17 +653,17 @@ class ClusterModel:
         if not dropped:
             self._emit(p, v, trace, root, "prefill_transfer_kv_cache", ns(req.tx_start), ns(req.tx_end),
                        {"rid": req.rid, "bootstrap_room": room}, links=[(trace, fwd)])
-        pages = runs_pages(req.pre_runs)
+        pages = req.pre_runs
         self._kv_spans(p, v, trace, root, "kv.alloc", ns(req.t_issue), ns(req.t_issue) + ALLOC_NS, req.rid, pages,
                        lambda pool, rank: {"kv.page_size": k.page_size})
         if req.loaded:
-            loaded = runs_pages(runs_slice(req.pre_runs, self._pages_for(req.loaded)))
+            loaded_key, loaded = self._page_attr(runs_slice(req.pre_runs, self._pages_for(req.loaded)))
             start = ns(req.load_start)
             for rank in range(k.tp):
                 for pool in k.pools:
                     offsets = [ns(t) - start for t in req.load_done[pool]]
                     self._emit(p, v, trace, root, "hicache.load", start, start + offsets[-1],
-                               {"rid": req.rid, "tp_rank": rank, "kv.pool": pool, "kv.page_ids": loaded,
+                               {"rid": req.rid, "tp_rank": rank, "kv.pool": pool, loaded_key: loaded,
                                 "hicache.direction": "L2_to_L1", "hicache.num_tokens": req.loaded,
                                 "hicache.layer_done_offsets_ns": offsets})
         for rank in range(k.tp):
@@ -661,8 +681,7 @@ class ClusterModel:
             self._kv_spans(p, v, trace, root, "kv.free", at, at + ALLOC_NS, req.rid, pages,
                            lambda pool, rank: {"kv.free.mode": "immediate", "kv.free.reason": "aborted"})
             return
-        dst = runs_pages(req.dec_runs)
-        self._kv_spans(p, v, trace, root, "kv.transfer", ns(req.tx_start), ns(req.tx_end), req.rid, dst,
+        self._kv_spans(p, v, trace, root, "kv.transfer", ns(req.tx_start), ns(req.tx_end), req.rid, req.dec_runs,
                        lambda pool, rank: {"bootstrap_room": room, "kv.transfer.dst_instance": dec.id,
                                            "kv.transfer.dst_rank": rank, "kv.transfer.bytes": req.tx_bytes[pool],
                                            "kv.transfer.backend": "mooncake"})
@@ -688,7 +707,7 @@ class ClusterModel:
         ids = {"rid": req.rid, "bootstrap_room": room}
         boot_end = ns(req.t_prealloc) + ALLOC_NS + 5_000  # page indices sent right after the alloc
         boot = self._emit(d, v, trace, root, "decode_bootstrap", ns(req.t_arrive), boot_end, dict(ids))
-        pages = runs_pages(req.dec_runs)
+        pages = req.dec_runs
         alloc_at = ns(req.t_prealloc)
         self._kv_spans(d, v, trace, root, "kv.alloc", alloc_at, alloc_at + ALLOC_NS, req.rid, pages,
                        lambda pool, rank: {"kv.page_size": k.page_size})
@@ -707,10 +726,10 @@ class ClusterModel:
                    links=[(trace, wait)])
         if req.out_runs:
             at = ns(req.t_out_alloc)
-            self._kv_spans(d, v, trace, root, "kv.alloc", at, at + ALLOC_NS, req.rid, runs_pages(req.out_runs),
+            self._kv_spans(d, v, trace, root, "kv.alloc", at, at + ALLOC_NS, req.rid, req.out_runs,
                            lambda pool, rank: {"kv.page_size": k.page_size})
         at = ns(req.t_decode_end)
-        self._kv_spans(d, v, trace, root, "kv.free", at, at + ALLOC_NS, req.rid, runs_pages(req.dec_runs + req.out_runs),
+        self._kv_spans(d, v, trace, root, "kv.free", at, at + ALLOC_NS, req.rid, req.dec_runs + req.out_runs,
                        lambda pool, rank: {"kv.free.mode": "immediate", "kv.free.reason": "finished"})
         if req.feedback is not None:
             t_fb, label = req.feedback

@@ -7,7 +7,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kvtrace.simulator.config import PROFILES, SAMPLE_PROFILE, Knobs, SimulatorError, scenario_knobs
+from kvtrace.simulator.config import (
+    PAGE_FORMATS,
+    PROFILES,
+    SAMPLE_PROFILE,
+    Knobs,
+    SimulatorError,
+    scenario_knobs,
+)
 from kvtrace.simulator.fastpath import FastJsonSink
 from kvtrace.simulator.labels import write_labels
 from kvtrace.simulator.model import ClusterModel, Instance, Request, RunResult, id_stream
@@ -35,9 +42,16 @@ def build_knobs(scenario: str, overrides: dict[str, Any], profile: str = "realis
     return replace(knobs, **given).validate()
 
 
+def default_page_format(scenario: str, profile: str) -> str:
+    """`ranges` for the realistic profile (pr35049 aside: it replays the logged case whatever the
+    profile), `ids` for everything else, so the committed sample_traces/ keep kv.page_ids."""
+    return "ranges" if profile == "realistic" and scenario != "pr35049" else "ids"
+
+
 def simulate(scenario: str, seed: int, out_dir: Path | None, overrides: dict[str, Any] | None = None,
              fmt: str = "json", mode: str = "sdk", profile: str = "realistic", *, stock_only: bool = False,
-             stock_resources: str = "configured", stock_trace_level: int = 3) -> RunResult:
+             stock_resources: str = "configured", stock_trace_level: int = 3,
+             page_format: str | None = None) -> RunResult:
     """Simulate `scenario` and write `<out>/<instance>.otlp.jsonl|.pb` and `<out>/labels.json`.
 
     mode: `sdk` (opentelemetry-sdk), `fast` (direct JSON encoder, same bytes), `labels-only`
@@ -47,11 +61,17 @@ def simulate(scenario: str, seed: int, out_dir: Path | None, overrides: dict[str
     unchanged); stock_resources `configured` (OTEL_RESOURCE_ATTRIBUTES set by the operator) or
     `unconfigured` (service.name "sglang" and a random service.instance.id per process);
     stock_trace_level is SGLANG_TRACE_LEVEL (1-3, SGLang's default 3). See simulator.stock.
+    page_format: how kv.* spans give their pages, `ids` (kv.page_ids) or `ranges` (kv.page_ranges);
+    None is default_page_format(scenario, profile). Both give the same model run and labels.json.
     """
     if fmt not in FORMATS:
         raise SimulatorError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if mode not in MODES:
         raise SimulatorError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if page_format is None:
+        page_format = default_page_format(scenario, profile)
+    if page_format not in PAGE_FORMATS:
+        raise SimulatorError(f"unknown page format {page_format!r}; choose one of {', '.join(PAGE_FORMATS)}")
     if mode == "fast" and fmt != "json":
         raise SimulatorError("the fast path writes OTLP JSON only; drop --format protobuf or --fast")
     if stock_only:
@@ -73,9 +93,9 @@ def simulate(scenario: str, seed: int, out_dir: Path | None, overrides: dict[str
         sink = stock = StockSglangSink(sink, knobs, scenario, seed, resources=stock_resources,
                                        trace_level=stock_trace_level)
     if scenario == "pr35049":
-        result = run_pr35049(knobs, seed, sink if sink is not None else CountingSink())
+        result = run_pr35049(knobs, seed, sink if sink is not None else CountingSink(), page_format)
     else:
-        result = ClusterModel(knobs, seed, sink, scenario).run()
+        result = ClusterModel(knobs, seed, sink, scenario, page_format=page_format).run()
     if stock is not None:
         result.stock_spans_by_version = stock.spans_by_version
     if out_dir is not None:
@@ -89,7 +109,7 @@ def _need(out_dir: Path | None) -> Path:
     return out_dir
 
 
-def run_pr35049(knobs: Knobs, seed: int, sink: SpanSink) -> RunResult:
+def run_pr35049(knobs: Knobs, seed: int, sink: SpanSink, page_format: str = "ids") -> RunResult:
     """The case logged in SGLang PR #35049, on literal timestamps (time base 0, clocks in sync).
 
     Request A's pages [14..44] are written from 878.80 s to 884.80 s; A times out and is freed
@@ -98,7 +118,7 @@ def run_pr35049(knobs: Knobs, seed: int, sink: SpanSink) -> RunResult:
     (it finished at 880.50 s), which is why B's allocation starts at page 1: the logged allocator
     sorts its free list when it merges released pages.
     """
-    model = ClusterModel(knobs, seed, sink, "pr35049")
+    model = ClusterModel(knobs, seed, sink, "pr35049", page_format=page_format)
     model.prefills, model.decodes = model._fresh_state(knobs.phases[0])
     model.phase = knobs.phases[0]
     pre, dec = model.prefills[0], model.decodes[0]

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from kvtrace.simulator.config import PROFILES, SCENARIOS, SimulatorError
+from kvtrace.simulator.config import PAGE_FORMATS, PROFILES, SCENARIOS, SimulatorError
 from kvtrace.simulator.labels import summarize
 from kvtrace.simulator.model import RunResult
 from kvtrace.simulator.otlp_sdk import FORMATS
@@ -67,6 +67,10 @@ def _knob_options(func: Any) -> Any:
                    "unless --labels-only is given without it.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True,
               help="json: OTLP JSON lines as a Collector file exporter writes; protobuf: length-delimited TracesData.")
+@click.option("--page-format", type=click.Choice(PAGE_FORMATS), default=None,
+              help="How kv.* spans give their pages: ids = kv.page_ids (every page id, trace contract v1); "
+                   "ranges = kv.page_ranges (inclusive [first, last] runs flattened, v2). Default: ranges with "
+                   "--profile realistic, ids otherwise (and for pr35049). Same model run and labels either way.")
 @click.option("--fast", is_flag=True, help="Encode OTLP JSON directly (same bytes as the SDK path, several times faster).")
 @click.option("--labels-only", is_flag=True,
               help="Statistics mode: run the model, write only labels.json (if --out) and the summary.")
@@ -83,8 +87,8 @@ def _knob_options(func: Any) -> Any:
               help="With --stock-only: SGLANG_TRACE_LEVEL (3, SGLang's default, adds fake_output and one "
                    "decode_loop span per decode step; 1 drops api_server_dispatch and mooncake_worker_send_session).")
 @_knob_options
-def simulate_command(scenario: str, profile: str, seed: int, out: Path | None, fmt: str, fast: bool,
-                     labels_only: bool, stock_only: bool, stock_resources: str, stock_trace_level: int,
+def simulate_command(scenario: str, profile: str, seed: int, out: Path | None, fmt: str, page_format: str | None,
+                     fast: bool, labels_only: bool, stock_only: bool, stock_resources: str, stock_trace_level: int,
                      **knobs: Any) -> None:
     """Simulate a PD-disaggregated SGLang cluster with HiCache and write its OTLP traces + labels.
 
@@ -115,7 +119,8 @@ def simulate_command(scenario: str, profile: str, seed: int, out: Path | None, f
     mode = "labels-only" if labels_only else "fast" if fast else "sdk"
     try:
         result = simulate(scenario, seed, out, knobs, fmt, mode, profile, stock_only=stock_only,
-                          stock_resources=stock_resources, stock_trace_level=stock_trace_level)
+                          stock_resources=stock_resources, stock_trace_level=stock_trace_level,
+                          page_format=page_format)
     except SimulatorError as err:
         raise click.ClickException(str(err)) from err
     click.echo(render_summary(result))

@@ -8,6 +8,17 @@
 -- new_spans = one batch's spans, first copies; the store then inserts the rows of the spans it
 -- adds. For live payloads it runs as written on the store's connection. Keep every statement
 -- an `INSERT INTO table BY NAME query` or a temp table, and no "--" or ";" in literals.
+-- Page sets (docs/conventions.md): `kv.page_ids` (v1, every page id) or `kv.page_ranges` (v2,
+-- inclusive runs flattened [first0, last0, first1, last1, ...]). Ranges expand, pair by pair, to
+-- the id list they stand for, so a span gives the same row either way (page_ids sorted, page_lo,
+-- page_hi, n_pages). A span with both gets their union, each page once (a page named by either
+-- is held: for a race detector a missed page is a missed race). A ranges array that cannot be
+-- expanded (not integers, odd length, a negative page id or one beyond 2^31-1, last < first, or
+-- more than 4,194,304 pages: more than one GPU's pool holds at page size 1, and 16 MiB of ids)
+-- contributes no pages and says why in page_error. The span itself is stored as it came (its
+-- attributes in spans), so nothing is lost: `SELECT * FROM kv_events WHERE page_error IS NOT NULL`.
+-- Every check is bounded by the array's own length, and the expansion is sized by clamped
+-- bounds times 0 or 1, so a bad array never allocates its claimed size, however evaluated.
 INSERT INTO kv_events BY NAME
 WITH parsed AS (
     -- one JSON parse per span for all paths (json_extract with a list of paths); v[i]->>'$' is
@@ -24,13 +35,51 @@ WITH parsed AS (
             '$."kv.page_ids"', '$."kv.transfer.dst_instance"', '$."kv.transfer.dst_rank"', '$.tp_rank',
             '$."kv.pool"', '$."kv.page_size"', '$."kv.free.mode"', '$."kv.free.reason"', '$.bootstrap_room',
             '$."kv.transfer.bytes"', '$."kv.transfer.backend"', '$."hicache.layer_done_offsets_ns"',
-            '$."hicache.num_tokens"']) AS v
+            '$."hicache.num_tokens"', '$."kv.page_ranges"']) AS v
     FROM new_spans
     WHERE name IN ('kv.alloc', 'kv.free', 'kv.transfer', 'hicache.load')
 ),
+ranged AS (
+    -- r: kv.page_ranges as BIGINT (NULL when absent or not an int array), rc: clamped to
+    -- [0, 2^31-1], pairs: the 1-based index of each pair's first
+    SELECT *, list_transform(r, lambda x: least(greatest(x, 0), 2147483647)) AS rc,
+           generate_series(1, len(r) - 1, 2) AS pairs
+    FROM (SELECT *, TRY_CAST(v[14] AS BIGINT[]) AS r FROM parsed)
+),
+checked AS (
+    SELECT *,
+        CASE
+            WHEN v[14] IS NULL THEN NULL
+            WHEN r IS NULL OR list_count(r) < len(r) THEN 'kv.page_ranges is not an array of integers'
+            WHEN len(r) % 2 = 1 THEN format('kv.page_ranges has odd length {} (pairs of first, last expected)', len(r))
+            WHEN list_min(r) < 0 THEN format('kv.page_ranges has a negative page id ({})', list_min(r))
+            WHEN list_max(r) > 2147483647 THEN format('kv.page_ranges page id {} is beyond 2^31-1', list_max(r))
+            WHEN list_bool_or(list_transform(pairs, lambda i: r[i + 1] < r[i])) THEN format(
+                'kv.page_ranges pair {} has last < first ({}, {})',
+                list_position(list_transform(pairs, lambda i: r[i + 1] < r[i]), true),
+                r[2 * list_position(list_transform(pairs, lambda i: r[i + 1] < r[i]), true) - 1],
+                r[2 * list_position(list_transform(pairs, lambda i: r[i + 1] < r[i]), true)])
+            WHEN list_sum(list_transform(pairs, lambda i: rc[i + 1] - rc[i] + 1)) > 4194304 THEN format(
+                'kv.page_ranges names {} pages, more than the 4194304 one span may hold',
+                list_sum(list_transform(pairs, lambda i: rc[i + 1] - rc[i] + 1)))
+        END AS page_error
+    FROM ranged
+),
+expanded AS (
+    SELECT *,
+        TRY_CAST(v[1] AS INTEGER[]) AS ids,
+        CASE WHEN v[14] IS NOT NULL AND page_error IS NULL THEN flatten(list_transform(pairs, lambda i:
+            range(rc[i], rc[i] + (rc[i + 1] - rc[i] + 1) * (page_error IS NULL)::BIGINT)))::INTEGER[]
+        END AS from_ranges
+    FROM checked
+),
 ops AS (
-    SELECT *, list_sort(TRY_CAST(v[1] AS INTEGER[])) AS pages
-    FROM parsed
+    SELECT *,
+        CASE WHEN from_ranges IS NULL THEN list_sort(ids)
+             WHEN v[1] IS NULL THEN list_sort(from_ranges)
+             ELSE list_sort(list_distinct(list_concat(ids, from_ranges)))
+        END AS pages
+    FROM expanded
 )
 SELECT
     trace_id, span_id, parent_span_id, op, rid,
@@ -55,5 +104,6 @@ SELECT
     TRY_CAST(v[10]->>'$' AS BIGINT) AS transfer_bytes,
     v[11]->>'$' AS transfer_backend,
     CASE WHEN op = 'load' THEN TRY_CAST(v[12] AS BIGINT[]) END AS layer_offsets_ns,
-    TRY_CAST(v[13]->>'$' AS BIGINT) AS hicache_num_tokens
+    TRY_CAST(v[13]->>'$' AS BIGINT) AS hicache_num_tokens,
+    page_error
 FROM ops;
