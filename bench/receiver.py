@@ -21,7 +21,17 @@ stored / time from the start of the load until the spool was empty), CPU seconds
 during the load, and the 1-minute load average (other work on the machine shows there). `--soak S` adds one long
 run of gRPC prebuilt clients against kvtrace serve, sampling the receiver's RSS and spool backlog.
 
+`--slow-clients` runs the hostile-client rows instead (issue 15): a real `kvtrace serve --token-file`
+with its default limits and timeouts, N one-byte sockets (each sends one byte, then nothing) and M
+stalled requests (valid token, headers sent, body never comes), opened before a real SDK exporter
+sends `--slow-spans` SDK-made spans over HTTP or gRPC. Attackers and exporter all come from
+127.0.0.1, so the per-client cap cannot tell them apart: the timeouts and the eviction of
+connections that hold a slot without working must. Reported per row: spans acknowledged (of
+those sent), stored, seconds from the first export until every acknowledged span was stored, and
+the receiver's refusal counters. Bounded: each row gives up after `--slow-deadline` seconds.
+
 Run: .venv/bin/python bench/receiver.py [--seconds 15] [--soak 300]
+     .venv/bin/python bench/receiver.py --slow-clients [--slow-sockets 64] [--stalled 16] [--slow-spans 20000]
 """
 
 from __future__ import annotations
@@ -236,8 +246,10 @@ def start_serve(db: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], in
     raise RuntimeError(f"kvtrace serve did not start: {log.read_text()}")
 
 
-def serve_status(http_port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/status", timeout=10) as resp:
+def serve_status(http_port: int, token: str | None = None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/status", headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as resp:
         return dict(json.loads(resp.read()))
 
 
@@ -354,6 +366,247 @@ def soak(seconds: float, clients: int, rate: float) -> dict[str, Any]:
     return res
 
 
+# ------------------------------------------------------------------------------ slow clients
+
+
+def exporter_main(transport: str, endpoint: str, token: str, n_spans: int, results: Any) -> None:
+    """One real SDK exporter: SDK-made spans, encoded by the exporter, in 512-span batches."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "sglang-decode"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("bench-slow-clients")
+    for i in range(n_spans):
+        with tracer.start_as_current_span("kv.alloc", attributes={"rid": f"req-{i // 4}", "tp_rank": i % 8}):
+            pass
+    spans = list(memory.get_finished_spans())
+    if transport == "grpc":
+        exporter: Any = GrpcExporter(endpoint=endpoint, insecure=True, headers=(("authorization", f"Bearer {token}"),))
+    else:
+        exporter = HttpExporter(endpoint=endpoint, headers={"Authorization": f"Bearer {token}"})
+    acked = failed = 0
+    latencies = []
+    start = time.monotonic()
+    started_at = time.time()  # wall clock: the bench process measures "until stored" from here
+    for at in range(0, len(spans), BATCH):
+        batch = spans[at: at + BATCH]
+        t0 = time.monotonic()
+        ok = exporter.export(batch) == SpanExportResult.SUCCESS
+        latencies.append(time.monotonic() - t0)
+        acked += len(batch) if ok else 0
+        failed += 0 if ok else len(batch)
+    exporter.shutdown()
+    results.put({"acked": acked, "failed": failed, "elapsed": time.monotonic() - start,
+                 "max_export_s": max(latencies), "started_at": started_at})
+
+
+class Attackers:
+    """Hostile clients on loopback: one-byte sockets and stalled requests, optionally reopened
+    whenever the receiver closes them (a slowloris that keeps trying). One thread, bounded."""
+
+    def __init__(self, port: int, grpc_port: int, token: str, one_byte: int, stalled_http: int, stalled_grpc: int,
+                 one_byte_port: int | None = None, reconnect: bool = False) -> None:
+        import socket
+
+        self._socket = socket
+        self.port, self.grpc_port, self.token, self.reconnect = port, grpc_port, token, reconnect
+        self.one_byte_port = one_byte_port or port
+        self.closed_by_server = 0
+        self.opened = 0
+        self.started_at = time.time()
+        self.last_closed_at = 0.0
+        self.answers: dict[str, int] = {}
+        self._socks: dict[Any, str] = {}
+        for _ in range(one_byte):
+            self._open("one_byte")
+        for _ in range(stalled_http):
+            self._open("stalled")
+        self._grpc_calls: list[Any] = []
+        self._grpc_done_at: dict[int, float] = {}
+        self._grpc_release = threading.Event()
+        if stalled_grpc:
+            import grpc
+
+            self._channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+            call = self._channel.stream_unary(EXPORT)
+
+            def never() -> Any:
+                self._grpc_release.wait(300)
+                return
+                yield b""
+
+            self._grpc_calls = [call.future(never(), metadata=(("authorization", f"Bearer {token}"),), timeout=300)
+                                for _ in range(stalled_grpc)]
+            for f in self._grpc_calls:
+                f.add_done_callback(lambda f: self._grpc_done_at.__setitem__(id(f), time.time()))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _open(self, kind: str) -> None:
+        s = self._socket.socket()
+        s.settimeout(5)
+        try:
+            s.connect(("127.0.0.1", self.one_byte_port if kind == "one_byte" else self.port))
+            if kind == "one_byte":
+                s.sendall(b"P")
+            else:
+                s.sendall(f"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {self.token}\r\n"
+                          "Content-Type: application/x-protobuf\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        except OSError:
+            s.close()
+            return
+        s.setblocking(False)
+        self._socks[s] = kind
+        self.opened += 1
+
+    def _watch(self) -> None:
+        import select
+
+        while not self._stop.is_set():
+            socks = list(self._socks)
+            readable = select.select(socks, [], [], 0.1)[0] if socks else []
+            if not socks:
+                time.sleep(0.1)
+            for s in readable:
+                try:
+                    data = s.recv(4096)
+                except OSError:
+                    data = b""
+                if data.startswith(b"HTTP/1.1 "):
+                    code = data[9:12].decode(errors="replace")
+                    self.answers[code] = self.answers.get(code, 0) + 1
+                kind = self._socks.pop(s)
+                s.close()
+                self.closed_by_server += 1
+                self.last_closed_at = time.time()
+                if self.reconnect and not self._stop.is_set():
+                    self._open(kind)
+
+    def wait_until_closed(self, timeout_s: float) -> bool:
+        """Stop reopening, then wait (bounded) until the receiver has closed every attacker."""
+        self.reconnect = False
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self._socks and all(f.done() for f in self._grpc_calls):
+                for f in self._grpc_calls:
+                    self.last_closed_at = max(self.last_closed_at, self._grpc_done_at.get(id(f), 0.0))
+                return True
+            time.sleep(0.1)
+        return False
+
+    def grpc_outcomes(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self._grpc_calls:
+            if f.done():
+                try:
+                    f.result()
+                    name = "OK"
+                except Exception as exc:
+                    code = getattr(exc, "code", None)
+                    name = code().name if callable(code) else type(exc).__name__
+            else:
+                name = "open at the end of the row"
+            out[name] = out.get(name, 0) + 1
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for s in list(self._socks):
+            s.close()
+        self._grpc_release.set()
+        if self._grpc_calls:
+            self._channel.close()
+
+
+def bench_slow_clients(name: str, transport: str, n_spans: int, one_byte: int, stalled_http: int,
+                       stalled_grpc: int, attack_grpc_port: bool, reconnect: bool, deadline_s: float) -> dict[str, Any]:
+    import secrets
+    import shutil
+
+    tag = "slow-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    db = OUT / f"{tag}.duckdb"
+    for p in OUT.glob(f"{tag}.duckdb*"):
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    token = secrets.token_hex(16)
+    token_file = OUT / f"{tag}.token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    proc, grpc_port, http_port, _log = start_serve(db, ["--token-file", str(token_file), "--store-release", "0.2"])
+    try:
+        attackers = Attackers(http_port, grpc_port, token, one_byte, stalled_http, stalled_grpc,
+                              one_byte_port=grpc_port if attack_grpc_port else None, reconnect=reconnect)
+        time.sleep(0.5)  # the attackers hold their slots before the exporter starts
+        endpoint = f"127.0.0.1:{grpc_port}" if transport == "grpc" else f"http://127.0.0.1:{http_port}/v1/traces"
+        ctx = mp.get_context("spawn")
+        results = ctx.Queue()
+        t0 = time.monotonic()
+        exporter = ctx.Process(target=exporter_main, args=(transport, endpoint, token, n_spans, results))
+        exporter.start()
+        out = results.get(timeout=deadline_s + 60)
+        exporter.join()
+        status = serve_status(http_port, token)
+        while status["store_stored_spans"] < status["accepted_spans"] and time.monotonic() - t0 < deadline_s:
+            time.sleep(0.1)
+            status = serve_status(http_port, token)
+        seconds = time.time() - out["started_at"]
+        # Then the attackers' fate: every one of them closed by the receiver (eviction, or the
+        # header / body timeout: 10 s / 30 s by default), bounded by the body timeout + 15 s.
+        all_closed = attackers.wait_until_closed(45.0)
+        grpc_outcomes = attackers.grpc_outcomes()
+        final = serve_status(http_port, token)
+        attackers.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    return {"name": name, "transport": transport, "sent": n_spans, "acked": out["acked"], "failed": out["failed"],
+            "stored": stored_spans(db), "seconds": seconds, "export_s": out["elapsed"],
+            "max_export_s": out["max_export_s"], "refused": status["refused_requests"],
+            "connections": status["http_connections"], "attackers_closed": attackers.closed_by_server,
+            "attackers_opened": attackers.opened + stalled_grpc, "all_closed": all_closed,
+            "last_closed_s": attackers.last_closed_at - attackers.started_at,
+            "refused_in_the_end": final["refused_requests"], "evicted_in_the_end": final["http_connections"]["evicted"],
+            "loadavg": os.getloadavg()[0],
+            "attacker_answers": attackers.answers, "stalled_grpc": grpc_outcomes}
+
+
+def slow_clients(args: argparse.Namespace) -> None:
+    n, stalled = args.slow_sockets, args.stalled
+    rows = [
+        (f"{n} one-byte sockets + {stalled} stalled chunked requests (HTTP port)", "http", n, stalled, 0, False, False),
+        (f"{n} one-byte sockets + {stalled} stalled chunked requests (HTTP port)", "grpc", n, stalled, 0, False, False),
+        (f"{n} one-byte sockets + {stalled} stalled chunked requests, reopened when closed", "http", n, stalled, 0,
+         False, True),
+        (f"{n} one-byte sockets (gRPC port) + {stalled} stalled gRPC calls", "grpc", n, 0, stalled, True, False),
+    ]
+    results = []
+    for name, transport, one_byte, stalled_http, stalled_grpc, grpc_port, reconnect in rows:
+        res = bench_slow_clients(name, transport, args.slow_spans, one_byte, stalled_http, stalled_grpc, grpc_port,
+                                 reconnect, args.slow_deadline)
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    print()
+    print("| scenario | exporter | acked / sent | stored | seconds, first export to all stored | slowest export s | "
+          "attackers closed by the receiver (last at s) | how: refusals, evictions | load avg |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: |")
+    for r in results:
+        closed = r["attackers_closed"] + sum(v for k, v in r["stalled_grpc"].items() if k != "open at the end of the row")
+        how = ", ".join(f"{k} {v}" for k, v in sorted(r["refused_in_the_end"].items()) if k != "malformed")
+        grpc_part = "; stalled gRPC calls: " + ", ".join(f"{k} {v}" for k, v in sorted(r["stalled_grpc"].items())) \
+            if r["stalled_grpc"] else ""
+        print(f"| {r['name']} | OTLP/{'gRPC' if r['transport'] == 'grpc' else 'HTTP protobuf'} | "
+              f"{r['acked']:,} / {r['sent']:,} | {r['stored']:,} | {r['seconds']:.1f} | {r['max_export_s']:.2f} | "
+              f"{closed:,} of {r['attackers_opened']:,} ({r['last_closed_s']:.1f}) | {how or '-'}; evicted "
+              f"{r['evicted_in_the_end']:,}{grpc_part} | {r['loadavg']:.1f} |")
+
+
 # ------------------------------------------------------------------------------ main
 
 
@@ -367,9 +620,17 @@ def main() -> None:
     ap.add_argument("--soak", type=float, default=0.0, help="soak length in seconds (0: skip)")
     ap.add_argument("--soak-rate", type=float, default=10000.0, help="total spans/s offered during the soak")
     ap.add_argument("--encodings", default="prebuilt,sdk")
+    ap.add_argument("--slow-clients", action="store_true", help="run the hostile-client rows only")
+    ap.add_argument("--slow-sockets", type=int, default=64, help="one-byte sockets per slow-client row")
+    ap.add_argument("--stalled", type=int, default=16, help="stalled requests per slow-client row")
+    ap.add_argument("--slow-spans", type=int, default=20000, help="spans the exporter sends per slow-client row")
+    ap.add_argument("--slow-deadline", type=float, default=60.0, help="seconds a slow-client row may take")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"machine: {platform.machine()}, nproc {os.cpu_count()}, Python {platform.python_version()}")
+    if args.slow_clients:
+        slow_clients(args)
+        return
     rows = []
     for encoding in filter(None, args.encodings.split(",")):  # --encodings "": the soak only
         for transport in ("http", "grpc"):

@@ -38,6 +38,7 @@ class Servers:
     spool: Spool
     grpc_port: int
     http_port: int
+    http: OtlpHttpServer
 
     def spooled(self) -> list[bytes]:
         return [f.payload for f in self.spool.read_frames(1 << 30)]
@@ -66,7 +67,7 @@ def _servers(tmp_path: Path, limits: Limits) -> Iterator[Servers]:
     thread = threading.Thread(target=http_server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield Servers(front, spool, grpc_port, http_server.server_address[1])
+        yield Servers(front, spool, grpc_port, http_server.server_address[1], http_server)
     finally:
         http_server.shutdown()
         http_server.server_close()

@@ -8,9 +8,12 @@ at any moment loses no acknowledged span, a restart stores whatever was spooled,
 retry of a batch it never saw acknowledged is not stored twice.
 
 Everything a request can cost is bounded (`front.Limits`): body and decompressed sizes, bytes in
-memory, connections, and the spool itself; past a bound the client is told to retry later
+memory (reserved as body bytes arrive), connections in all and per client, the spool itself, and
+time (header, body and idle timeouts); past a bound the client is told to retry later
 (HTTP 429/503 + Retry-After, gRPC RESOURCE_EXHAUSTED/UNAVAILABLE + RetryInfo). Nothing is dropped
-silently: whole-request refusals get an error status, refused spans a partial success.
+silently: whole-request refusals get an error status, refused spans a partial success. Slow or
+stalled clients cannot hold the receiver: see `http_transport` (deadlines, eviction of connections
+that hold a slot without working) and `grpc_transport` (asyncio server: a stalled call holds no thread).
 
 Never imports streamlit, plotly or torch.
 """

@@ -42,7 +42,11 @@ class Limits:
     max_inflight_bytes: int = 256 << 20  # request bytes held in memory across all requests
     max_spool_bytes: int = 2 << 30  # acknowledged but not yet stored
     max_connections: int = 64  # HTTP connections; gRPC concurrent RPCs
+    max_connections_per_client: int = 32  # of those, per client (source IP address)
     retry_after_s: int = 1  # Retry-After / RetryInfo delay under backpressure
+    header_timeout_s: float = 10.0  # a request head (HTTP), the HTTP/2 handshake (gRPC), must arrive within this
+    body_timeout_s: float = 30.0  # then its body (HTTP; the gRPC request message)
+    idle_timeout_s: float = 60.0  # a keep-alive connection with no request in flight is closed after this
 
 
 class Throttled(Exception):
@@ -90,6 +94,11 @@ class InflightBudget:
         with self._lock:
             self._used -= n
 
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
 
 class Front:
     """Checks, spools and counts batches; shared by every transport thread."""
@@ -103,12 +112,15 @@ class Front:
         self._lock = threading.Lock()
 
     def authorized(self, authorization: str | None) -> bool:
-        """`Authorization: Bearer <token>` check in constant time; always true without a token."""
+        """`Authorization: Bearer <token>` check in constant time; always true without a token.
+
+        The scheme is case-insensitive (RFC 7235 2.1: `bearer`, `BEARER`); the token is not."""
         if self._token is None:
             return True
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer":
             return False
-        return hmac.compare_digest(authorization[7:].strip().encode(), self._token)
+        return hmac.compare_digest(credentials.strip().encode(), self._token)
 
     def reserve(self, n: int) -> None:
         """Reserve `n` bytes of the in-memory budget or raise Overloaded."""

@@ -1,20 +1,44 @@
 """OTLP/HTTP transport: `POST /v1/traces`, protobuf or JSON, optional gzip/deflate (standard library).
 
 Answers per the OTLP/HTTP specification: 200 with an ExportTraceServiceResponse in the request's
-own encoding (with `partial_success` when spans were rejected); 400 undecodable; 401 without the
-bearer token; 411 without Content-Length or a chunked body (read within the size limit); 413 over
-a size limit; 415 unknown media type or encoding; 429 (spool full) and 503 (memory budget or
-connection limit) with `Retry-After`. Error bodies are google.rpc.Status. `GET /status` returns the
-receiver's counters as JSON.
+own encoding (with `partial_success` when spans were rejected); 400 undecodable or badly framed
+(two Content-Length fields, a Transfer-Encoding whose final coding is not chunked, a chunk size
+that is not hex); 401 without the bearer token; 408 when the request head or body does not arrive
+in time; 411 without Content-Length or a chunked body (read within the size limit); 413 over a size
+limit; 415 unknown media type or encoding; 429 (spool full) and 503 (memory budget or connection
+limit) with `Retry-After`; 501 a transfer coding other than chunked. Error bodies are
+google.rpc.Status. `GET /status` returns the receiver's counters as JSON.
+
+What a connection can hold, and for how long (`front.Limits`):
+
+- every read has a deadline: the request head must arrive within `header_timeout_s` of the
+  connection opening (or of the first byte of a keep-alive request), the body within
+  `body_timeout_s` of the head, and a keep-alive connection may wait `idle_timeout_s` for its next
+  request. A socket that sends one byte and then nothing is answered 408 and closed;
+- the bearer token is checked as soon as the head is parsed (before `100 Continue`, before any
+  body byte is read or any memory reserved); only then does the connection count as busy;
+- the memory budget is reserved piece by piece as body bytes arrive (`_PIECE`), never the whole
+  request-size limit up front, so a stalled request holds at most one piece;
+- connection slots: at most `max_connections` in all and `max_connections_per_client` per client,
+  a client being a source IP address (all its ports together; behind a NAT, a proxy or a Collector
+  that is one client). When a new connection finds the slots full, a connection that holds a slot
+  without doing work (still waiting for its request head, or idle between requests) is closed to
+  make room: first those of the new connection's own client, else the oldest of the client that
+  holds the most. Busy (authenticated, mid-request) connections are never evicted; only when every
+  slot is busy is the newcomer answered 503.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import re
 import socket
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -32,7 +56,16 @@ log = logging.getLogger(__name__)
 TRACES_PATH = "/v1/traces"
 _MEDIA = {"application/x-protobuf": KIND_PROTOBUF, "application/protobuf": KIND_PROTOBUF, "application/json": KIND_JSON}
 # google.rpc.Code numbers for the Status body
-_RPC_CODE = {400: 3, 401: 16, 404: 5, 411: 3, 413: 8, 415: 3, 429: 8, 503: 14}
+_RPC_CODE = {400: 3, 401: 16, 404: 5, 408: 4, 411: 3, 413: 8, 415: 3, 429: 8, 501: 12, 503: 14}
+_PIECE = 256 << 10  # body bytes read (and reserved in the memory budget) at a time
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+_MAX_TRAILER_LINES = 64
+
+# connection states
+PENDING = "pending"  # waiting for (or reading) a request head: evictable
+IDLE = "idle"  # keep-alive, between requests: evictable
+BUSY = "busy"  # head read and authorized, request being served: never evicted
 
 
 def _response_body(batch: CheckedBatch) -> ExportTraceServiceResponse:
@@ -52,17 +85,234 @@ class _BodyError(Exception):
         self.status, self.reason, self.drained = status, reason, drained
 
 
+class _ReadTimeout(TimeoutError):
+    """The deadline of the current read phase (head, body or idle wait) passed."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The read side of a connection where every `recv` waits at most until `deadline`
+    (time.monotonic()), so a peer that trickles bytes cannot stretch a phase past it. Between reads
+    the socket keeps `send_timeout_s`, which bounds writes to a peer that does not read."""
+
+    def __init__(self, sock: socket.socket, send_timeout_s: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._send_timeout_s = send_timeout_s
+        self.deadline = time.monotonic()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise _ReadTimeout("read deadline passed")
+        self._sock.settimeout(remaining)
+        try:
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            raise _ReadTimeout("read deadline passed") from None
+        finally:
+            self._sock.settimeout(self._send_timeout_s)
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One accepted connection in the slot table."""
+
+    sock: socket.socket
+    client: str
+    since: float  # when it was accepted, then when it last changed state
+    state: str = PENDING
+    evicted: bool = False
+
+
+class ConnectionSlots:
+    """The HTTP connection table: a total cap, a per-client cap, and eviction of connections that
+    hold a slot without working (see the module docstring)."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total = total
+        self.per_client = max(1, min(per_client, total))
+        self._slots: dict[socket.socket, _Slot] = {}
+        self._by_client: dict[str, list[_Slot]] = {}
+        self._lock = threading.Lock()
+        self.evicted = 0
+
+    def admit(self, sock: socket.socket, client: str) -> _Slot | str:
+        """A slot for a new connection (evicting an idle or pending one if need be), or the reason
+        it gets none: "client_limit" or "connection_limit"."""
+        with self._lock:
+            mine = self._by_client.get(client, [])
+            victim: _Slot | None = None
+            full = len(self._slots) >= self.total
+            if len(mine) >= self.per_client:
+                victim = self._pick(mine)
+                if victim is None:
+                    return "connection_limit" if full else "client_limit"
+            elif full:
+                victim = self._pick(list(self._slots.values()))
+                if victim is None:
+                    return "connection_limit"
+            if victim is not None:
+                victim.evicted = True
+                self._remove(victim)
+                self.evicted += 1
+            slot = _Slot(sock, client, time.monotonic())
+            self._slots[sock] = slot
+            self._by_client.setdefault(client, []).append(slot)
+        if victim is not None:
+            with contextlib.suppress(OSError):  # its thread's blocked read returns at once
+                victim.sock.shutdown(socket.SHUT_RDWR)
+        return slot
+
+    def _pick(self, candidates: list[_Slot]) -> _Slot | None:
+        """The connection to evict: pending before idle, then from the client that holds the most
+        slots, then the oldest; None when every candidate is busy."""
+        evictable = [s for s in candidates if s.state != BUSY]
+        if not evictable:
+            return None
+        return min(evictable, key=lambda s: (s.state != PENDING, -len(self._by_client[s.client]), s.since))
+
+    def _remove(self, slot: _Slot) -> None:
+        if self._slots.pop(slot.sock, None) is None:
+            return
+        peers = self._by_client[slot.client]
+        peers.remove(slot)
+        if not peers:
+            del self._by_client[slot.client]
+
+    def set_state(self, slot: _Slot, state: str) -> bool:
+        """Move a connection to `state`; False when it was evicted meanwhile (it must close)."""
+        with self._lock:
+            if slot.evicted:
+                return False
+            slot.state, slot.since = state, time.monotonic()
+            return True
+
+    def release(self, slot: _Slot) -> None:
+        with self._lock:
+            self._remove(slot)
+
+    def get(self, sock: socket.socket) -> _Slot | None:
+        with self._lock:
+            return self._slots.get(sock)
+
+    def close_all(self) -> None:
+        """Shut every connection down (on server close), so no handler thread lingers in a read."""
+        with self._lock:
+            slots = list(self._slots.values())
+            for slot in slots:
+                slot.evicted = True
+                self._remove(slot)
+        for slot in slots:
+            with contextlib.suppress(OSError):
+                slot.sock.shutdown(socket.SHUT_RDWR)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            out = {PENDING: 0, IDLE: 0, BUSY: 0}
+            for slot in self._slots.values():
+                out[slot.state] += 1
+            return out
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are separate writes: without NODELAY, Nagle + delayed ACK add ~40 ms.
+    disable_nagle_algorithm = True
     server: OtlpHttpServer
 
     def setup(self) -> None:
         super().setup()
-        # Headers and body are separate writes: without NODELAY, Nagle + delayed ACK add ~40 ms.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        limits = self.server.front.limits
+        self.rfile.close()  # the buffered makefile() reader: replaced by one with deadlines
+        self._reader = _DeadlineReader(self.connection, max(limits.body_timeout_s, limits.header_timeout_s))
+        self._buffered = io.BufferedReader(self._reader, 64 << 10)
+        self.rfile = self._buffered
+        # None: evicted before this thread started (its socket is shut down; the first read ends it)
+        slot = self.server.slots.get(self.connection)
+        self._slot = slot or _Slot(self.connection, "", time.monotonic(), evicted=True)
+        self._reader.deadline = self._slot.since + limits.header_timeout_s
+        self._served = 0
+        self._admitted = False
+        self._held = 0  # bytes of the memory budget this request holds
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s " + format, self.address_string(), *args)
+
+    # -- one request: the deadlines, the token, the slot state ---------------------------------
+
+    def handle_one_request(self) -> None:
+        front = self.server.front
+        limits = front.limits
+        slots = self.server.slots
+        self.command, self.requestline, self.request_version = "", "", self.protocol_version
+        self._admitted = False
+        try:
+            if self._served:  # keep-alive: wait for the next request's first byte
+                if not slots.set_state(self._slot, IDLE):
+                    self.close_connection = True
+                    return
+                self._reader.deadline = time.monotonic() + limits.idle_timeout_s
+                if not self._buffered.peek(1) or not slots.set_state(self._slot, PENDING):
+                    self.close_connection = True
+                    return
+                self._reader.deadline = time.monotonic() + limits.header_timeout_s
+        except _ReadTimeout:
+            self.close_connection = True  # idle past the idle timeout: close quietly
+            return
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+            if len(self.raw_requestline) > 65536:
+                self.send_error(414)
+                return
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if not self.parse_request():  # it answered already (a 400, or our 401 before 100 Continue)
+                return
+        except _ReadTimeout:
+            front.count_refusal("header_timeout")
+            self.close_connection = True
+            if self.request_version == "HTTP/0.9":
+                self.request_version = self.protocol_version
+            self._send_error(408, f"request head not received within {limits.header_timeout_s:g} s", KIND_JSON)
+            return
+        self._served += 1
+        if not self._admitted and not self._admit():
+            return
+        method = getattr(self, "do_" + self.command, None)
+        if method is None:
+            self.close_connection = True
+            self.send_error(501, f"Unsupported method ({self.command!r})")
+            return
+        method()
+        self.wfile.flush()
+
+    def handle_expect_100(self) -> bool:
+        """`Expect: 100-continue`: the token is checked before the client is told to send the body."""
+        if not self._admit():
+            return False
+        return super().handle_expect_100()
+
+    def _admit(self) -> bool:
+        """The bearer-token check, as soon as the head is parsed; then the connection is busy (not
+        evictable) and its body has `body_timeout_s` to arrive. False: answered or evicted."""
+        front = self.server.front
+        if not front.authorized(self.headers.get("Authorization")):
+            front.count_refusal("unauthenticated")
+            self.close_connection = True  # the body (if any) is unread: the connection is unusable
+            self._send_error(401, "missing or wrong bearer token", KIND_JSON, {"WWW-Authenticate": "Bearer"})
+            return False
+        if not self.server.slots.set_state(self._slot, BUSY):
+            self.close_connection = True
+            return False
+        self._admitted = True
+        self._reader.deadline = time.monotonic() + front.limits.body_timeout_s
+        return True
+
+    # -- answers -----------------------------------------------------------------------------
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
@@ -86,10 +336,53 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] != "/status":
             self._send_error(404, f"no such path {self.path}; OTLP traces go to POST {TRACES_PATH}", KIND_JSON)
             return
-        if not self.server.front.authorized(self.headers.get("Authorization")):
-            self._send_error(401, "missing or wrong bearer token", KIND_JSON, {"WWW-Authenticate": "Bearer"})
-            return
         self._send(200, orjson.dumps(self.server.status()), "application/json")
+
+    # -- the body ----------------------------------------------------------------------------
+
+    def _framing(self) -> int | None:
+        """The body's length from its framing headers (RFC 9112 6), None for chunked; _BodyError
+        for framing that two parties could read differently (the request-smuggling shapes)."""
+        te = self.headers.get_all("Transfer-Encoding") or []
+        cl = self.headers.get_all("Content-Length") or []
+        if te:
+            codings = [c.strip().lower() for value in te for c in value.split(",") if c.strip()]
+            if cl:
+                raise _BodyError(400, "malformed", "both Transfer-Encoding and Content-Length are given")
+            if not codings or codings[-1] != "chunked" or codings.count("chunked") > 1:
+                raise _BodyError(400, "malformed", f"Transfer-Encoding {', '.join(te)!r}: the final (and only) "
+                                 "transfer coding must be chunked")
+            if len(codings) > 1:
+                raise _BodyError(501, "unsupported", f"transfer coding {codings[0]!r} is not supported "
+                                 "(send chunked alone; compress with Content-Encoding)")
+            return None
+        if not cl:
+            raise _BodyError(411, "no_length", "Content-Length (or Transfer-Encoding: chunked) is required")
+        if len(cl) > 1:
+            raise _BodyError(400, "malformed", f"Content-Length is given {len(cl)} times")
+        if not _CONTENT_LENGTH.fullmatch(cl[0].strip()):
+            raise _BodyError(400, "malformed", f"Content-Length {cl[0][:40]!r} is not a byte count")
+        return int(cl[0])
+
+    def _reserve(self, n: int) -> None:
+        self.server.front.reserve(n)  # Overloaded past the budget
+        self._held += n
+
+    def _read_exact(self, n: int, keep: bool) -> bytes:
+        """`n` body bytes, reserving each piece in the memory budget before reading it (when kept)."""
+        parts: list[bytes] = []
+        left = n
+        while left:
+            want = min(left, _PIECE)
+            if keep:
+                self._reserve(want)
+            data = self.rfile.read(want)
+            if len(data) < want:
+                raise _BodyError(400, "malformed", f"request body ended after {n - left + len(data)} of {n} bytes")
+            if keep:
+                parts.append(data)
+            left -= want
+        return b"".join(parts)
 
     def _read_chunked(self, limit: int) -> bytes:
         """A Transfer-Encoding: chunked body (RFC 9112 7.1), refused past `limit` bytes. Past the
@@ -99,14 +392,16 @@ class _Handler(BaseHTTPRequestHandler):
         total = 0
         while True:
             line = self.rfile.readline(1026)
-            size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise _BodyError(400, "malformed", f"bad chunk size line {line[:40]!r}") from None
+            match = _CHUNK_SIZE.fullmatch(line)
+            if match is None:
+                raise _BodyError(400, "malformed", f"bad chunk size line {line[:40]!r} (want hex digits)")
+            size = int(match.group(1), 16)
             if size == 0:
-                while self.rfile.readline(1026).strip():  # trailer fields, then the empty line
-                    pass
+                for _ in range(_MAX_TRAILER_LINES):  # trailer fields, then the empty line
+                    if not self.rfile.readline(1026).strip():
+                        break
+                else:
+                    raise _BodyError(400, "malformed", f"more than {_MAX_TRAILER_LINES} trailer lines")
                 if total > limit:
                     raise _BodyError(413, "too_large", f"chunked request body of {total} bytes is over the limit "
                                      f"of {limit} bytes", drained=True)
@@ -114,17 +409,21 @@ class _Handler(BaseHTTPRequestHandler):
             total += size
             if total > 4 * limit:
                 raise _BodyError(413, "too_large", f"chunked request body exceeds the limit of {limit} bytes")
-            data = self.rfile.read(size)
-            if len(data) != size or self.rfile.read(2) != b"\r\n":
+            if total > limit and parts:  # over the limit: what was kept is dropped, and its budget freed
+                parts.clear()
+                self.server.front.budget.release(self._held)
+                self._held = 0
+            data = self._read_exact(size, keep=total <= limit)
+            if self.rfile.read(2) != b"\r\n":
                 raise _BodyError(400, "malformed", "chunked request body ended early")
             if total <= limit:
                 parts.append(data)
 
     def do_POST(self) -> None:
         front = self.server.front
+        limits = front.limits
         media = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
         kind = _MEDIA.get(media, KIND_PROTOBUF)
-        length_header = self.headers.get("Content-Length")
 
         def refuse(status: int, reason: str, message: str, headers: dict[str, str] | None = None,
                    body_unread: bool = True) -> None:
@@ -136,39 +435,31 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] != TRACES_PATH:
             refuse(404, "not_found", f"no such path {self.path}; OTLP traces go to POST {TRACES_PATH}")
             return
-        if not front.authorized(self.headers.get("Authorization")):
-            refuse(401, "unauthenticated", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-            return
         if media not in _MEDIA:
             refuse(415, "unsupported", f"Content-Type {media!r} is not OTLP (application/x-protobuf or application/json)")
             return
-        chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
-        if not chunked and (length_header is None or not length_header.strip().isdigit()):
-            refuse(411, "no_length", "Content-Length (or Transfer-Encoding: chunked) is required")
-            return
-        # A chunked body's length is known only once read: hold the request-size limit meanwhile.
-        length = front.limits.max_request_bytes if chunked else int(length_header or 0)
-        if length > front.limits.max_request_bytes:
-            refuse(413, "too_large", f"request body is {length} bytes, limit {front.limits.max_request_bytes}")
-            return
-        retry = {"Retry-After": str(front.limits.retry_after_s)}
         try:
-            front.reserve(length)
-        except Overloaded as exc:
-            refuse(503, "overloaded", str(exc), retry)
+            length = self._framing()
+        except _BodyError as exc:
+            refuse(exc.status, exc.reason, str(exc))
             return
+        if length is not None and length > limits.max_request_bytes:
+            refuse(413, "too_large", f"request body is {length} bytes, limit {limits.max_request_bytes}")
+            return
+        self._held = 0
         try:
-            if chunked:
-                try:
-                    body = self._read_chunked(front.limits.max_request_bytes)
-                except _BodyError as exc:
-                    refuse(exc.status, exc.reason, str(exc), body_unread=not exc.drained)
-                    return
-            else:
-                body = self.rfile.read(length)
-                if len(body) != length:
-                    refuse(400, "malformed", f"request body ended after {len(body)} of {length} bytes")
-                    return
+            try:
+                body = (self._read_chunked(limits.max_request_bytes) if length is None
+                        else self._read_exact(length, keep=True))
+            except _BodyError as exc:
+                refuse(exc.status, exc.reason, str(exc), body_unread=not exc.drained)
+                return
+            except Overloaded as exc:
+                refuse(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after_s)})
+                return
+            except _ReadTimeout:
+                refuse(408, "body_timeout", f"request body not received within {limits.body_timeout_s:g} s")
+                return
             try:
                 batch = front.accept(body, kind, self.headers.get("Content-Encoding"))
             except ReceiverRefusal as exc:
@@ -181,7 +472,8 @@ class _Handler(BaseHTTPRequestHandler):
                 refuse(503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after_s)}, body_unread=False)
                 return
         finally:
-            front.budget.release(length)
+            front.budget.release(self._held)
+            self._held = 0
         response = _response_body(batch)
         if kind == KIND_JSON:
             self._send(200, json_format.MessageToJson(response, indent=None).encode(), "application/json")
@@ -190,23 +482,29 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class OtlpHttpServer(ThreadingHTTPServer):
-    """A threaded HTTP/1.1 server with a hard cap on concurrent connections."""
+    """A threaded HTTP/1.1 server whose connections hold slots of a `ConnectionSlots` table."""
 
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    request_queue_size = 1024  # a burst of connections queues in the kernel instead of being dropped
 
     def __init__(self, address: tuple[str, int], front: Front, status: Callable[[], dict[str, Any]]) -> None:
         self.front = front
         self.status = status
-        self._connections = threading.BoundedSemaphore(front.limits.max_connections)
+        self.slots = ConnectionSlots(front.limits.max_connections, front.limits.max_connections_per_client)
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._connections.acquire(blocking=False):
-            self.front.count_refusal("connection_limit")
-            body = b'{"code":14,"message":"connection limit reached"}'
+        admitted = self.slots.admit(request, str(client_address[0]))
+        if isinstance(admitted, str):
+            self.front.count_refusal(admitted)
+            what = "per-client connection limit" if admitted == "client_limit" else "connection limit"
+            body = orjson.dumps({"code": 14, "message": f"{what} reached, every connection is busy"})
             with contextlib.suppress(OSError):
+                request.settimeout(0.5)
                 request.sendall(
                     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                     + f"Retry-After: {self.front.limits.retry_after_s}\r\nContent-Length: {len(body)}\r\n".encode()
@@ -214,10 +512,24 @@ class OtlpHttpServer(ThreadingHTTPServer):
                 )
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release(admitted)
+            raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        slot = self.slots.get(request)
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._connections.release()
+            if slot is not None:
+                self.slots.release(slot)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that broke mid-request (reset, evicted, shut down): not worth a traceback."""
+        log.debug("http %s: connection error", client_address, exc_info=True)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.slots.close_all()

@@ -81,11 +81,15 @@ class Receiver:
         """Counters for `GET /status`, the periodic log line and the bench."""
         front = self.front.snapshot()
         writer = self.writer.snapshot()
+        http = self._http
         return {
             "requests": front.requests,
             "accepted_spans": front.accepted_spans,
             "rejected_spans": front.rejected_spans,
             "refused_requests": front.refused,
+            # open HTTP connections by state (pending: waiting for a request head; idle: keep-alive;
+            # busy: serving a request) and how many were closed to make room for others
+            "http_connections": {**http.slots.counts(), "evicted": http.slots.evicted} if http else {},
             "spool_backlog_bytes": self.spool.backlog_bytes(),
             "store_holds_lock": self.writer.holds_store(),
             "store_writer_pid": self.writer.pid(),
