@@ -14,6 +14,7 @@ import orjson
 
 from kvtrace.analytics.errors import StoreError
 from kvtrace.analytics.registry import ParamValue, Registry, default_registry
+from kvtrace.analytics.reuse import store_fingerprint
 from kvtrace.analytics.runner import compute
 
 RESULT_SCHEMA_SQL: Final = Path(__file__).resolve().parent / "schema.sql"
@@ -48,6 +49,9 @@ def analyze(
     started = time.perf_counter()
     reg = registry or default_registry()
     ensure_result_schema(con)
+    # what this run reads: `kvtrace report` reuses the results while the store still holds it (the
+    # package's analyses at their defaults only: other results are not what a report would compute)
+    fingerprint = store_fingerprint(con) if registry is None and not params else None
     order = compute(con, None, params, reg)
     rows: dict[str, int] = {}
     # `main.x` would resolve to the temporary table of the same name: name the store's catalog.
@@ -62,8 +66,9 @@ def analyze(
             rows[table] = int(count[0]) if count else 0
         seconds = time.perf_counter() - started
         con.execute(
-            f"INSERT INTO {store}.analysis_runs VALUES (now(), ?, ?, ?, ?)",
-            [_version(), order, orjson.dumps(params or {}).decode(), seconds],
+            f"INSERT INTO {store}.analysis_runs (run_at, kvtrace_version, analyses, params, seconds, store_fingerprint) "
+            "VALUES (now(), ?, ?, ?, ?, ?)",
+            [_version(), order, orjson.dumps(params or {}).decode(), seconds, fingerprint],
         )
         con.execute("COMMIT")
     except duckdb.Error as exc:

@@ -201,3 +201,51 @@ CREATE TABLE IF NOT EXISTS analysis_runs (
     params          JSON,
     seconds         DOUBLE
 );
+-- what the store held when the run read it (analytics/reuse.py): `kvtrace report` reuses the stored
+-- results while the store still matches it
+ALTER TABLE analysis_runs ADD COLUMN IF NOT EXISTS store_fingerprint VARCHAR;
+
+-- Which incident each finding belongs to (finding_incidents.sql): one culprit action and its
+-- victims over every TP rank and KV pool. Read by app/ and the report.
+CREATE TABLE IF NOT EXISTS finding_incidents (
+    finding_id               VARCHAR,
+    incident_id              VARCHAR,
+    kind                     VARCHAR,
+    incident_kind            VARCHAR,
+    shape                    VARCHAR,
+    instance                 VARCHAR,
+    culprit_rid              VARCHAR,
+    culprit_action           VARCHAR,
+    culprit_span_id          VARCHAR,
+    bootstrap_room           VARCHAR,
+    action_start_ns          BIGINT,
+    action_end_ns            BIGINT,
+    action_key               VARCHAR
+);
+
+-- Incidents (incidents.sql): the unit of the verdict, the Findings page and the report.
+CREATE TABLE IF NOT EXISTS incidents (
+    incident_id              VARCHAR,
+    kind                     VARCHAR,
+    shape                    VARCHAR,
+    instance                 VARCHAR,
+    culprit_rid              VARCHAR,
+    culprit_action           VARCHAR,
+    culprit_span_ids         VARCHAR[],
+    bootstrap_room           VARCHAR,
+    action_start_ns          BIGINT,
+    action_end_ns            BIGINT,
+    victim_rids              VARCHAR[],
+    n_victims                BIGINT,
+    tp_ranks                 INTEGER[],
+    kv_pools                 VARCHAR[],
+    n_pages                  BIGINT,
+    window_start_ns          BIGINT,
+    window_end_ns            BIGINT,
+    confidence               VARCHAR,
+    n_findings               BIGINT,
+    finding_ids              VARCHAR[],
+    finding_kinds            VARCHAR[],
+    n_certain                BIGINT,
+    service_version          VARCHAR
+);

@@ -66,8 +66,10 @@ def test_report_writes_html_markdown_and_findings_with_a_verdict(store: Path, tm
     result = CliRunner().invoke(main, ["report", "--db", str(store), "--out", str(out), "--labels", str(labels)])
     assert result.exit_code == 0, result.output
     verdict = result.output.splitlines()[0]
-    assert verdict.startswith("12 abort_before_write_complete findings on ")
-    assert "8 read_before_load findings" in verdict
+    # incidents are the unit (one culprit action over every rank and pool), findings follow
+    assert verdict.startswith("6 incidents: 2 abort_before_write_complete (3 victims) on ")
+    assert "; 4 read_before_load (4 victims) on " in verdict
+    assert "; 20 findings across ranks, pools and victims (12 abort_before_write_complete, 8 read_before_load)" in verdict
     assert "anomaly rate" in verdict and "per 10k in before-fix" in verdict
     page = (out / "report.html").read_text()
     assert verdict in page

@@ -149,8 +149,13 @@ def findings_command(db: str, fmt: str, out: Path | None) -> None:
               help="Directory for report.html, summary.md, findings.parquet and findings.jsonl.")
 @click.option("--labels", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Simulator ground truth (labels.json): adds finding accuracy and the monitor evaluation.")
-def report_command(db: str, out_dir: Path, labels: Path | None) -> None:
+@click.option("--recompute", is_flag=True, default=False,
+              help="Compute every analysis now even when the results `kvtrace analyze` stored are current.")
+def report_command(db: str, out_dir: Path, labels: Path | None, recompute: bool) -> None:
     """Write a self-contained HTML report, a Markdown summary and the findings; print the verdict.
+
+    When the store has not changed since `kvtrace analyze` (same spans, files and analyses), the
+    report reads the results it stored instead of computing them again; the report says which.
 
     Example:
 
@@ -161,14 +166,14 @@ def report_command(db: str, out_dir: Path, labels: Path | None) -> None:
     try:
         con = runner.connect(db, read_only=True, wait_s=CLI_WAIT_S)
         try:
-            files = build_report(con, out_dir, labels)
+            files = build_report(con, out_dir, labels, reuse_stored=not recompute)
         finally:
             con.close()
     except AnalyticsError as exc:
         raise _fail(exc) from exc
     click.echo(files.verdict)
-    click.echo(f"report: {files.html}\nsummary: {files.markdown}\nfindings: {files.findings_parquet}, "
-               f"{files.findings_jsonl}", err=True)
+    click.echo(f"{files.analyses_note}\nreport: {files.html}\nsummary: {files.markdown}\n"
+               f"findings: {files.findings_parquet}, {files.findings_jsonl}", err=True)
 
 
 commands: list[click.Command] = [analyses_command, query_command, analyze_command, findings_command, report_command]

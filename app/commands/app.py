@@ -17,6 +17,10 @@ ENTRYPOINT = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 DB_ENV = "KVTRACE_DB"
 ALLOW_INGEST_ENV = "KVTRACE_APP_ALLOW_INGEST"  # "1": the Ingest page may write uploads into the store
 
+# The largest file the Ingest page takes, in MB: a real per-instance trace file is 1-2 GB
+# (Streamlit's own default, 200 MB, refuses them).
+MAX_UPLOAD_MB = 4096
+
 # Host names (Host header, port ignored) the app answers on its websocket whatever the address.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _WILDCARD_ADDRESSES = ("", "0.0.0.0", "::", "[::]")  # listen on every interface
@@ -35,10 +39,11 @@ def allowed_hosts(address: str, extra: Iterable[str] = ()) -> list[str]:
     return list(dict.fromkeys(h.lower() for h in hosts))
 
 
-def streamlit_argv(port: int, address: str, hosts: Iterable[str] = LOOPBACK_HOSTS) -> list[str]:
+def streamlit_argv(port: int, address: str, hosts: Iterable[str] = LOOPBACK_HOSTS,
+                   max_upload_mb: int = MAX_UPLOAD_MB) -> list[str]:
     """The `streamlit run` command line: headless, no telemetry, no file watcher; the websocket
     only for `hosts`, cross-origin websockets and XSRF refused (set here, so a config.toml cannot
-    turn them off)."""
+    turn them off); uploads up to `max_upload_mb`."""
     argv = [
         sys.executable, "-m", "streamlit", "run", str(ENTRYPOINT),
         "--server.port", str(port),
@@ -50,6 +55,7 @@ def streamlit_argv(port: int, address: str, hosts: Iterable[str] = LOOPBACK_HOST
         "--server.enableXsrfProtection", "true",
         "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "viewer",
+        "--server.maxUploadSize", str(max_upload_mb),
     ]
     for host in hosts:
         argv += ["--server.allowedHosts", host]
@@ -77,7 +83,10 @@ def app_environment(db: Path, allow_ingest: bool, base: Mapping[str, str] | None
 @click.option("--allowed-host", "extra_hosts", multiple=True, metavar="NAME",
               help="Another host name or IP that browsers use to reach the app (repeatable); loopback "
                    "names and --address are always accepted, any other Host header is refused.")
-def app_command(db: str, port: int, address: str, allow_ingest: bool, extra_hosts: tuple[str, ...]) -> None:
+@click.option("--max-upload-mb", type=click.IntRange(min=1), default=MAX_UPLOAD_MB, show_default=True,
+              help="Largest file the Ingest page accepts, in MB (with --allow-ingest).")
+def app_command(db: str, port: int, address: str, allow_ingest: bool, extra_hosts: tuple[str, ...],
+                max_upload_mb: int) -> None:
     """Start the investigation app (Streamlit) over the store.
 
     By default the app only reads: it never writes the store (it reads a private snapshot,
@@ -104,7 +113,7 @@ def app_command(db: str, port: int, address: str, allow_ingest: bool, extra_host
     if address.strip().lower() in _WILDCARD_ADDRESSES and not extra_hosts:
         click.echo("note: browsers on other machines are refused unless you name the host they use "
                    "with --allowed-host", err=True)
-    argv = streamlit_argv(port, address, hosts)
+    argv = streamlit_argv(port, address, hosts, max_upload_mb)
     # Replace this process with streamlit: signals (Ctrl-C, SIGTERM) reach the server directly and
     # no orphan is left behind when a supervisor stops `kvtrace app`.
     os.execve(argv[0], argv, env)

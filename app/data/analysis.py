@@ -17,7 +17,8 @@ NICE_BUCKETS_S = (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 6 * 3600, 86400, 7 * 8
 
 
 # The materialised results that analytics.summary.summarise reads (it reads temp.main.<name>).
-_SUMMARY_INPUTS = ("findings", "anomaly_linkage", "request_anomalies", "anomaly_rate_by_version", "coverage")
+_SUMMARY_INPUTS = ("findings", "anomaly_linkage", "request_anomalies", "anomaly_rate_by_version", "coverage",
+                   "incidents", "finding_incidents")
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def side_by_side(store: Store, a: str, b: str) -> pd.DataFrame:
 
 
 def long_form(store: Store, a: str, b: str) -> pd.DataFrame:
-    """Rows (service_version, context_bucket, metric, value) for the two versions, for charts."""
+    """Rows (service_version, context_bucket, metric, value) for the two versions, for charts: A's first."""
     require(store, "version_comparison")
     frame = store.frame(
         """
@@ -58,6 +58,7 @@ def long_form(store: Store, a: str, b: str) -> pd.DataFrame:
                  FROM version_comparison WHERE service_version IN ($a, $b))
         ON output_tokens_per_s, ttft_p50_s, ttft_p90_s, cache_hit_rate, anomalies_per_10k
         INTO NAME metric VALUE value
+        ORDER BY service_version = $b, context_bucket, metric
         """,
         {"a": a, "b": b},
     )

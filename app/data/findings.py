@@ -1,4 +1,6 @@
-"""Findings page: the filterable findings table and one finding's timeline on raw and corrected clocks."""
+"""Findings page: incidents (one culprit action and its victims over every TP rank and KV pool),
+the findings of one incident (per rank, pool and victim), one finding's timeline on raw and
+corrected clocks."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from kvtrace.app import readable
 from kvtrace.app.data.common import require
 from kvtrace.app.store import Store
 
@@ -57,6 +60,103 @@ def list_findings(
         {"kinds": list(kinds), "conf": list(confidences), "inst": list(instances), "rid": rid.strip(),
          "limit": limit},
     )
+
+
+_FILTERS = """
+          (len($kinds) = 0 OR list_contains($kinds, f.kind))
+          AND (len($conf) = 0 OR list_contains($conf, f.confidence))
+          AND (len($inst) = 0 OR list_contains($inst, f.instance))
+          AND ($rid = '' OR f.culprit_rid = $rid OR f.victim_rid = $rid)
+"""
+
+
+def _filter_params(kinds: tuple[str, ...], confidences: tuple[str, ...], instances: tuple[str, ...],
+                   rid: str) -> dict[str, Any]:
+    return {"kinds": list(kinds), "conf": list(confidences), "inst": list(instances), "rid": rid.strip()}
+
+
+def list_incidents(
+    store: Store,
+    kinds: tuple[str, ...] = (),
+    confidences: tuple[str, ...] = (),
+    instances: tuple[str, ...] = (),
+    rid: str = "",
+    limit: int = 1000,
+) -> pd.DataFrame:
+    """Incidents with at least one finding matching every non-empty filter: races before near misses
+    (unsafe_free, no victim), then the one with the latest finding first (so, within a kind, its
+    newest finding is the newest finding of the filtered table)."""
+    require(store, "incidents")
+    require(store, "finding_incidents")
+    return store.frame(
+        f"""
+        WITH matched AS (
+            SELECT i.incident_id, max(f.window_start_ns) AS last_start_ns, count(*) AS n_matching
+            FROM finding_incidents AS i JOIN findings AS f USING (finding_id)
+            WHERE {_FILTERS}
+            GROUP BY i.incident_id
+        )
+        SELECT n.incident_id, n.kind, n.instance, n.n_victims, n.n_findings, n.n_pages,
+               (n.window_end_ns - n.window_start_ns) / 1e6 AS window_ms, n.confidence, n.culprit_rid,
+               n.culprit_action, n.tp_ranks, n.kv_pools, to_timestamp(n.window_start_ns / 1e9) AS window_start,
+               n.service_version, n.victim_rids, n.shape, n.bootstrap_room
+        FROM incidents AS n JOIN matched AS m USING (incident_id)
+        ORDER BY n.kind = 'unsafe_free', m.last_start_ns DESC, n.incident_id
+        LIMIT $limit
+        """,
+        {**_filter_params(kinds, confidences, instances, rid), "limit": limit},
+    )
+
+
+def incident(store: Store, incident_id: str) -> dict[str, Any] | None:
+    """One incident's row (None when there is no such incident)."""
+    require(store, "incidents")
+    found = store.frame("SELECT * FROM incidents WHERE incident_id = $id", {"id": incident_id})
+    if found.empty:
+        return None
+    # pandas gives a missing text or number as NaN: None, so that `if row["shape"]` reads right
+    return {k: (None if not hasattr(v, "__len__") and pd.isna(v) else v) for k, v in found.iloc[0].to_dict().items()}
+
+
+def incident_of(store: Store, finding_id: str) -> str | None:
+    """The incident a finding belongs to (None for an unknown finding)."""
+    require(store, "finding_incidents")
+    value = store.scalar("SELECT incident_id FROM finding_incidents WHERE finding_id = $id", {"id": finding_id})
+    return None if value is None else str(value)
+
+
+def finding_exists(store: Store, finding_id: str) -> bool:
+    require(store, "findings")
+    return bool(store.scalar("SELECT count(*) FROM findings WHERE finding_id = $id", {"id": finding_id}))
+
+
+def incident_findings(store: Store, incident_id: str) -> pd.DataFrame:
+    """The findings of one incident, one per rank, pool and victim, newest window first; page sets
+    as ranges ('164-170, 80,690-80,695 (1,531 pages)') and windows as durations."""
+    require(store, "finding_incidents")
+    frame = store.frame(
+        """
+        SELECT f.finding_id, f.kind, f.confidence, f.tp_rank, f.kv_pool, f.pages, f.victim_rid,
+               f.window_start_ns, f.window_end_ns, f.window_end_earliest_ns
+        FROM findings AS f SEMI JOIN finding_incidents AS i
+          ON i.finding_id = f.finding_id AND i.incident_id = $id
+        ORDER BY f.window_start_ns DESC, f.finding_id
+        """,
+        {"id": incident_id},
+    )
+    rows = []
+    for r in frame.itertuples(index=False):
+        earliest = None if pd.isna(r.window_end_earliest_ns) else int(r.window_end_earliest_ns)
+        rows.append({
+            "finding": r.finding_id, "kind": r.kind, "confidence": r.confidence,
+            "rank": None if pd.isna(r.tp_rank) else int(r.tp_rank), "pool": r.kv_pool,
+            "pages": readable.page_ranges(list(r.pages) if r.pages is not None else []),
+            "victim": r.victim_rid,
+            "window": readable.window(int(r.window_start_ns), int(r.window_end_ns), earliest),
+            "starts (UTC)": readable.clock_time(int(r.window_start_ns)),
+        })
+    return pd.DataFrame(rows, columns=["finding", "kind", "confidence", "rank", "pool", "pages", "victim", "window",
+                                       "starts (UTC)"])
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,10 @@ with section():
         long = cached(compare.long_form, a, b)
         metric = st.selectbox("metric", compare.METRICS, index=0, key="compare_metric")
         chosen = plain_labels(long[long["metric"] == metric])
+        # the legend and the bars in the order A, B (plotly would take the order the rows come in)
         fig = px.bar(chosen, x="context_bucket", y="value", color="service_version", barmode="group",
-                     category_orders={"context_bucket": [plot_text(b) for b in compare.BUCKET_ORDER]}, height=360)
+                     category_orders={"context_bucket": [plot_text(bucket) for bucket in compare.BUCKET_ORDER],
+                                      "service_version": [plot_text(v) for v in dict.fromkeys((a, b))]},
+                     height=360)
         fig.update_layout(yaxis_title=plot_text(metric), xaxis_title="context length")
         st.plotly_chart(fig, key="compare_chart")

@@ -6,6 +6,8 @@ made from a table value goes through `plot_text` (as `_t`) so it shows as its te
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 import pyarrow as pa
 
@@ -54,13 +56,36 @@ def findings_timeline(findings: pa.Table) -> go.Figure:
 
 
 def relative_risk(risk: pa.Table) -> go.Figure:
-    rows = [r for r in _rows(risk) if r["relative_risk"] is not None]
-    fig = go.Figure(go.Bar(x=[_t(r["exposure"]) for r in rows], y=[r["relative_risk"] for r in rows],
-                           text=[f"{r['exposed_anomalous']}/{r['exposed']} vs {r['unexposed_anomalous']}/{r['unexposed']}"
-                                 for r in rows], textposition="outside"))
+    """Relative risk per exposure on a log axis, each bar drawn from RR = 1 (no difference) to its value.
+
+    On a log axis plotly starts bars at the bottom of the range, which autorange puts near the
+    smallest value: one RR of 4,000 then shows as a sliver. Bars based at 1 and a range that always
+    holds 1 make a bar's length the risk's order of magnitude. An unbounded RR (no anomaly among the
+    unexposed) has no bar; the report says it in words.
+    """
+    rows = [r for r in _rows(risk) if r["relative_risk"] is not None and math.isfinite(float(str(r["relative_risk"])))
+            and float(str(r["relative_risk"])) > 0]
+    values = [float(str(r["relative_risk"])) for r in rows]
+    fig = go.Figure(go.Bar(
+        x=[_t(r["exposure"]) for r in rows], y=[v - 1.0 for v in values], base=[1.0] * len(rows),
+        customdata=[_rr(v) for v in values], hovertemplate="relative risk %{customdata}<extra></extra>",
+        text=[f"RR {_rr(v)}: {r['exposed_anomalous']}/{r['exposed']} vs {r['unexposed_anomalous']}/{r['unexposed']}"
+              for r, v in zip(rows, values, strict=True)], textposition="outside",
+    ))
+    lo, hi = min([*values, 1.0]), max([*values, 1.0])
+    # (no annotation: on a log axis plotly reads an annotation's y as log10, which misplaces it)
+    fig.add_hline(y=1.0, line_dash="dot", line_color="#555")
     fig.update_layout(title="Relative risk of an anomalous output: victims of a finding vs the rest",
-                      yaxis_title="relative risk", yaxis_type="log", **_LAYOUT)
+                      **_LAYOUT)
+    # a decade of room each side (the text sits above the bar), in log10 units as plotly wants
+    fig.update_yaxes(type="log", range=[math.log10(lo) - 0.5, math.log10(hi) + 1.0],
+                     title="relative risk (log scale; bars from RR = 1, no difference)")
     return fig
+
+
+def _rr(value: float) -> str:
+    """A relative risk as a person reads it: '4,000', '39', '2.5', '0.42'."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def attribution(attr: pa.Table, top: int = 15) -> go.Figure:
@@ -94,13 +119,18 @@ def symptom_delay(linkage: pa.Table) -> go.Figure:
 
 
 def monitor_sweep(sweep: pa.Table) -> go.Figure:
+    """Precision against recall of the online abort rule per threshold pair, both on 0..1 (a rate
+    cannot exceed 1, and a precision of 1% must look like 1%)."""
     rows = _rows(sweep)
     fig = go.Figure()
     for rate in sorted({float(str(r["high_accept_rate"])) for r in rows}):
         sel = [r for r in rows if float(str(r["high_accept_rate"])) == rate]
         fig.add_trace(go.Scatter(x=[r["recall"] for r in sel], y=[r["precision"] for r in sel],
                                  mode="lines+markers", name=f"rate > {rate}",
-                                 text=[f"accept length < {r['low_accept_length']}" for r in sel]))
+                                 text=[f"accept length < {r['low_accept_length']}: {r['true_positives']} caught, "
+                                       f"{r['false_positives']} good requests aborted" for r in sel]))
     fig.update_layout(title="Online abort rule against the ground truth: precision vs recall per threshold",
-                      xaxis_title="recall", yaxis_title="precision", **_LAYOUT)
+                      **_LAYOUT)
+    fig.update_xaxes(title="recall", range=[0, 1.05], tickformat=".0%")
+    fig.update_yaxes(title="precision", range=[0, 1.05], tickformat=".0%")
     return fig
