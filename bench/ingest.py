@@ -36,6 +36,15 @@ Inputs, generated under bench/out/ingest/ when missing:
     .venv/bin/python bench/ingest.py --spans 1000000 --reps 3
     .venv/bin/python bench/ingest.py --spans 10000000 --methods bytes,ours --reps 1
     .venv/bin/python bench/ingest.py --spans 1000000 --methods pb_bytes,pb_parse,pb_ours --reps 3
+
+Small files (--small-files N): N one-span files against one file of the same bytes, side by side
+  small_one_file  ingest.ingest_paths of one OTLP JSON lines file of N spans (one a line)
+  small_files     ingest.ingest_paths of a directory of N files, each one of those lines
+  Input small-N: simulator.fastpath.write_spans(..., about N spans, seed=1), its first N spans,
+  each re-written as a line of its own (its resource and scope with it, as the SDK's file
+  exporter writes one span's export): ~1.4 KB a file.
+
+    .venv/bin/python bench/ingest.py --small-files 20000 --reps 1
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "ingest"
 METHODS = ("bytes", "decode", "ours", "naive_duckdb", "polars", "store_floor")
 PB_METHODS = ("pb_bytes", "pb_parse", "pb_decode", "pb_ours")
+SMALL_METHODS = ("small_one_file", "small_files")
 BASE = 1_000_000
 LABELS = {
     "bytes": "bytes (floor)",
@@ -69,6 +79,8 @@ LABELS = {
     "pb_bytes": "bytes (floor)",
     "pb_parse": "protobuf parse only (upb), no store",
     "pb_ours": "**ours** (raw + normalised tables, dedup, quarantine, into a file)",
+    "small_one_file": "one file of the N spans (one a line)",
+    "small_files": "**N one-span files** (a directory)",
 }
 
 
@@ -148,7 +160,48 @@ def _json_to_delimited_pb(src: Path, dst: Path) -> None:
             fout.write(_VarintBytes(len(msg)) + msg)
 
 
+def small_input(n_spans: int) -> tuple[Path, Path]:
+    """small-N: a directory of N one-span OTLP JSON files, and one file of the same lines."""
+    d = OUT / f"small-{n_spans}"
+    one = d / "one.otlp.jsonl"
+    if not (d / "done.txt").exists():
+        import orjson
+
+        sys.path.insert(0, str(ROOT))
+        from kvtrace.simulator.fastpath import write_spans
+
+        shutil.rmtree(d, ignore_errors=True)
+        write_spans(d / "src", n_spans + n_spans // 20 + 200, seed=1)
+        (d / "files").mkdir(parents=True)
+        k = 0
+        with open(one, "wb") as whole:
+            for f in sorted((d / "src").glob("*.otlp.jsonl")):
+                for line in f.read_bytes().splitlines():
+                    for rs in orjson.loads(line)["resourceSpans"]:
+                        for ss in rs["scopeSpans"]:
+                            for sp in ss["spans"]:
+                                if k == n_spans:
+                                    break
+                                doc = {"resourceSpans": [{"resource": rs["resource"], "scopeSpans": [
+                                    {"scope": ss.get("scope", {}), "spans": [sp]}]}]}
+                                data = orjson.dumps(doc) + b"\n"
+                                (d / "files" / f"span-{k:07d}.otlp.jsonl").write_bytes(data)
+                                whole.write(data)
+                                k += 1
+        assert k == n_spans, (k, n_spans)
+        shutil.rmtree(d / "src")
+        (d / "done.txt").write_text(str(k))
+    return d / "files", one
+
+
 # ------------------------------------------------------------------------------------ methods
+
+
+def run_small_files(files: list[Path], work: Path) -> int:
+    return run_ours(files, work)
+
+
+run_small_one_file = run_small_files
 
 
 def run_bytes(files: list[Path], work: Path) -> int:
@@ -273,7 +326,11 @@ def run_polars(files: list[Path], work: Path) -> int:
 
 
 def one(method: str, n_spans: int) -> None:
-    files, _ = pb_input(n_spans) if method.startswith("pb_") else json_input(n_spans)
+    if method in SMALL_METHODS:
+        directory, one_file = small_input(n_spans)
+        files = [directory if method == "small_files" else one_file]
+    else:
+        files, _ = pb_input(n_spans) if method.startswith("pb_") else json_input(n_spans)
     work = OUT / f"work-{method}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -292,16 +349,64 @@ def one(method: str, n_spans: int) -> None:
 # --------------------------------------------------------------------------------------- main
 
 
+def _run_one(method: str, n_spans: int, timeout: float) -> dict[str, float] | None:
+    try:
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", method, "--spans", str(n_spans)],
+            capture_output=True, text=True, check=False, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        print(f"{method}: over {timeout:.0f} s, stopped", file=sys.stderr)
+        return None
+    if out.returncode != 0:
+        print(f"{method} failed: {out.stderr.strip().splitlines()[-3:]}", file=sys.stderr)
+        return None
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def small_main(n: int, reps: int, timeout: float) -> None:
+    _, one_file = small_input(n)
+    size = one_file.stat().st_size
+    results: dict[str, list[dict[str, float]]] = {}
+    for _ in range(reps):
+        for method in SMALL_METHODS:
+            got = _run_one(method, n, timeout)
+            if got is not None:
+                results.setdefault(method, []).append(got)
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"machine: {platform.machine()}, nproc {nproc}, Python {platform.python_version()}; "
+          f"load average at the end {' '.join(load)}; {reps} rep(s), medians")
+    print(f"\n{n:,} one-span files of simulator OTLP JSON ({size / 1e6:,.1f} MB) against one file of the same bytes")
+    print("| input | seconds (median) | spans/s | files/s | CPU s (median, all threads) | peak RSS MB | spans stored "
+          "| time vs one file |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    base = statistics.median(r["seconds"] for r in results.get("small_one_file", [{"seconds": float("nan")}]))
+    for method, runs in results.items():
+        sec = statistics.median(r["seconds"] for r in runs)
+        cpu = statistics.median(r["cpu"] for r in runs)
+        rss = max(r["rss_mb"] for r in runs)
+        files = n if method == "small_files" else 1
+        print(f"| {LABELS[method].replace('N', f'{n:,}', 1)} | {sec:.2f} | {n / sec:,.0f} | {files / sec:,.1f} | "
+              f"{cpu:.2f} | {rss:,.0f} | {runs[-1]['count']:,.0f} | {sec / base:.2f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spans", type=int, default=BASE)
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per method run")
+    ap.add_argument("--small-files", type=int, default=0, metavar="N",
+                    help="N one-span files against one file of the same bytes (only those two runs)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         one(args.one, args.spans)
+        return
+    if args.small_files:
+        small_main(args.small_files, args.reps, args.timeout)
         return
     methods = args.methods.split(",")
     inputs = {}

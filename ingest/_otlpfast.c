@@ -6,7 +6,8 @@
  * anything the validating decoder (decode.py, over upb) would treat in a way this file does not
  * reproduce byte for byte: malformed wire data, invalid UTF-8 in a string field, a bad or
  * missing id, a time or enum out of range, a duplicate attribute key, a singular message field
- * given twice, string_value_strindex, nesting deeper than MAX_DEPTH. The caller then runs the
+ * given twice, string_value_strindex, an array or kvlist value nested MAX_ATTRIBUTE_DEPTH levels
+ * deep (decode.py cuts those), nesting deeper than MAX_DEPTH. The caller then runs the
  * validating decoder, which quarantines or rejects as it always does. The GIL is released while
  * the message is parsed; no Python object is touched there.
  *
@@ -27,6 +28,9 @@
 #include <string.h>
 
 #define MAX_DEPTH 32
+/* decode.MAX_ATTRIBUTE_DEPTH: an array or kvlist attribute value at this level (a value is at
+ * level 0, an array's or kvlist's elements one deeper) declines; decode.py stores it cut. */
+#define MAX_ATTRIBUTE_DEPTH 16
 #define DECLINE 1
 #define NOMEM 2
 
@@ -390,9 +394,9 @@ typedef struct {
     int64_t i;
 } Scalar;
 
-static int any_value(Buf *b, Slice msg, int depth, Scalar *sc);
+static int any_value(Buf *b, Slice msg, int depth, int level, Scalar *sc);
 
-static int kv_list(Buf *b, const Slice *items, size_t n, int depth, Slice want, Scalar *found);
+static int kv_list(Buf *b, const Slice *items, size_t n, int depth, int level, Slice want, Scalar *found);
 
 /* KeyValue -> key slice and value slice (missing value: p == NULL). */
 static int key_value(Slice kv, Slice *key, Slice *val) {
@@ -446,7 +450,7 @@ static int repeated_one(Slice msg, Slice **items, size_t *n, size_t *cap) {
     return 0;
 }
 
-static int any_value(Buf *b, Slice msg, int depth, Scalar *sc) {
+static int any_value(Buf *b, Slice msg, int depth, int level, Scalar *sc) {
     if (depth > MAX_DEPTH) return DECLINE;
     Rd r = {msg.p, msg.p + msg.n};
     int seen = 0, rc;
@@ -492,11 +496,12 @@ static int any_value(Buf *b, Slice msg, int depth, Scalar *sc) {
     case 5: {
         Slice *items = NULL;
         size_t n = 0, cap = 0;
+        if (level >= MAX_ATTRIBUTE_DEPTH) return DECLINE;
         rc = repeated_one(s, &items, &n, &cap);
         if (!rc) rc = buf_byte(b, '[');
         for (size_t i = 0; !rc && i < n; i++) {
             if (i) rc = buf_byte(b, ',');
-            if (!rc) rc = any_value(b, items[i], depth + 1, NULL);
+            if (!rc) rc = any_value(b, items[i], depth + 1, level + 1, NULL);
         }
         if (!rc) rc = buf_byte(b, ']');
         free(items);
@@ -505,8 +510,9 @@ static int any_value(Buf *b, Slice msg, int depth, Scalar *sc) {
     case 6: {
         Slice *items = NULL;
         size_t n = 0, cap = 0;
+        if (level >= MAX_ATTRIBUTE_DEPTH) return DECLINE;
         rc = repeated_one(s, &items, &n, &cap);
-        if (!rc) rc = kv_list(b, items, n, depth + 1, (Slice){NULL, 0}, NULL);
+        if (!rc) rc = kv_list(b, items, n, depth + 1, level + 1, (Slice){NULL, 0}, NULL);
         free(items);
         return rc;
     }
@@ -519,7 +525,7 @@ static int any_value(Buf *b, Slice msg, int depth, Scalar *sc) {
 
 /* KeyValue items -> {"k":v,...}; when want.p is set, the value of that key is reported in
  * *found (type V_NULL when absent). */
-static int kv_list(Buf *b, const Slice *items, size_t n, int depth, Slice want, Scalar *found) {
+static int kv_list(Buf *b, const Slice *items, size_t n, int depth, int level, Slice want, Scalar *found) {
     if (depth > MAX_DEPTH) return DECLINE;
     Keys ks = {NULL, 0, 0};
     int rc = buf_byte(b, '{');
@@ -534,7 +540,7 @@ static int kv_list(Buf *b, const Slice *items, size_t n, int depth, Slice want, 
         if (!rc) {
             int is_want = want.p && key.n == want.n && memcmp(key.p, want.p, key.n) == 0;
             if (val.p) {
-                rc = any_value(b, val, depth + 1, is_want ? found : NULL);
+                rc = any_value(b, val, depth + 1, level, is_want ? found : NULL);
             } else {
                 rc = buf_put(b, "null", 4);
                 if (is_want) found->type = V_NULL;
@@ -554,8 +560,9 @@ typedef struct {
     Buf trace_id, span_id, parent, parent_valid;
     StrCol name, status_message, attributes, rid;
     Buf kind, status_code, start, start_valid, end, end_valid, res_idx, scope_idx;
-    /* per ResourceSpans: offset and length of its resource message (-1: none) */
-    Buf resources;
+    /* per ResourceSpans: offset and length of its resource message (-1: none), and where the
+     * ResourceSpans itself starts in the input (to tell which of several files a span came from) */
+    Buf resources, rs_off;
     /* per ScopeSpans: name offset/len, version offset/len (len -1: none) */
     Buf scopes;
     /* events */
@@ -575,7 +582,7 @@ typedef struct {
 static void out_free(Out *o) {
     Buf *bufs[] = {&o->trace_id, &o->span_id, &o->parent, &o->parent_valid, &o->kind, &o->status_code,
                    &o->start, &o->start_valid, &o->end, &o->end_valid, &o->res_idx, &o->scope_idx,
-                   &o->resources, &o->scopes, &o->ev_span, &o->ev_seq, &o->ev_time, &o->ev_time_valid,
+                   &o->resources, &o->rs_off, &o->scopes, &o->ev_span, &o->ev_seq, &o->ev_time, &o->ev_time_valid,
                    &o->ln_span, &o->ln_seq, &o->ln_trace, &o->ln_span_id};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) buf_free(bufs[i]);
     StrCol *cols[] = {&o->name, &o->status_message, &o->attributes, &o->rid, &o->ev_name,
@@ -697,7 +704,7 @@ static int check_fixed32(Rd *r, uint32_t wt) {
 
 static int attributes_json(Out *o, StrCol *col, const Slice *items, size_t n, Scalar *rid) {
     static const uint8_t rid_key[] = "rid";
-    int rc = kv_list(&col->data, items, n, 0, rid ? (Slice){rid_key, 3} : (Slice){NULL, 0}, rid);
+    int rc = kv_list(&col->data, items, n, 0, 0, rid ? (Slice){rid_key, 3} : (Slice){NULL, 0}, rid);
     (void)o;
     return rc ? rc : strcol_end_row(col, 1);
 }
@@ -883,7 +890,7 @@ static int scope_msg_parse(Out *o, Slice msg, Slice *name, Slice *version) {
         Slice key, val;
         rc = key_value(o->tmp[i], &key, &val);
         scratch.len = 0;
-        if (!rc && val.p) rc = any_value(&scratch, val, 1, NULL);
+        if (!rc && val.p) rc = any_value(&scratch, val, 1, 0, NULL);
     }
     buf_free(&scratch);
     return rc;
@@ -940,7 +947,9 @@ static int resource_spans(Out *o, Slice msg) {
     int rc = one_and_many(msg, &res, &have_res, &scopes, &n, &cap);
     if (!rc) {
         int64_t rec[2] = {have_res ? res.p - o->base : -1, have_res ? (int64_t)res.n : -1};
+        int64_t at = msg.p - o->base;
         rc = buf_put(&o->resources, rec, sizeof rec);
+        if (!rc) rc = buf_put(&o->rs_off, &at, sizeof at);
     }
     int32_t res_idx = (int32_t)(o->resources.len / (2 * sizeof(int64_t))) - 1;
     for (size_t i = 0; !rc && i < n; i++) rc = scope_spans(o, scopes[i], res_idx);
@@ -1341,7 +1350,7 @@ static int j_unknown(J *j, Slice k, int depth) {
 
 /* ------------------------------------------------------------------- attribute values */
 
-static int j_attr_list(J *j, Buf *b, int depth, int want_rid);
+static int j_attr_list(J *j, Buf *b, int depth, int level, int want_rid);
 
 /* intValue: a decimal string in int64 range, written as Python's str(int(text)). */
 static int j_int_value(J *j, Buf *b) {
@@ -1408,10 +1417,11 @@ static int j_double_value(J *j, Buf *b) {
     return json_double(b, x);
 }
 
-static int j_any(J *j, Buf *b, int depth, JScalar *sc);
+static int j_any(J *j, Buf *b, int depth, int level, JScalar *sc);
 
-/* arrayValue / kvlistValue: {"values": [...]} (other members ignored, as x.get does). */
-static int j_values(J *j, Buf *b, int depth, int kvlist) {
+/* arrayValue / kvlistValue: {"values": [...]} (other members ignored, as x.get does); its
+ * elements are at nesting `level`. */
+static int j_values(J *j, Buf *b, int depth, int level, int kvlist) {
     int rc, more, have = 0;
     if (depth > J_MAX_DEPTH) return DECLINE;
     if ((rc = j_open(j, '{', '}', &more))) return rc;
@@ -1422,7 +1432,7 @@ static int j_values(J *j, Buf *b, int depth, int kvlist) {
             if (have) return DECLINE;
             have = 1;
             if (kvlist) {
-                if ((rc = j_attr_list(j, b, depth + 1, 0))) return rc;
+                if ((rc = j_attr_list(j, b, depth + 1, level, 0))) return rc;
             } else {
                 int amore;
                 size_t i = 0;
@@ -1430,7 +1440,7 @@ static int j_values(J *j, Buf *b, int depth, int kvlist) {
                 while (amore) {
                     JScalar sc;
                     if (i++ && (rc = buf_byte(b, ','))) return rc;
-                    if ((rc = j_any(j, b, depth + 1, &sc)) || (rc = j_next(j, ']', &amore))) return rc;
+                    if ((rc = j_any(j, b, depth + 1, level, &sc)) || (rc = j_next(j, ']', &amore))) return rc;
                 }
                 if ((rc = buf_byte(b, ']'))) return rc;
             }
@@ -1443,7 +1453,7 @@ static int j_values(J *j, Buf *b, int depth, int kvlist) {
 }
 
 /* One AnyValue object -> its JSON text (decode.json_any_value, then orjson). */
-static int j_any(J *j, Buf *b, int depth, JScalar *sc) {
+static int j_any(J *j, Buf *b, int depth, int level, JScalar *sc) {
     int rc, more;
     Slice k, s;
     int esc;
@@ -1474,9 +1484,11 @@ static int j_any(J *j, Buf *b, int depth, JScalar *sc) {
             if ((rc = buf_put(b, "false", 5))) return rc;
         }
     } else if (KEY_IS(k, "arrayValue")) {
-        if ((rc = j_values(j, b, depth + 1, 0))) return rc;
+        if (level >= MAX_ATTRIBUTE_DEPTH) return DECLINE;
+        if ((rc = j_values(j, b, depth + 1, level + 1, 0))) return rc;
     } else if (KEY_IS(k, "kvlistValue")) {
-        if ((rc = j_values(j, b, depth + 1, 1))) return rc;
+        if (level >= MAX_ATTRIBUTE_DEPTH) return DECLINE;
+        if ((rc = j_values(j, b, depth + 1, level + 1, 1))) return rc;
     } else {
         return DECLINE;
     }
@@ -1487,7 +1499,7 @@ static int j_any(J *j, Buf *b, int depth, JScalar *sc) {
 }
 
 /* One KeyValue object -> "key":value (the key may follow the value). */
-static int j_kv(J *j, Buf *b, int depth, KOff *key, JScalar *sc) {
+static int j_kv(J *j, Buf *b, int depth, int level, KOff *key, JScalar *sc) {
     int rc, more, have_key = 0, have_val = 0;
     size_t pos0 = b->len;
     if ((rc = j_open(j, '{', '}', &more))) return rc;
@@ -1519,7 +1531,7 @@ static int j_kv(J *j, Buf *b, int depth, KOff *key, JScalar *sc) {
         } else if (KEY_IS(k, "value")) {
             if (have_val) return DECLINE;
             have_val = 1;
-            if ((rc = j_any(j, b, depth + 1, sc))) return rc;
+            if ((rc = j_any(j, b, depth + 1, level, sc))) return rc;
         } else if ((rc = j_skip(j, depth + 1))) { /* kv.get ignores other members */
             return rc;
         }
@@ -1543,7 +1555,7 @@ static uint32_t fnv1a(const char *s, size_t n) {
 
 /* [KeyValue, ...] -> {"k":v,...}; a duplicate key declines. With want_rid, the `rid` value is
  * left in j->rid / j->rid_type as decode._rid gives it. */
-static int j_attr_list(J *j, Buf *b, int depth, int want_rid) {
+static int j_attr_list(J *j, Buf *b, int depth, int level, int want_rid) {
     KOff stack_keys[64], *keys = stack_keys;
     size_t nk = 0, capk = 64;
     int rc, more;
@@ -1553,7 +1565,7 @@ static int j_attr_list(J *j, Buf *b, int depth, int want_rid) {
         KOff key;
         JScalar sc;
         if (nk && (rc = buf_byte(b, ','))) break;
-        if ((rc = j_kv(j, b, depth + 1, &key, &sc))) break;
+        if ((rc = j_kv(j, b, depth + 1, level, &key, &sc))) break;
         key.hash = fnv1a(b->p + key.off, key.len);
         for (size_t i = 0; i < nk && !rc; i++)
             if (keys[i].hash == key.hash && keys[i].len == key.len &&
@@ -1681,7 +1693,7 @@ static int j_event(J *j, int64_t span_seq, int32_t seq, int depth) {
             if ((rc = j_text(j, &j->ev_name, &name))) return rc;
         } else if (KEY_IS(k, "attributes")) {
             SEEN(4);
-            if ((rc = j_attr_list(j, &o->ev_attributes.data, depth + 1, 0))) return rc;
+            if ((rc = j_attr_list(j, &o->ev_attributes.data, depth + 1, 0, 0))) return rc;
         } else if ((rc = j_unknown(j, k, depth + 1))) {
             return rc;
         }
@@ -1709,7 +1721,7 @@ static int j_link(J *j, int64_t span_seq, int32_t seq, int depth) {
             if ((rc = j_hex_id(j, sid, 16, 0))) return rc;
         } else if (KEY_IS(k, "attributes")) {
             SEEN(4);
-            if ((rc = j_attr_list(j, &o->ln_attributes.data, depth + 1, 0))) return rc;
+            if ((rc = j_attr_list(j, &o->ln_attributes.data, depth + 1, 0, 0))) return rc;
         } else if ((rc = j_unknown(j, k, depth + 1))) {
             return rc;
         }
@@ -1798,7 +1810,7 @@ static int j_span(J *j, int32_t res_idx, int32_t scope_idx, int depth) {
             if ((rc = j_status(j, &code, &msg, depth + 1))) return rc;
         } else if (KEY_IS(k, "attributes")) {
             SEEN(256);
-            if ((rc = j_attr_list(j, &o->attributes.data, depth + 1, 1))) return rc;
+            if ((rc = j_attr_list(j, &o->attributes.data, depth + 1, 0, 1))) return rc;
         } else if (KEY_IS(k, "events")) {
             SEEN(512);
             if ((rc = j_list(j, j_event, seq, depth + 1))) return rc;
@@ -1893,9 +1905,11 @@ static int j_resource_spans(J *j, int depth) {
     int64_t rec[2] = {-1, -1};
     size_t at = o->resources.len;
     int32_t res_idx = (int32_t)(at / sizeof rec);
+    int64_t start_off = j->p - o->base;
     unsigned seen = 0;
     int rc, more;
     if (buf_put(&o->resources, rec, sizeof rec)) return NOMEM;
+    if (buf_put(&o->rs_off, &start_off, sizeof start_off)) return NOMEM;
     if ((rc = j_open(j, '{', '}', &more))) return rc;
     while (more) {
         Slice k;
@@ -2005,7 +2019,7 @@ static PyObject *out_result(Out *o, int rc) {
     } else {
         result = Py_BuildValue(
             "{s:n,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,"
-            "s:n,s:N,s:N,s:N,s:N,s:N,s:N,s:n,s:N,s:N,s:N,s:N,s:N}",
+            "s:N,s:n,s:N,s:N,s:N,s:N,s:N,s:N,s:n,s:N,s:N,s:N,s:N,s:N}",
             "n", (Py_ssize_t)o->n,
             "trace_id", bytes_of(&o->trace_id), "span_id", bytes_of(&o->span_id),
             "parent", bytes_of(&o->parent), "parent_valid", bytes_of(&o->parent_valid),
@@ -2016,6 +2030,7 @@ static PyObject *out_result(Out *o, int rc) {
             "end", bytes_of(&o->end), "end_valid", bytes_of(&o->end_valid),
             "res_idx", bytes_of(&o->res_idx), "scope_idx", bytes_of(&o->scope_idx),
             "resources", bytes_of(&o->resources), "scopes", bytes_of(&o->scopes),
+            "rs_off", bytes_of(&o->rs_off),
             "n_ev", (Py_ssize_t)o->n_ev,
             "ev_span", bytes_of(&o->ev_span), "ev_seq", bytes_of(&o->ev_seq),
             "ev_time", bytes_of(&o->ev_time), "ev_time_valid", bytes_of(&o->ev_time_valid),
@@ -2079,4 +2094,11 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_otlpfast",
                                     "OTLP protobuf traces and JSON lines -> staging column buffers (C).", -1, methods};
 
-PyMODINIT_FUNC PyInit__otlpfast(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__otlpfast(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddIntConstant(m, "MAX_ATTRIBUTE_DEPTH", MAX_ATTRIBUTE_DEPTH) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -11,6 +11,13 @@ Every span is validated; a bad span is recorded as a quarantine row (with its re
 raw bytes) and the good spans around it are kept. Attribute values keep their OTLP types in the
 JSON column: ints, doubles, bools, strings, arrays as JSON arrays, kvlists as JSON objects,
 bytes as base64 strings.
+
+Nesting: an attribute value is at level 0, the elements of an array or kvlist at level L are at
+level L + 1. An array or kvlist at level MAX_ATTRIBUTE_DEPTH (16) or deeper is cut: it is stored
+as the string `cut_marker(kind)`, which says so, and the span is stored (its contents are not
+looked at). JSON and protobuf cut alike (so do the C decoders, which leave such values to this
+module); a protobuf message nested too deep for upb to parse is cut on the wire first
+(ingest/nesting.py), so that no batch is refused for its nesting.
 """
 
 from __future__ import annotations
@@ -29,6 +36,16 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from kvtrace.ingest.errors import RecordError
 
 RAW_LIMIT = 4096
+MAX_ATTRIBUTE_DEPTH = 16  # arrays / kvlists at this level or deeper are cut (module docstring)
+
+
+def cut_marker(kind: str) -> str:
+    """The string that replaces an array or kvlist (`kind`) nested MAX_ATTRIBUTE_DEPTH deep."""
+    return f"[kvtrace: {kind} nested {MAX_ATTRIBUTE_DEPTH} or more levels deep, cut]"
+
+
+_CUT_ARRAY = cut_marker("array")
+_CUT_KVLIST = cut_marker("kvlist")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _INT64_MAX = 2**63 - 1
 
@@ -127,14 +144,18 @@ class StagingBatch:
     def n_quarantined(self) -> int:
         return len(self.quarantine["reason"])
 
-    def quarantine_record(self, pos: Position, reason: str, raw: bytes, span_id: str | None = None) -> None:
+    def quarantine_record(
+        self, pos: Position, reason: str, raw: bytes, span_id: str | None = None, raw_bytes: int | None = None
+    ) -> None:
+        """One quarantine row: at most RAW_LIMIT bytes of `raw`; `raw_bytes` is the record's full
+        length when `raw` holds only its first bytes."""
         q = self.quarantine
         q["line"].append(pos.line)
         q["byte_offset"].append(pos.byte_offset)
         q["span_id"].append(span_id)
         q["reason"].append(reason)
         q["raw"].append(bytes(raw[:RAW_LIMIT]))
-        q["raw_bytes"].append(len(raw))
+        q["raw_bytes"].append(len(raw) if raw_bytes is None else raw_bytes)
 
     def tables(self) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:
         return (
@@ -245,8 +266,8 @@ def _get(d: Mapping[str, Any], camel: str, snake: str) -> Any:
     return d.get(snake) if value is None else value
 
 
-def json_any_value(v: object) -> Any:
-    """OTLP JSON AnyValue -> a plain JSON value with its type kept."""
+def json_any_value(v: object, level: int = 0) -> Any:
+    """OTLP JSON AnyValue (at nesting `level`) -> a plain JSON value with its type kept."""
     if not isinstance(v, dict):
         raise RecordError(f"attribute value is {type(v).__name__}, expected an AnyValue object")
     if not v:
@@ -273,16 +294,20 @@ def json_any_value(v: object) -> Any:
             raise RecordError("boolValue is not a boolean")
         return x
     if kind in ("arrayValue", "array_value"):
+        if level >= MAX_ATTRIBUTE_DEPTH:
+            return _CUT_ARRAY
         values = x.get("values", []) if isinstance(x, dict) else None
         if not isinstance(values, list):
             raise RecordError("arrayValue.values is not a list")
         fast = _fast_array(values)
-        return fast if fast is not None else [json_any_value(e) for e in values]
+        return fast if fast is not None else [json_any_value(e, level + 1) for e in values]
     if kind in ("kvlistValue", "kvlist_value"):
+        if level >= MAX_ATTRIBUTE_DEPTH:
+            return _CUT_KVLIST
         values = x.get("values", []) if isinstance(x, dict) else None
         if not isinstance(values, list):
             raise RecordError("kvlistValue.values is not a list")
-        return json_attributes(values)
+        return json_attributes(values, level + 1)
     if kind in ("bytesValue", "bytes_value"):
         if not isinstance(x, str):
             raise RecordError("bytesValue is not a base64 string")
@@ -334,8 +359,8 @@ def _nanos_signed(x: object) -> int:
     return n
 
 
-def json_attributes(items: object) -> dict[str, Any]:
-    """OTLP JSON `[{"key": k, "value": AnyValue}]` -> {k: value}."""
+def json_attributes(items: object, level: int = 0) -> dict[str, Any]:
+    """OTLP JSON `[{"key": k, "value": AnyValue}]` (values at nesting `level`) -> {k: value}."""
     if items is None:
         return {}
     if not isinstance(items, list):
@@ -344,18 +369,23 @@ def json_attributes(items: object) -> dict[str, Any]:
     for kv in items:
         if not isinstance(kv, dict) or not isinstance(kv.get("key"), str):
             raise RecordError("attribute without a string key")
-        out[kv["key"]] = json_any_value(kv.get("value", {}))
+        out[kv["key"]] = json_any_value(kv.get("value", {}), level)
     return out
 
 
-def proto_any_value(v: common_pb2.AnyValue) -> Any:
+def proto_any_value(v: common_pb2.AnyValue, level: int = 0) -> Any:
+    """A protobuf AnyValue (at nesting `level`) -> a plain JSON value with its type kept."""
     kind = v.WhichOneof("value")
     if kind is None:
         return None
     if kind == "array_value":
-        return [proto_any_value(e) for e in v.array_value.values]
+        if level >= MAX_ATTRIBUTE_DEPTH:
+            return _CUT_ARRAY
+        return [proto_any_value(e, level + 1) for e in v.array_value.values]
     if kind == "kvlist_value":
-        return proto_attributes(v.kvlist_value.values)
+        if level >= MAX_ATTRIBUTE_DEPTH:
+            return _CUT_KVLIST
+        return proto_attributes(v.kvlist_value.values, level + 1)
     if kind == "bytes_value":
         return base64.b64encode(v.bytes_value).decode()
     if kind == "string_value_strindex":
@@ -363,8 +393,8 @@ def proto_any_value(v: common_pb2.AnyValue) -> Any:
     return getattr(v, kind)
 
 
-def proto_attributes(items: Any) -> dict[str, Any]:
-    return {kv.key: proto_any_value(kv.value) for kv in items}
+def proto_attributes(items: Any, level: int = 0) -> dict[str, Any]:
+    return {kv.key: proto_any_value(kv.value, level) for kv in items}
 
 
 def _rid(attrs: Mapping[str, Any]) -> str | None:

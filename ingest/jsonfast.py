@@ -39,6 +39,13 @@ def available() -> bool:
 def decode_json_chunk(chunk: bytes) -> StagingTables | None:
     """Spans, events and links staging tables of a chunk of whole OTLP JSON lines, identical to
     what the validating decoder gives line by line; None when another path must decide."""
+    got = decode_json_chunk_located(chunk)
+    return None if got is None else got[0]
+
+
+def decode_json_chunk_located(chunk: bytes) -> tuple[StagingTables, np.ndarray] | None:
+    """decode_json_chunk, and for each span the offset in `chunk` of its resourceSpans entry (so
+    that a chunk made of several files' lines tells which file each span came from)."""
     if not available():
         return None
     cols: dict[str, Any] | None = _otlpfast.decode_json(chunk)
@@ -49,7 +56,9 @@ def decode_json_chunk(chunk: bytes) -> StagingTables | None:
         scopes = _scopes(chunk, cols["scopes"])
     except (RecordError, orjson.JSONDecodeError, orjson.JSONEncodeError):
         return None
-    return _spans(cols, resources, scopes), _events(cols), _links(cols)
+    tables = _spans(cols, resources, scopes), _events(cols), _links(cols)
+    rs_off = np.frombuffer(cols["rs_off"], dtype=np.int64)
+    return tables, rs_off[np.frombuffer(cols["res_idx"], dtype=np.int32)]
 
 
 def _resources(chunk: bytes, raw: bytes) -> list[Resource]:
@@ -70,11 +79,15 @@ def _resources(chunk: bytes, raw: bytes) -> list[Resource]:
 def _scopes(chunk: bytes, raw: bytes) -> list[tuple[str | None, str | None]]:
     """Each scopeSpans entry's scope name and version (raw JSON string text, or absent: None)."""
     out: list[tuple[str | None, str | None]] = []
+    cache: dict[tuple[bytes | None, bytes | None], tuple[str | None, str | None]] = {}
     for n_off, n_len, v_off, v_len in np.frombuffer(raw, dtype=np.int64).reshape(-1, 4).tolist():
-        name = orjson.loads(chunk[n_off : n_off + n_len]) if n_off >= 0 else None
-        version = orjson.loads(chunk[v_off : v_off + v_len]) if v_off >= 0 else None
-        out.append((name, version))
+        key = (chunk[n_off : n_off + n_len] if n_off >= 0 else None, chunk[v_off : v_off + v_len] if v_off >= 0 else None)
+        got = cache.get(key)
+        if got is None:
+            got = cache[key] = (None if key[0] is None else orjson.loads(key[0]),
+                                None if key[1] is None else orjson.loads(key[1]))
+        out.append(got)
     return out
 
 
-__all__ = ["available", "decode_json_chunk"]
+__all__ = ["available", "decode_json_chunk", "decode_json_chunk_located"]

@@ -69,6 +69,13 @@ def _varint(n: int) -> bytes:
 def decode_traces(data: bytes) -> StagingTables | None:
     """Spans, events and links staging tables of one TracesData / ExportTraceServiceRequest
     message, identical to what the validating decoder gives; None when that decoder must run."""
+    got = decode_traces_located(data)
+    return None if got is None else got[0]
+
+
+def decode_traces_located(data: bytes) -> tuple[StagingTables, np.ndarray] | None:
+    """decode_traces, and for each span the index of its ResourceSpans in the message (frame_resource_spans
+    frames give one ResourceSpans each, so this tells which frame, and which file, a span came from)."""
     if _otlpfast is None:
         return None
     cols: dict[str, Any] | None = _otlpfast.decode(data)
@@ -79,7 +86,8 @@ def decode_traces(data: bytes) -> StagingTables | None:
     except (DecodeError, RecordError, UnicodeDecodeError):
         return None
     scopes = _scopes(data, cols["scopes"])
-    return _spans(cols, resources, scopes), _events(cols), _links(cols)
+    tables = _spans(cols, resources, scopes), _events(cols), _links(cols)
+    return tables, np.frombuffer(cols["res_idx"], dtype=np.int32)
 
 
 # ------------------------------------------------------------------------------------ columns
@@ -211,4 +219,4 @@ def _span_ids(cols: dict[str, Any], spans_n: int, span_seq: pa.Array) -> tuple[p
     return trace_id, span_id
 
 
-__all__ = ["StagingTables", "available", "decode_traces", "frame_resource_spans", "json_double"]
+__all__ = ["StagingTables", "available", "decode_traces", "decode_traces_located", "frame_resource_spans", "json_double"]

@@ -1,4 +1,7 @@
-"""`kvtrace ingest`, `kvtrace quarantine`, `kvtrace export`: files in, records that failed, Parquet out."""
+"""`kvtrace ingest`, `kvtrace quarantine`, `kvtrace export`: files in, records that failed, Parquet out.
+
+Everything printed that comes from a trace or a file name goes through `term()` (control
+characters shown as escapes, so a value cannot rewrite the terminal)."""
 
 from __future__ import annotations
 
@@ -7,10 +10,19 @@ from datetime import UTC, datetime
 import click
 
 from kvtrace.app.options import db_option
+from kvtrace.app.terminal import term
 from kvtrace.ingest import IngestError, IngestSummary, ingest_paths, open_store
 from kvtrace.ingest.export import export_parquet
-from kvtrace.ingest.pipeline import DEFAULT_BATCH_SPANS, DEFAULT_COMMIT_SPANS
+from kvtrace.ingest.pipeline import (
+    DEFAULT_BATCH_SPANS,
+    DEFAULT_COMMIT_BYTES,
+    DEFAULT_COMMIT_FILES,
+    DEFAULT_COMMIT_SPANS,
+)
+from kvtrace.ingest.sources import MAX_RECORD_BYTES
 from kvtrace.ingest.store import CLI_WAIT_S
+
+_LISTED = 10  # files without spans, links not followed: shown one a line up to this many
 
 
 def _ns(ns: int | None) -> str:
@@ -20,15 +32,15 @@ def _ns(ns: int | None) -> str:
 
 
 def _short_list(items: list[str], limit: int = 6) -> str:
-    shown = ", ".join(items[:limit])
+    shown = ", ".join(term(i) for i in items[:limit])
     return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "") if items else "-"
 
 
 def format_summary(s: IngestSummary) -> str:
-    """The one-screen summary printed after an ingest."""
+    """The one-screen summary printed after an ingest (every value escaped for the terminal)."""
     rate = s.spans_read / s.seconds if s.seconds > 0 else 0.0
     lines = [
-        f"store        {s.db_path} ({s.store_spans:,} spans in total)",
+        f"store        {term(s.db_path)} ({s.store_spans:,} spans in total)",
         f"files        {s.files_ingested} ingested, {s.files_skipped} skipped (already ingested, unchanged)",
         f"spans        {s.spans_read:,} read, {s.spans_new:,} new, {s.spans_read - s.spans_new:,} already stored",
         f"traces       {s.traces:,}",
@@ -36,8 +48,20 @@ def format_summary(s: IngestSummary) -> str:
         f"hosts        {_short_list(s.hosts)}",
         f"time range   {_ns(s.start_ns)} .. {_ns(s.end_ns)}",
         f"quarantined  {s.quarantined:,}" + ("  (see: kvtrace quarantine)" if s.quarantined else ""),
-        f"took         {s.seconds:.2f} s ({rate:,.0f} spans/s)",
     ]
+    empty = s.without_spans
+    if empty:
+        lines.append(f"no spans     {len(empty):,} file(s):")
+        lines += [f"               {term(f.path)}: no spans, {term(f.note)}" for f in empty[:_LISTED]]
+        if len(empty) > _LISTED:
+            lines.append(f"               (+{len(empty) - _LISTED:,} more; kvtrace quarantine lists their records)")
+    links = s.skipped_links
+    if links:
+        lines.append(f"not followed {len(links):,} symbolic link(s) (--follow-symlinks follows them):")
+        lines += [f"               {term(link.path)} -> {term(link.target)}: {link.reason}" for link in links[:_LISTED]]
+        if len(links) > _LISTED:
+            lines.append(f"               (+{len(links) - _LISTED:,} more)")
+    lines.append(f"took         {s.seconds:.2f} s ({rate:,.0f} spans/s)")
     return "\n".join(lines)
 
 
@@ -49,13 +73,24 @@ def format_summary(s: IngestSummary) -> str:
 @click.option("--commit-spans", type=click.IntRange(min=1), default=DEFAULT_COMMIT_SPANS, show_default=True,
               help="Commit once a transaction of whole files holds this many spans (big commits write "
                    "row groups straight to the file; a crash redoes the uncommitted files).")
+@click.option("--commit-files", type=click.IntRange(min=1), default=DEFAULT_COMMIT_FILES, show_default=True,
+              help="... or once it holds this many files (small files are batched up to this many).")
+@click.option("--commit-mb", type=click.IntRange(min=1), default=DEFAULT_COMMIT_BYTES >> 20, show_default=True,
+              help="... or once it holds this many MB of files.")
+@click.option("--max-record-mb", type=click.IntRange(min=1), default=MAX_RECORD_BYTES >> 20, show_default=True,
+              help="Largest JSON line or document, or protobuf ResourceSpans frame, read into memory; a larger "
+                   "one is quarantined unread (its offset, first bytes and length) and ingest goes on after it.")
+@click.option("--follow-symlinks/--no-follow-symlinks", default=False, show_default=True,
+              help="Follow symbolic links in a given directory or glob that point outside it (else they are "
+                   "skipped and listed).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def ingest_command(paths: tuple[str, ...], db: str, batch_spans: int, commit_spans: int, progress: bool) -> None:
+def ingest_command(paths: tuple[str, ...], db: str, batch_spans: int, commit_spans: int, commit_files: int,
+                   commit_mb: int, max_record_mb: int, follow_symlinks: bool, progress: bool) -> None:
     """Ingest OTLP trace files (JSON, JSON lines, protobuf; gzip/zstd) into the store.
 
     PATHS are files, directories (searched recursively) or globs. Each file is stored atomically
     (whole files per transaction); re-running skips files already ingested and never stores a
-    span twice.
+    span twice. A file that gives no spans (empty, not OTLP, every record quarantined) is listed.
 
     Example:
 
@@ -63,9 +98,10 @@ def ingest_command(paths: tuple[str, ...], db: str, batch_spans: int, commit_spa
     """
     try:
         summary = ingest_paths(paths, db, progress=progress, batch_spans=batch_spans, commit_spans=commit_spans,
-                               wait_s=CLI_WAIT_S)
+                               wait_s=CLI_WAIT_S, commit_files=commit_files, commit_bytes=commit_mb << 20,
+                               max_record_bytes=max_record_mb << 20, follow_symlinks=follow_symlinks)
     except IngestError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(term(exc)) from None
     click.echo(format_summary(summary))
 
 
@@ -83,7 +119,7 @@ def quarantine_command(db: str, limit: int, source: str | None) -> None:
     try:
         con = open_store(db, read_only=True, wait_s=CLI_WAIT_S)
     except IngestError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(term(exc)) from None
     try:
         where, params = ("WHERE contains(source, ?)", [source]) if source else ("", [])
         total = con.execute(f"SELECT count(*) FROM quarantine {where}", params).fetchall()[0][0]
@@ -97,10 +133,10 @@ def quarantine_command(db: str, limit: int, source: str | None) -> None:
     click.echo(f"{total:,} quarantined record(s)" + (f", showing {len(rows)}" if total > len(rows) else ""))
     for src, line, offset, span_id, reason, raw, raw_bytes in rows:
         where_text = f"line {line}" if line is not None else f"byte {offset}"
-        span_text = f" span {span_id}" if span_id else ""
+        span_text = f" span {term(span_id)}" if span_id else ""
         snippet = bytes(raw[:80]).decode("utf-8", "replace").replace("\n", " ")
-        click.echo(f"{src}:{where_text}{span_text}: {reason}")
-        click.echo(f"    {snippet!r}{' ...' if raw_bytes > 80 else ''} ({raw_bytes} bytes)")
+        click.echo(f"{term(src)}:{where_text}{span_text}: {term(reason)}")
+        click.echo(f"    {term(repr(snippet))}{' ...' if raw_bytes > 80 else ''} ({raw_bytes:,} bytes)")
 
 
 @click.command("export")
@@ -117,10 +153,10 @@ def export_command(db: str, parquet_dir: str) -> None:
     try:
         counts = export_parquet(db, parquet_dir, wait_s=CLI_WAIT_S)
     except IngestError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(term(exc)) from None
     for table, n in counts.items():
         click.echo(f"{table:16s} {n:,} rows")
-    click.echo(f"written to {parquet_dir}")
+    click.echo(f"written to {term(parquet_dir)}")
 
 
 commands: list[click.Command] = [ingest_command, quarantine_command, export_command]

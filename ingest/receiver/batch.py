@@ -27,6 +27,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from kvtrace.ingest.decode import normalise_span_id, normalise_trace_id
 from kvtrace.ingest.errors import RecordError
+from kvtrace.ingest.nesting import parse_cut
 from kvtrace.ingest.receiver.spool import KIND_JSON, KIND_PROTOBUF
 
 _MAX_EXAMPLES = 3
@@ -128,7 +129,8 @@ def _message(rejected: int, examples: list[str]) -> str:
 def check_protobuf(payload: bytes) -> CheckedBatch:
     """Decode an OTLP/protobuf ExportTraceServiceRequest; drop and report spans with invalid ids."""
     try:
-        request = ExportTraceServiceRequest.FromString(payload)
+        # nested too deep for upb: values cut at decode.MAX_ATTRIBUTE_DEPTH, as ingest stores them
+        request, payload = parse_cut(ExportTraceServiceRequest, payload)
     except DecodeError as exc:
         raise MalformedPayload(f"undecodable OTLP protobuf ExportTraceServiceRequest: {exc}") from exc
     accepted = rejected = 0
