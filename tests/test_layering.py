@@ -40,3 +40,19 @@ def test_headless_layers_import_no_ui_or_torch(package: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"{package} imports {out.stdout.strip()}"
 
+
+
+def test_sglang_plugin_imports_nothing_heavy() -> None:
+    """The SGLang plugin runs inside the SGLang server: loading it (and its report CLI module)
+    pulls in none of kvtrace's store, UI or dataframe stack, nor torch or numpy of its own."""
+    modules = _modules("sglang_plugin")
+    heavy = (*FORBIDDEN, "duckdb", "pyarrow", "pandas", "numpy", "kvtrace.ingest", "kvtrace.analytics", "kvtrace.app")
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"bad = sorted(m for m in sys.modules if m in {heavy!r} or m.split('.')[0] in {heavy!r})\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"kvtrace.sglang_plugin imports {out.stdout.strip()}"
