@@ -9,13 +9,10 @@ HTML tags, emoji shortcodes, math and a newline followed by a heading.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import string
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from app_hostile_store import (  # noqa: F401  (session fixture)
     VICTIM_RID,
     hostile_store,
 )
+from app_process import kvtrace_app
 from streamlit.testing.v1 import AppTest
 
 from kvtrace.app.escape import md, md_code, one_line, plot_text
@@ -240,41 +238,10 @@ def test_report_markdown_and_charts_keep_values_as_text(hostile_store: Path, tmp
 
 # --- a real browser -------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture()
 def hostile_app(hostile_store: Path) -> Iterator[str]:  # noqa: F811
-    port = _free_port()
-    proc = subprocess.Popen(
-        [KVTRACE, "app", "--db", str(hostile_store), "--port", str(port), "--address", "127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ}, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                output = proc.stdout.read().decode() if proc.stdout else ""
-                pytest.fail(f"kvtrace app did not start (exit {proc.poll()}):\n{output}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with kvtrace_app(hostile_store) as (port, _):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.browser

@@ -11,12 +11,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from app_process import kvtrace_app
 from app_sample_store import MIXED, ingested_only_store  # noqa: F401  (session fixture)
 from click.testing import CliRunner
 from streamlit.testing.v1 import AppTest
@@ -36,43 +35,13 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 NO_EGRESS = {k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def running_app(ingested_only_store: Path) -> Iterator[tuple[int, int]]:  # noqa: F811
     """`kvtrace app` without --allow-ingest, from a shell that has the switch's variable set:
     (port, pid of the streamlit process, which `kvtrace app` exec'd into)."""
-    port = _free_port()
     env = {**os.environ, **NO_EGRESS, "NO_PROXY": "", "no_proxy": "", ALLOW_INGEST_ENV: "1"}
-    proc = subprocess.Popen(
-        [KVTRACE, "app", "--db", str(ingested_only_store), "--port", str(port), "--address", "127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode() if proc.stdout else ""
-                pytest.fail(f"kvtrace app did not start (exit {proc.poll()}):\n{out}")
-            time.sleep(0.3)
+    with kvtrace_app(ingested_only_store, env=env) as (port, proc):
         yield port, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _handshake(port: int, host: str, origin: str | None) -> int:

@@ -3,16 +3,12 @@ opens a finding's timeline, and saves screenshots under bench/out/screenshots/ (
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from app_process import kvtrace_app
 from app_sample_store import ROOT, mixed_store  # noqa: F401  (session fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -39,42 +35,10 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def app_url(mixed_store: Path) -> Iterator[str]:  # noqa: F811
-    port = _free_port()
-    kvtrace = Path(sys.executable).with_name("kvtrace")
-    proc = subprocess.Popen(
-        [str(kvtrace), "app", "--db", str(mixed_store), "--port", str(port), "--address", "127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ}, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode() if proc.stdout else ""
-                pytest.fail(f"kvtrace app did not start (exit {proc.poll()}):\n{out}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with kvtrace_app(mixed_store) as (port, _):
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_every_page_renders_and_a_finding_timeline_opens(app_url: str) -> None:

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import duckdb
 import pytest
+from app_process import kvtrace_app
 from app_sample_store import mixed_store  # noqa: F401  (session fixture)
 from click.testing import CliRunner
 from streamlit.testing.v1 import AppTest
@@ -152,12 +149,6 @@ def test_app_help_says_when_the_app_writes() -> None:
            f"[default: {MAX_UPLOAD_MB}; x>=1]" in text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium")
 def test_the_ingest_page_takes_a_real_per_instance_file(
@@ -168,37 +159,16 @@ def test_the_ingest_page_takes_a_real_per_instance_file(
 
     db = tmp_path / "s.duckdb"
     db.write_bytes(mixed_store.read_bytes())
-    port = _free_port()
-    proc = subprocess.Popen([KVTRACE, "app", "--db", str(db), "--port", str(port), "--address", "127.0.0.1",
-                             "--allow-ingest"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, ALLOW_INGEST_ENV: ""}, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "kvtrace app did not start"
-            time.sleep(0.3)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                         args=["--no-sandbox", "--disable-gpu"])
-            try:
-                page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{port}/ingest", wait_until="domcontentloaded")
-                limit = page.get_by_text("per file").first
-                limit.wait_for(timeout=30_000)
-                text = limit.inner_text()
-            finally:
-                browser.close()
-    finally:
-        proc.terminate()
+    with kvtrace_app(db, "--allow-ingest", env={**os.environ, ALLOW_INGEST_ENV: ""}) as (port, _), \
+            sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=["--no-sandbox", "--disable-gpu"])
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/ingest", wait_until="domcontentloaded")
+            limit = page.get_by_text("per file").first
+            limit.wait_for(timeout=30_000)
+            text = limit.inner_text()
+        finally:
+            browser.close()
     assert text.endswith(("4GB per file", f"{MAX_UPLOAD_MB}MB per file")), text  # Streamlit: 200MB per file
