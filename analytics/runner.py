@@ -1,6 +1,7 @@
 """Running registered analyses on a store connection, and read-only ad-hoc SQL.
 
-Results of an analysis live, for the session, in a temporary table named after it (temporary
+Results of an analysis live, for the session, in a temporary table named after it (or a temporary
+view, for the intermediate steps whose header says `-- materialise: view`; temporary
 tables shadow the store's own tables of the same name, so a freshly computed `findings` wins over
 a materialised one); `materialise()` copies them into the store's result tables.
 """
@@ -14,42 +15,19 @@ import duckdb
 import pyarrow as pa
 
 from kvtrace.analytics.errors import ReadOnlyQueryError, StoreError
-from kvtrace.analytics.registry import ParamValue, Registry, default_registry, install_macros
+from kvtrace.analytics.registry import ParamValue, Registry, create_result, default_registry, install_macros
 from kvtrace.ingest import store
 
-REQUIRED_TABLES: Final = ("requests", "spec_steps", "kv_events", "aborts", "request_stages", "feedback")
+REQUIRED_TABLES: Final = store.KVTRACE_TABLES
 _ALLOWED_STATEMENTS: Final = {"SELECT", "EXPLAIN"}
 
 
 def connect(db_path: str | Path, *, read_only: bool = True, wait_s: float = 0.0) -> duckdb.DuckDBPyConnection:
-    """Open a kvtrace store; read-only connections also lose access to files and extensions.
-    Waits up to `wait_s` seconds while another process (e.g. `kvtrace serve`) holds the file."""
-    path = Path(db_path)
-    if not path.exists():
-        raise StoreError(f"{path}: no such store (run `kvtrace ingest PATH --db {path}` first)")
-    config: dict[str, str | bool | int | float | list[str]] = {}
-    if read_only:
-        config["enable_external_access"] = False
-    try:
-        con = store.connect(path, read_only=read_only, config=config, wait_s=wait_s)
-    except duckdb.Error as exc:
-        held = store.held_note(exc, wait_s)
-        raise StoreError(f"{path}: cannot open the store{held}: {str(exc).splitlines()[0]}") from exc
-    missing = _missing_tables(con)
-    if missing:
-        con.close()
-        raise StoreError(f"{path}: not a kvtrace store (missing tables: {', '.join(missing)})")
-    return con
-
-
-def _missing_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
-    present = {
-        row[0]
-        for row in con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND NOT temporary"
-        ).fetchall()
-    }
-    return [t for t in REQUIRED_TABLES if t not in present]
+    """An existing kvtrace store, through the one door (`kvtrace.ingest.store.open_store`);
+    read-only connections also lose access to files and extensions. Waits up to `wait_s` seconds
+    while another process (e.g. `kvtrace serve`) holds the file; raises `store.StoreError`."""
+    config: store.DuckDBConfig = {"enable_external_access": False} if read_only else {}
+    return store.open_store(db_path, read_only=read_only, wait_s=wait_s, create=False, config=config)
 
 
 def compute(
@@ -63,7 +41,7 @@ def compute(
     `params` overrides defaults by name for every analysis that declares that parameter.
     """
     reg = registry or default_registry()
-    install_macros(con)
+    install_macros(con, reg.macros_sql)
     wanted: list[str] = []
     for name in names if names is not None else list(reg.order):
         for dep in reg.closure(name):
@@ -73,7 +51,7 @@ def compute(
     for name in order:
         analysis = reg.get(name)
         try:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {analysis.sql}", analysis.bind(params))
+            create_result(con, analysis, params)
         except duckdb.Error as exc:
             raise StoreError(f"analysis {name} ({analysis.path.name}) failed: {str(exc).splitlines()[0]}") from exc
     return order

@@ -37,11 +37,11 @@ connection guards. Defence in depth, each layer enough on its own for the case i
    CPU (Python, duckdb, pyarrow), per query.
 7. Results: a row cap and a byte cap (``RESULT_MAX_BYTES``): the result is streamed as Arrow
    batches and cut where either is reached, and says so; for a person (``display``), every column
-   of a type Arrow, pandas or CSV cannot show faithfully is cast to text by DuckDB before it leaves
-   the engine (see ``SHOWABLE_TYPES``), and `to_frame` turns a column pandas refuses into text.
+   of a type Arrow, polars or CSV cannot show faithfully is cast to text by DuckDB before it leaves
+   the engine (see ``SHOWABLE_TYPES``), and `to_frame` turns a column polars refuses into text.
 
 Every error is a `QueryError` whose message is one line for a person.
-This module is the app's execution core: it imports neither streamlit nor plotly (nor pandas
+This module is the app's execution core: it imports neither streamlit nor plotly (nor polars
 until a frame is asked for: the worker never needs it).
 """
 
@@ -66,7 +66,7 @@ import duckdb
 import pyarrow as pa
 
 if TYPE_CHECKING:
-    import pandas as pd
+    import polars as pl
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_ROWS = 10_000
@@ -83,12 +83,12 @@ MAX_WORKERS = 2  # isolated queries at once per process; more wait for a free sl
 # The statement types a read-only console may run (an EXPLAIN only of a SELECT: see layer 4).
 ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
 
-# DuckDB types that reach Arrow, pandas, Streamlit and CSV unchanged, every value; any other
+# DuckDB types that reach Arrow, polars, Streamlit and CSV unchanged, every value; any other
 # column is cast to VARCHAR (DuckDB's own text form) before a person sees it. Not here, and why:
-# UNION (pandas and CSV refuse it), LIST/STRUCT/MAP/ARRAY/VARIANT (CSV refuses them), BLOB/BIT/
+# UNION (polars and CSV refuse it), LIST/STRUCT/MAP/ARRAY/VARIANT (CSV refuses them), BLOB/BIT/
 # GEOMETRY (not UTF-8), INTERVAL (CSV refuses it), UHUGEINT/BIGNUM (a UHUGEINT's max arrives as
 # -1; a HUGEINT, what sum() of integers gives, arrives exact as decimal128), ENUM, DATE/TIME/TIMESTAMP* ('infinity' arrives as year 294247, a DATE past 9999
-# fails pandas), TIMETZ (loses its offset). Ids as DuckDBPyType.id spells them.
+# panics polars when read), TIMETZ (loses its offset). Ids as DuckDBPyType.id spells them.
 SHOWABLE_TYPES = frozenset({
     "boolean", "tinyint", "smallint", "integer", "bigint", "hugeint", "utinyint", "usmallint", "uinteger",
     "ubigint", "float", "double", "decimal", "varchar", "uuid", "null",
@@ -105,8 +105,6 @@ READ_ONLY_CONFIG: dict[str, Any] = {
     # Must be last in spirit: once locked, nothing above can be changed by a query.
     "lock_configuration": True,
 }
-
-_LOCK_POLL_S = 0.2
 
 
 class QueryError(Exception):
@@ -141,7 +139,7 @@ class StoreUnavailable(QueryError):
 class QueryResult:
     """Rows of one query, cut at the row cap (or the byte cap: `note` says so)."""
 
-    frame: pd.DataFrame
+    frame: pl.DataFrame  # DuckDB's Arrow result, as polars (no copy of fixed-width columns)
     truncated: bool
     elapsed_s: float
     max_rows: int
@@ -191,21 +189,15 @@ def open_read_only(
     wait_s: float = 0.0,
 ) -> duckdb.DuckDBPyConnection:
     """Open a DuckDB file with every connection guard of this module's docstring (layers 1-3),
-    waiting up to `wait_s` seconds while another process holds the file's lock."""
-    path = Path(path)
-    if not path.is_file():
-        raise StoreUnavailable(f"store {path} does not exist: run `kvtrace ingest PATH --db {path}` first")
+    waiting up to `wait_s` seconds while another process holds the file's lock; through the
+    store's one door (`kvtrace.ingest.store.open_store`), any DuckDB file (no kvtrace check)."""
+    from kvtrace.ingest.store import StoreError, open_store
+
     config = connection_config(memory_limit=memory_limit, threads=threads, temp_directory=temp_directory)
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return duckdb.connect(str(path), read_only=True, config=dict(config))
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
-                raise StoreUnavailable(f"cannot open {path} read-only: {first_line(exc)}") from exc
-            time.sleep(_LOCK_POLL_S)
-        except duckdb.Error as exc:
-            raise StoreUnavailable(f"cannot open {path} read-only: {first_line(exc)}") from exc
+    try:
+        return open_store(path, read_only=True, wait_s=wait_s, config=dict(config), require=())
+    except StoreError as exc:
+        raise StoreUnavailable(str(exc)) from exc
 
 
 # -- layer 4: the statement guard -------------------------------------------------------------------
@@ -449,23 +441,59 @@ def _rows_within(batch: pa.RecordBatch, budget: int) -> int:
     return lo
 
 
-def to_frame(table: pa.Table) -> pd.DataFrame:
-    """`table` as pandas; a column pandas cannot hold (a DATE past year 9999, ...) becomes DuckDB's
-    text of it."""
-    import pandas as pd
+# Python's date range (0001-01-01 .. 9999-12-31 23:59:59) in days and in seconds since the epoch:
+# polars holds dates past it, but panics when one is read or printed.
+_DAYS = (-719_162, 2_932_896)
+_SECONDS = (-62_135_596_800, 253_402_300_799)
+_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 
-    try:
-        return table.to_pandas()
-    except (pa.ArrowException, ValueError, OverflowError):
-        pass
-    columns: dict[str, Any] = {}
+
+def to_frame(table: pa.Table) -> pl.DataFrame:
+    """`table` as polars (Arrow to polars: fixed-width columns are not copied); a repeated column
+    name gets its position appended (polars needs unique names), and a column polars cannot hold
+    (a DATE past year 9999, ...) becomes DuckDB's text of it."""
+    import polars as pl
+
+    names: list[str] = []
+    for i, name in enumerate(table.column_names):
+        names.append(name if name not in names else f"{name}_{i}")
+    if names != table.column_names:
+        table = table.rename_columns(names)
     for i, (field, column) in enumerate(zip(table.schema, table.columns, strict=True)):
-        key = field.name if field.name not in columns else f"{field.name}_{i}"
+        if _out_of_python_range(field, column):
+            table = table.set_column(i, field.name, _as_text(field, column))
+    try:
+        frame = pl.from_arrow(table, rechunk=False)
+        assert isinstance(frame, pl.DataFrame)
+        return frame
+    except (pa.ArrowException, pl.exceptions.PolarsError, ValueError, TypeError, OverflowError):
+        pass
+    columns: list[pl.Series] = []
+    for field, column in zip(table.schema, table.columns, strict=True):
         try:
-            columns[key] = column.to_pandas()
-        except (pa.ArrowException, ValueError, OverflowError):
-            columns[key] = _as_text(field, column).to_pandas()
-    return pd.DataFrame(columns)
+            columns.append(pl.Series(field.name, column))
+        except (pa.ArrowException, pl.exceptions.PolarsError, ValueError, TypeError, OverflowError):
+            columns.append(pl.Series(field.name, _as_text(field, column)))
+    return pl.DataFrame(columns)
+
+
+def _out_of_python_range(field: pa.Field, column: pa.ChunkedArray) -> bool:
+    """Whether a date or timestamp column holds a value outside Python's date range."""
+    import pyarrow.compute as pc
+
+    kind = field.type
+    if pa.types.is_date32(kind):
+        lo, hi, raw = *_DAYS, pa.int32()
+    elif pa.types.is_date64(kind):
+        lo, hi, raw = _SECONDS[0] * 1000, _SECONDS[1] * 1000, pa.int64()
+    elif pa.types.is_timestamp(kind) and kind.unit != "ns":  # int64 nanoseconds never leave the range
+        lo, hi, raw = _SECONDS[0] * _PER_SECOND[kind.unit], _SECONDS[1] * _PER_SECOND[kind.unit], pa.int64()
+    else:
+        return False
+    if column.null_count == len(column):
+        return False
+    bounds = pc.min_max(column.cast(raw))
+    return bool(bounds["min"].as_py() < lo or bounds["max"].as_py() > hi)
 
 
 def _as_text(field: pa.Field, column: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
-import pandas as pd
+import polars as pl
 
 from kvtrace.analytics.registry import MACROS_SQL
 from kvtrace.app.safe_sql import (
@@ -57,6 +57,7 @@ from kvtrace.app.safe_sql import (
     open_read_only,
     run_query,
 )
+from kvtrace.ingest.store import default_wait_s, missing_store
 
 T = TypeVar("T")
 
@@ -127,7 +128,7 @@ class Store:
         source: str | Path,
         *,
         check_interval_s: float = 1.0,
-        first_open_wait_s: float = 10.0,
+        first_open_wait_s: float | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.source = Path(source).resolve()
@@ -143,7 +144,7 @@ class Store:
         self._seq = 0
         self._tables: frozenset[str] = frozenset()
         self._prelude = MACROS_SQL.read_text(encoding="utf-8")
-        self._first_open(first_open_wait_s)
+        self._first_open(default_wait_s() if first_open_wait_s is None else first_open_wait_s)
 
     # -- public -------------------------------------------------------------------------------
 
@@ -177,13 +178,13 @@ class Store:
             timer.cancel()
             cur.close()
 
-    def frame(self, sql: str, params: dict[str, Any] | list[Any] | None = None) -> pd.DataFrame:
+    def frame(self, sql: str, params: dict[str, Any] | list[Any] | None = None) -> pl.DataFrame:
         """Rows of an internal (already aggregated) query, through the same guard."""
         return self.query(sql, params, max_rows=INTERNAL_MAX_ROWS).frame
 
     def scalar(self, sql: str, params: dict[str, Any] | list[Any] | None = None) -> Any:
         frame = self.query(sql, params, max_rows=1).frame
-        return None if frame.empty else frame.iat[0, 0]
+        return None if frame.is_empty() else frame.item(0, 0)
 
     @property
     def version(self) -> str:
@@ -251,11 +252,9 @@ class Store:
         return con
 
     def _first_open(self, wait_s: float) -> None:
-        if not self.source.is_file():
+        if not self.source.is_file():  # the door's own message (StoreError, reason "missing")
             shutil.rmtree(self._dir, ignore_errors=True)
-            raise StoreUnavailable(
-                f"store {self.source} does not exist: run `kvtrace ingest PATH --db {self.source}` first"
-            )
+            raise StoreUnavailable(str(missing_store(self.source)))
         deadline = time.monotonic() + wait_s
         delay = 0.05
         while True:

@@ -1,5 +1,17 @@
 """bench/ingest: OTLP JSON lines and OTLP protobuf -> DuckDB, ours vs the named baselines, side by side.
 
+The issue's targets (issue 16 part 2), in one command: the code before the issue (git 5100d25, a
+worktree made at /tmp/kvtrace-before when missing) against this tree, interleaved, medians of 3:
+
+    .venv/bin/python bench/ingest.py --targets
+
+It prints one markdown table with the targets as columns (CPU-s per 1M simulator spans, spans/s
+on 1 and 2 cores by `taskset`, realistic-profile inputs with page ranges and with page-id arrays,
+peak RSS at 10M spans, the SIGKILL test), then where the CPU goes (the store thread, the decode
+workers, the feeder) and what that predicts for 16 and 64 cores. Inputs go to /tmp/kvtrace-bench
+(KVTRACE_BENCH_DIR), reused when present. Options: --reps N, --requests N (realistic profile),
+--big N (spans of the RSS run, 0: none), --no-kill.
+
 Methods (each run in a fresh subprocess, so its peak RSS is its own):
   JSON lines
     bytes         read the files' bytes (the floor)
@@ -52,6 +64,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import platform
 import resource
 import shutil
@@ -230,7 +243,8 @@ run_pb_ours = run_ours
 
 def run_decode(files: list[Path], work: Path) -> int:
     sys.path.insert(0, str(ROOT))
-    from kvtrace.ingest.pipeline import DEFAULT_BATCH_SPANS, _decoded_files
+    from kvtrace.ingest.batches import _decoded_files
+    from kvtrace.ingest.pipeline import DEFAULT_BATCH_SPANS
     from kvtrace.ingest.sources import file_identity
 
     todo = [(f, *file_identity(f)) for f in files]
@@ -346,6 +360,228 @@ def one(method: str, n_spans: int) -> None:
     print(json.dumps({"method": method, "seconds": seconds, "count": count, "cpu": cpu, "rss_mb": rss_mb, "db_mb": db_mb}))
 
 
+# ------------------------------------------------------------------------ the issue's targets
+#
+#     .venv/bin/python bench/ingest.py --targets            (3 reps; about 30 min on a quiet 2-core box)
+#
+# Before (git rev BEFORE_REV, a worktree at BEFORE_TREE with its C extension built) and ours (this
+# tree), interleaved rep by rep, each run a fresh `taskset` subprocess of `ingest_paths` into a new
+# store file. Inputs under BENCH_DIR (KVTRACE_BENCH_DIR, default /tmp/kvtrace-bench), reused when
+# present: json-1000000 (simulator fastpath, seed 1), json-10000000-shifted (10 copies of it with
+# new trace ids, as json_input does), realistic-{ranges,ids}-R (`kvtrace simulate --profile
+# realistic --fast --requests R --seed 1 --page-format ranges|ids`).
+
+BEFORE_REV = "5100d25"
+BEFORE_TREE = Path(os.environ.get("KVTRACE_BEFORE_TREE", "/tmp/kvtrace-before"))
+BENCH_DIR = Path(os.environ.get("KVTRACE_BENCH_DIR", "/tmp/kvtrace-bench"))
+TARGETS = {
+    "cpu_per_m": "CPU-s per 1M sim spans (<= 10)",
+    "sps_1": "sim spans/s, 1 core",
+    "sps_2": "sim spans/s, 2 cores (>= 150k)",
+    "ratio": "2 cores / 1 core (>= 1.8x)",
+    "ranges": "realistic ranges spans/s, 2 cores (>= 100k)",
+    "ids": "realistic ids MB/s, 2 cores (>= 150)",
+    "rss": "peak RSS MB at 10M spans (< 2,000)",
+    "kill": "SIGKILL mid-ingest, re-run: nothing lost or doubled",
+}
+
+
+def _before_tree() -> Path:
+    """The code before the issue, as a git worktree with its C extension built in place."""
+    if not (BEFORE_TREE / "ingest" / "pipeline.py").exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(BEFORE_TREE), BEFORE_REV],
+                       check=True, capture_output=True)
+    if not list((BEFORE_TREE / "ingest").glob("_otlpfast*.so")):
+        subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], cwd=BEFORE_TREE,
+                       check=True, capture_output=True)
+    return BEFORE_TREE
+
+
+def _sim_input(n: int) -> Path:
+    base = BENCH_DIR / "json-1000000"
+    if not (base / "spans.txt").exists():
+        sys.path.insert(0, str(ROOT))
+        from kvtrace.simulator.fastpath import write_spans
+
+        shutil.rmtree(base, ignore_errors=True)
+        stats = write_spans(base, BASE, seed=1)
+        (base / "spans.txt").write_text(str(stats.spans))
+    if n <= BASE:
+        return base
+    d = BENCH_DIR / f"json-{n}-shifted"
+    if not (d / "spans.txt").exists():
+        files = sorted(base.glob("*.otlp.jsonl"))
+        _replicate(files, d, n // BASE, b'"traceId":"' + b"0" * 16, lambda k: b'"traceId":"' + b"%016x" % k)
+        (d / "spans.txt").write_text(str(int((base / "spans.txt").read_text()) * (n // BASE)))
+    return d
+
+
+def _realistic_input(pages: str, requests: int) -> Path:
+    d = BENCH_DIR / f"realistic-{pages}-{requests}"
+    if not (d / "labels.json").exists():
+        shutil.rmtree(d, ignore_errors=True)
+        subprocess.run([str(Path(sys.executable).with_name("kvtrace")), "simulate", "--profile", "realistic", "--fast",
+                        "--requests", str(requests), "--seed", "1", "--page-format", pages, "--out", str(d)],
+                       check=True, capture_output=True)
+    return d
+
+
+def run_ingest_child(root: str, src: str, db: str) -> None:
+    """One measured ingest (the child of _measure): `root`'s kvtrace, `src`'s files, a new store."""
+    sys.path.insert(0, root)
+    import kvtrace.ingest
+    from kvtrace.ingest import ingest_paths
+
+    assert Path(kvtrace.ingest.__file__).resolve().is_relative_to(Path(root).resolve()), kvtrace.ingest.__file__
+    files = sorted(Path(src).glob("*.otlp.jsonl"))
+    t0, store0 = time.perf_counter(), time.thread_time()
+    summary = ingest_paths(files, db, progress=False)
+    seconds, store_cpu = time.perf_counter() - t0, time.thread_time() - store0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    assert summary.quarantined == 0, summary.quarantined
+    print(json.dumps({"seconds": seconds, "cpu": usage.ru_utime + usage.ru_stime, "store_cpu": store_cpu,
+                      "rss_mb": usage.ru_maxrss / 1024, "spans": summary.spans_new,
+                      "bytes": sum(f.stat().st_size for f in files)}))
+
+
+def run_framing_child(src: str) -> None:
+    """The feeder's own work alone: reading and framing the files into chunks (no decoding)."""
+    sys.path.insert(0, str(ROOT))
+    from kvtrace.ingest.sources import iter_json_units
+
+    c0 = time.process_time()
+    n = 0
+    for f in sorted(Path(src).glob("*.otlp.jsonl")):
+        with open(f, "rb") as fh:
+            for unit in iter_json_units(fh, 50_000 * 1024):
+                n += len(unit.data)
+    print(json.dumps({"cpu": time.process_time() - c0, "bytes": n}))
+
+
+def _measure(code: str, root: Path, src: Path, cpus: str, timeout: float) -> dict[str, float] | None:
+    work = BENCH_DIR / "work-targets"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        out = subprocess.run(
+            ["taskset", "-c", cpus, sys.executable, __file__, "--ingest-child", str(root), str(src),
+             str(work / "store.duckdb")],
+            capture_output=True, text=True, check=False, timeout=timeout, cwd="/",
+        )
+    except subprocess.TimeoutExpired:
+        print(f"{code} {src.name} on cpus {cpus}: over {timeout:.0f} s, stopped", file=sys.stderr)
+        return None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if out.returncode != 0:
+        print(f"{code} {src.name} on cpus {cpus} failed: {out.stderr.strip().splitlines()[-3:]}", file=sys.stderr)
+        return None
+    got: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  {code:>6} {src.name:>28} cpus {cpus:<4} {got['seconds']:7.2f} s  CPU {got['cpu']:6.2f} s  "
+          f"store thread {got['store_cpu']:6.2f} s  RSS {got['rss_mb']:6.0f} MB", file=sys.stderr, flush=True)
+    return got
+
+
+def _kill_test() -> str:
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ingest_kill.py"],
+                         cwd=ROOT, capture_output=True, text=True, check=False)
+    tail = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr.strip()[-200:]
+    return ("pass" if out.returncode == 0 else "FAIL") + f" ({tail})"
+
+
+def targets_main(reps: int, requests: int, big: int, timeout: float, kill: bool) -> None:
+    codes = {"before": _before_tree(), "ours": ROOT}
+    sim, ranges, ids = _sim_input(BASE), _realistic_input("ranges", requests), _realistic_input("ids", requests)
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+    cpus2 = "0,1"
+    for rep in range(reps):
+        print(f"rep {rep + 1}/{reps}", file=sys.stderr, flush=True)
+        for code, root in codes.items():
+            for key, src, cpus in (("sim1", sim, "0"), ("sim2", sim, cpus2), ("ranges", ranges, cpus2),
+                                   ("ids", ids, cpus2)):
+                got = _measure(code, root, src, cpus, timeout)
+                if got is not None:
+                    runs.setdefault((code, key), []).append(got)
+    if big:
+        src = _sim_input(big)
+        for code, root in codes.items():
+            got = _measure(code, root, src, cpus2, timeout)
+            if got is not None:
+                runs.setdefault((code, "big"), []).append(got)
+    framing = json.loads(subprocess.run([sys.executable, __file__, "--framing-child", str(sim)], capture_output=True,
+                                        text=True, check=True).stdout.strip().splitlines()[-1])
+    kill_result = {"before": "pass (as today)", "ours": _kill_test() if kill else "not run"}
+
+    def med(code: str, key: str, field: str) -> float:
+        got = runs.get((code, key))
+        return statistics.median(r[field] for r in got) if got else float("nan")
+
+    def rate(code: str, key: str) -> float:
+        got = runs.get((code, key))
+        return statistics.median(r["spans"] / r["seconds"] for r in got) if got else float("nan")
+
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"machine: {platform.machine()}, nproc {nproc}, Python {platform.python_version()}; load average at the end "
+          f"{' '.join(load)}; {reps} rep(s) interleaved (before, ours), medians; before = git {BEFORE_REV}")
+    n_sim = int((sim / "spans.txt").read_text())
+    print(f"\nInputs: simulator {n_sim:,} spans ({_size(sim) / 1e6:,.0f} MB); realistic profile, {requests:,} requests: "
+          f"page ranges {_size(ranges) / 1e6:,.0f} MB, page-id arrays {_size(ids) / 1e6:,.0f} MB; "
+          f"{big:,} spans for the RSS column\n")
+    print("| code | " + " | ".join(TARGETS.values()) + " |")
+    print("| --- |" + " ---: |" * len(TARGETS))
+    rows: dict[str, dict[str, float]] = {}
+    for code in codes:
+        r = rows[code] = {
+            "cpu_per_m": med(code, "sim2", "cpu") / n_sim * 1e6,
+            "sps_1": rate(code, "sim1"), "sps_2": rate(code, "sim2"),
+            "ranges": rate(code, "ranges"),
+            "ids": statistics.median(x["bytes"] / x["seconds"] / 1e6 for x in runs.get((code, "ids"), [{"bytes": float("nan"), "seconds": 1}])),
+            "rss": max((x["rss_mb"] for x in runs.get((code, "big"), [])), default=float("nan")),
+        }
+        r["ratio"] = r["sps_2"] / r["sps_1"]
+        cells = [f"{r['cpu_per_m']:.1f}", f"{r['sps_1']:,.0f}", f"{r['sps_2']:,.0f}", f"{r['ratio']:.2f}x",
+                 f"{r['ranges']:,.0f}", f"{r['ids']:,.0f}", f"{r['rss']:,.0f}", kill_result[code]]
+        print(f"| {'**ours**' if code == 'ours' else f'before ({BEFORE_REV})'} | " + " | ".join(cells) + " |")
+    b, o = rows["before"], rows["ours"]
+    print(f"| ours / before | {o['cpu_per_m'] / b['cpu_per_m']:.2f}x | {o['sps_1'] / b['sps_1']:.2f}x | "
+          f"{o['sps_2'] / b['sps_2']:.2f}x | | {o['ranges'] / b['ranges']:.2f}x | {o['ids'] / b['ids']:.2f}x | "
+          f"{o['rss'] / b['rss']:.2f}x | |")
+
+    # where the time goes, and what that says about 16 and 64 cores
+    print("\nWhere the CPU goes (simulator input, 2 cores, per 1M spans; the store thread is the one DuckDB "
+          "connection that merges, normalises and commits; the feeder reads and frames the files):\n")
+    print("| code | all threads CPU-s | store thread CPU-s | decode workers + feeder CPU-s | store share | "
+          "feeder (framing alone) CPU-s | predicted spans/s, 16 cores | 64 cores | bound there |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    feeder = framing["cpu"] / n_sim * 1e6
+    for code in codes:
+        total = med(code, "sim2", "cpu") / n_sim * 1e6
+        store = med(code, "sim2", "store_cpu") / n_sim * 1e6
+        # before: one decode thread does framing, decoding and deriving: it is serial as well
+        serial = max(store, total - store) if code == "before" else max(store, feeder)
+        preds = [1e6 / max(serial, total / n) for n in (16, 64)]
+        bound = ("the store thread" if serial == store else "the decode thread" if code == "before" else "the feeder")
+        print(f"| {code} | {total:.2f} | {store:.2f} | {total - store:.2f} | {store / total:.0%} | {feeder:.2f} | "
+              f"{preds[0]:,.0f} | {preds[1]:,.0f} | {bound} ({serial:.2f} CPU-s per 1M spans) |")
+    print(
+        "\nPrediction: wall >= max(serial stage CPU, all CPU / cores), the parallel part taken to scale perfectly. "
+        "The serial stages: the store thread (one DuckDB connection: dedup, raw inserts, derived-row inserts, the "
+        "normalisation that needs other spans, commits) and, for ours, the feeder thread (reading and framing the "
+        "files; before, one decode thread did framing, decoding and deriving). The decode workers are threads: the "
+        "C decoder, DuckDB and Arrow release the GIL, so on 2 cores they are not bound by it; their Python share "
+        "(resources and scopes per line, building the tables, the pool itself) would bound them long before 64 "
+        "cores, but the store thread bounds first. What lifts that bound: fewer, larger batches into the store "
+        "(its ~45 statements a batch have a fixed cost), DuckDB threads on the store connection with batches of "
+        "several row groups (its inserts then compress row groups in parallel), and less to insert (page ids "
+        "expanded into kv_events.page_ids, attribute text re-parsed by the derive SQL).\n"
+    )
+
+
+def _size(d: Path) -> int:
+    return sum(f.stat().st_size for f in d.glob("*.otlp.jsonl"))
+
+
 # --------------------------------------------------------------------------------------- main
 
 
@@ -400,8 +636,25 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per method run")
     ap.add_argument("--small-files", type=int, default=0, metavar="N",
                     help="N one-span files against one file of the same bytes (only those two runs)")
+    ap.add_argument("--targets", action="store_true",
+                    help="the issue's targets: before vs ours, 1 and 2 cores, realistic inputs, RSS at --big spans")
+    ap.add_argument("--requests", type=int, default=2000, help="--targets: realistic-profile requests")
+    ap.add_argument("--big", type=int, default=10_000_000, help="--targets: spans of the RSS run (0: none)")
+    ap.add_argument("--no-kill", action="store_true", help="--targets: skip tests/test_ingest_kill.py")
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--ingest-child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--framing-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.ingest_child:
+        run_ingest_child(*args.ingest_child)
+        return
+    if args.framing_child:
+        run_framing_child(args.framing_child)
+        return
+    if args.targets:
+        reps = args.reps if "--reps" in sys.argv else 3  # medians of 3 unless told
+        targets_main(reps, args.requests, args.big, args.timeout, not args.no_kill)
+        return
     if args.one:
         one(args.one, args.spans)
         return

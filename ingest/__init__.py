@@ -15,12 +15,30 @@ Public API (stable; the live receiver and the CLI use only this):
   Raises `PayloadError` when the payload as a whole is undecodable.
 - `export_parquet(db_path, out_dir)`: hive-partitioned Parquet copy (service, day).
 
-Errors: `IngestError` (and its subclass `PayloadError`). Nothing here imports a UI library.
+Errors: `IngestError` (and its subclasses `PayloadError`, and `StoreError` from `open_store`, the one
+door every layer opens the store through). Nothing here imports a UI library.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from kvtrace.ingest.errors import IngestError, PayloadError
-from kvtrace.ingest.pipeline import BatchResult, FileResult, IngestSummary, ingest_paths, ingest_payload
-from kvtrace.ingest.store import open_store
+from kvtrace.ingest.store import StoreError, open_store
+
+if TYPE_CHECKING:
+    from kvtrace.ingest.pipeline import BatchResult, FileResult, IngestSummary, ingest_paths, ingest_payload
+
+# The pipeline is imported on first use, so that opening the store (the app's SQL worker, replay's
+# result writing) does not load the decoders.
+_FROM_PIPELINE = frozenset({"BatchResult", "FileResult", "IngestSummary", "ingest_paths", "ingest_payload"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_PIPELINE:
+        from kvtrace.ingest import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'kvtrace.ingest' has no attribute {name!r}")
+
 
 __all__ = [
     "BatchResult",
@@ -28,6 +46,7 @@ __all__ = [
     "IngestError",
     "IngestSummary",
     "PayloadError",
+    "StoreError",
     "ingest_paths",
     "ingest_payload",
     "open_store",

@@ -5,15 +5,20 @@
  * ingest/protofast.py, which turns them into Arrow arrays), or None when the message holds
  * anything the validating decoder (decode.py, over upb) would treat in a way this file does not
  * reproduce byte for byte: malformed wire data, invalid UTF-8 in a string field, a bad or
- * missing id, a time or enum out of range, a duplicate attribute key, a singular message field
- * given twice, string_value_strindex, an array or kvlist value nested MAX_ATTRIBUTE_DEPTH levels
- * deep (decode.py cuts those), nesting deeper than MAX_DEPTH. The caller then runs the
+ * missing trace or span id (a link's is stored NULL, as decode.py does), a time out of range, a
+ * duplicate attribute key, a singular message field given twice, string_value_strindex, an array
+ * or kvlist value nested MAX_ATTRIBUTE_DEPTH levels deep (decode.py cuts those), a nested kvlist
+ * holding a key of decode.TYPED_KEYS, nesting deeper than MAX_DEPTH. The caller then runs the
  * validating decoder, which quarantines or rejects as it always does. The GIL is released while
  * the message is parsed; no Python object is touched there.
  *
  * Attribute JSON is written exactly as orjson.dumps writes the validating decoder's dict:
  * compact, keys in order, orjson's string escapes, doubles in orjson's shortest form, NaN and
- * infinities as null, bytes as base64. tests/test_ingest_protofast.py holds both paths to that.
+ * infinities as {"doubleValue":"NaN"|"Infinity"|"-Infinity"}, bytes as {"bytesValue":"<base64>"}
+ * (decode.py's typed form). Every other field of the OTLP model (trace state, flags, dropped
+ * counts, link trace state and flags) has its column; resources and scopes are handed over as
+ * message slices (with their schema_url) and finished in Python by decode.py's own code.
+ * tests/test_ingest_protofast.py holds both paths to that.
  *
  * decode_json(chunk) fills the same columns from whole OTLP JSON lines (the JSON lines section
  * below; ingest/jsonfast.py, tests/test_ingest_jsonfast.py).
@@ -385,6 +390,20 @@ static int keys_add(Keys *ks, Slice key) {
     return 0;
 }
 
+/* decode.typed_double: NaN and infinities as {"doubleValue": "NaN" | "Infinity" | "-Infinity"}. */
+static int json_nonfinite(Buf *b, double d) {
+    if (isnan(d)) return buf_put(b, "{\"doubleValue\":\"NaN\"}", 21);
+    if (d > 0) return buf_put(b, "{\"doubleValue\":\"Infinity\"}", 26);
+    return buf_put(b, "{\"doubleValue\":\"-Infinity\"}", 27);
+}
+
+/* decode.TYPED_KEYS: a kvlist (nested value, level > 0) holding one of these keys declines (the
+ * validating decoder wraps a kvlist whose only key is one of them). */
+static int typed_key(const uint8_t *k, size_t n) {
+    return (n == 10 && memcmp(k, "bytesValue", 10) == 0) || (n == 11 && memcmp(k, "doubleValue", 11) == 0) ||
+           (n == 11 && memcmp(k, "kvlistValue", 11) == 0);
+}
+
 /* What an attribute value was, for the `rid` column. */
 enum { V_NULL, V_STRING, V_INT, V_OTHER };
 
@@ -491,7 +510,7 @@ static int any_value(Buf *b, Slice msg, int depth, int level, Scalar *sc) {
     case 4: {
         double d;
         memcpy(&d, &v, 8);
-        return json_double(b, d);
+        return isfinite(d) ? json_double(b, d) : json_nonfinite(b, d);
     }
     case 5: {
         Slice *items = NULL;
@@ -517,7 +536,9 @@ static int any_value(Buf *b, Slice msg, int depth, int level, Scalar *sc) {
         return rc;
     }
     case 7:
-        return json_base64(b, s.p, s.n);
+        if ((rc = buf_put(b, "{\"bytesValue\":", 14))) return rc;
+        if ((rc = json_base64(b, s.p, s.n))) return rc;
+        return buf_byte(b, '}');
     default: /* 8: string_value_strindex, invalid in traces */
         return DECLINE;
     }
@@ -533,6 +554,7 @@ static int kv_list(Buf *b, const Slice *items, size_t n, int depth, int level, S
     for (size_t i = 0; !rc && i < n; i++) {
         Slice key, val;
         rc = key_value(items[i], &key, &val);
+        if (!rc && level > 0 && typed_key(key.p, key.n)) rc = DECLINE;
         if (!rc) rc = keys_add(&ks, key);
         if (!rc && i) rc = buf_byte(b, ',');
         if (!rc) rc = json_string(b, key.p, key.n);
@@ -558,21 +580,24 @@ typedef struct {
     /* spans */
     size_t n;
     Buf trace_id, span_id, parent, parent_valid;
-    StrCol name, status_message, attributes, rid;
+    StrCol name, status_message, attributes, rid, trace_state;
     Buf kind, status_code, start, start_valid, end, end_valid, res_idx, scope_idx;
-    /* per ResourceSpans: offset and length of its resource message (-1: none), and where the
+    Buf flags, dropped_attrs, dropped_events, dropped_links; /* int64 each */
+    /* per ResourceSpans: offset and length of its resource message (or JSON object text; -1:
+     * none), of its schema_url (JSON: the string's text with quotes; -1: none), and where the
      * ResourceSpans itself starts in the input (to tell which of several files a span came from) */
     Buf resources, rs_off;
-    /* per ScopeSpans: name offset/len, version offset/len (len -1: none) */
+    /* per ScopeSpans: offset and length of its scope message (JSON: object text), of its
+     * schema_url (-1: none) */
     Buf scopes;
     /* events */
     size_t n_ev;
-    Buf ev_span, ev_seq, ev_time, ev_time_valid;
+    Buf ev_span, ev_seq, ev_time, ev_time_valid, ev_dropped;
     StrCol ev_name, ev_attributes;
     /* links */
     size_t n_ln;
-    Buf ln_span, ln_seq, ln_trace, ln_span_id;
-    StrCol ln_attributes;
+    Buf ln_span, ln_seq, ln_trace, ln_trace_valid, ln_span_id, ln_span_valid, ln_flags, ln_dropped;
+    StrCol ln_attributes, ln_trace_state;
     /* scratch: slices of the current span's repeated fields */
     Slice *attr, *events, *links, *tmp;
     size_t n_attr, cap_attr, n_events, cap_events, n_links, cap_links, n_tmp, cap_tmp;
@@ -583,10 +608,12 @@ static void out_free(Out *o) {
     Buf *bufs[] = {&o->trace_id, &o->span_id, &o->parent, &o->parent_valid, &o->kind, &o->status_code,
                    &o->start, &o->start_valid, &o->end, &o->end_valid, &o->res_idx, &o->scope_idx,
                    &o->resources, &o->rs_off, &o->scopes, &o->ev_span, &o->ev_seq, &o->ev_time, &o->ev_time_valid,
-                   &o->ln_span, &o->ln_seq, &o->ln_trace, &o->ln_span_id};
+                   &o->ln_span, &o->ln_seq, &o->ln_trace, &o->ln_span_id, &o->flags, &o->dropped_attrs,
+                   &o->dropped_events, &o->dropped_links, &o->ev_dropped, &o->ln_trace_valid,
+                   &o->ln_span_valid, &o->ln_flags, &o->ln_dropped};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) buf_free(bufs[i]);
     StrCol *cols[] = {&o->name, &o->status_message, &o->attributes, &o->rid, &o->ev_name,
-                      &o->ev_attributes, &o->ln_attributes};
+                      &o->ev_attributes, &o->ln_attributes, &o->trace_state, &o->ln_trace_state};
     for (size_t i = 0; i < sizeof cols / sizeof *cols; i++) strcol_free(cols[i]);
     free(o->attr); free(o->events); free(o->links); free(o->tmp);
 }
@@ -635,13 +662,15 @@ static int span_hex(uint8_t out[16], Slice id) {
 typedef struct {
     const uint8_t *trace_hex, *span_hex, *parent_hex; /* 32, 16, 16 hex digits; parent NULL: none */
     Slice name;                                       /* never null ("" when absent) */
-    int8_t kind, code;
+    int32_t kind, code;
     int64_t start, end;
     int start_valid, end_valid;
     Slice status_msg;                                 /* "" -> null */
     int rid_valid;
     Slice rid;
     int32_t res_idx, scope_idx;
+    Slice trace_state;                                /* "" -> null */
+    int64_t flags, dropped_attrs, dropped_events, dropped_links;
 } SpanRow;
 
 static int emit_span(Out *o, const SpanRow *r) {
@@ -651,8 +680,8 @@ static int emit_span(Out *o, const SpanRow *r) {
     PUT_VAL(&o->parent_valid, uint8_t, r->parent_hex != NULL);
     if (r->name.n && buf_put(&o->name.data, r->name.p, r->name.n)) return NOMEM;
     if ((rc = strcol_end_row(&o->name, 1))) return rc;
-    PUT_VAL(&o->kind, int8_t, r->kind);
-    PUT_VAL(&o->status_code, int8_t, r->code);
+    PUT_VAL(&o->kind, int32_t, r->kind);
+    PUT_VAL(&o->status_code, int32_t, r->code);
     PUT_VAL(&o->start, int64_t, r->start);
     PUT_VAL(&o->start_valid, uint8_t, r->start_valid != 0);
     PUT_VAL(&o->end, int64_t, r->end);
@@ -663,11 +692,19 @@ static int emit_span(Out *o, const SpanRow *r) {
     if ((rc = strcol_end_row(&o->rid, r->rid_valid))) return rc;
     PUT_VAL(&o->res_idx, int32_t, r->res_idx);
     PUT_VAL(&o->scope_idx, int32_t, r->scope_idx);
+    if (r->trace_state.n && buf_put(&o->trace_state.data, r->trace_state.p, r->trace_state.n)) return NOMEM;
+    if ((rc = strcol_end_row(&o->trace_state, r->trace_state.n != 0))) return rc;
+    PUT_VAL(&o->flags, int64_t, r->flags);
+    PUT_VAL(&o->dropped_attrs, int64_t, r->dropped_attrs);
+    PUT_VAL(&o->dropped_events, int64_t, r->dropped_events);
+    PUT_VAL(&o->dropped_links, int64_t, r->dropped_links);
     o->n++;
     return 0;
 }
 
-static int emit_event(Out *o, int64_t span_seq, int32_t seq, int64_t t, int t_valid, Slice name, int name_valid) {
+static int emit_event(Out *o, int64_t span_seq, int32_t seq, int64_t t, int t_valid, Slice name, int name_valid,
+                      int64_t dropped) {
+    PUT_VAL(&o->ev_dropped, int64_t, dropped);
     PUT_VAL(&o->ev_span, int64_t, span_seq);
     PUT_VAL(&o->ev_seq, int32_t, seq);
     PUT_VAL(&o->ev_time, int64_t, t);
@@ -678,10 +715,21 @@ static int emit_event(Out *o, int64_t span_seq, int32_t seq, int64_t t, int t_va
     return rc;
 }
 
-static int emit_link(Out *o, int64_t span_seq, int32_t seq, const uint8_t trace[32], const uint8_t sid[16]) {
+/* One link row; a NULL trace or sid is a link without that id (stored NULL). */
+static int emit_link(Out *o, int64_t span_seq, int32_t seq, const uint8_t *trace, const uint8_t *sid,
+                     Slice trace_state, int64_t flags, int64_t dropped) {
+    static const char zeros[33] = "00000000000000000000000000000000";
+    int rc;
     PUT_VAL(&o->ln_span, int64_t, span_seq);
     PUT_VAL(&o->ln_seq, int32_t, seq);
-    if (buf_put(&o->ln_trace, trace, 32) || buf_put(&o->ln_span_id, sid, 16)) return NOMEM;
+    if (buf_put(&o->ln_trace, trace ? (const void *)trace : zeros, 32)) return NOMEM;
+    if (buf_put(&o->ln_span_id, sid ? (const void *)sid : zeros, 16)) return NOMEM;
+    PUT_VAL(&o->ln_trace_valid, uint8_t, trace != NULL);
+    PUT_VAL(&o->ln_span_valid, uint8_t, sid != NULL);
+    if (trace_state.n && buf_put(&o->ln_trace_state.data, trace_state.p, trace_state.n)) return NOMEM;
+    if ((rc = strcol_end_row(&o->ln_trace_state, trace_state.n != 0))) return rc;
+    PUT_VAL(&o->ln_flags, int64_t, flags);
+    PUT_VAL(&o->ln_dropped, int64_t, dropped);
     o->n_ln++;
     return 0;
 }
@@ -696,8 +744,17 @@ static int check_varint(Rd *r, uint32_t wt) {
     return (wt != 0 || rd_varint(r, &v)) ? DECLINE : 0;
 }
 
-static int check_fixed32(Rd *r, uint32_t wt) {
+/* A uint32 varint field (upb keeps the low 32 bits of a longer varint). */
+static int uint32_field(Rd *r, uint32_t wt, int64_t *out) {
+    uint64_t v;
+    if (wt != 0 || rd_varint(r, &v)) return DECLINE;
+    *out = (int64_t)(uint32_t)v;
+    return 0;
+}
+
+static int fixed32_field(Rd *r, uint32_t wt, int64_t *out) {
     if (wt != 5 || r->end - r->p < 4) return DECLINE;
+    *out = (int64_t)((uint32_t)r->p[0] | (uint32_t)r->p[1] << 8 | (uint32_t)r->p[2] << 16 | (uint32_t)r->p[3] << 24);
     r->p += 4;
     return 0;
 }
@@ -712,6 +769,7 @@ static int attributes_json(Out *o, StrCol *col, const Slice *items, size_t n, Sc
 static int span_event(Out *o, Slice msg, int64_t span_seq, int32_t seq) {
     Rd r = {msg.p, msg.p + msg.n};
     uint64_t t = 0;
+    int64_t dropped = 0;
     Slice name = {NULL, 0};
     int rc;
     o->n_tmp = 0;
@@ -727,19 +785,20 @@ static int span_event(Out *o, Slice msg, int64_t span_seq, int32_t seq) {
             if (wt != 2 || rd_len(&r, &s)) return DECLINE;
             if ((rc = push_slice(&o->tmp, &o->n_tmp, &o->cap_tmp, s))) return rc;
         } else if (f == 4) {
-            if (check_varint(&r, wt)) return DECLINE;
+            if (uint32_field(&r, wt, &dropped)) return DECLINE;
         } else if (skip_field(&r, wt)) {
             return DECLINE;
         }
     }
     if (t > INT64_MAX) return DECLINE;
     if ((rc = attributes_json(o, &o->ev_attributes, o->tmp, o->n_tmp, NULL))) return rc;
-    return emit_event(o, span_seq, seq, (int64_t)t, t != 0, name, name.n != 0);
+    return emit_event(o, span_seq, seq, (int64_t)t, t != 0, name, name.n != 0, dropped);
 }
 
 static int span_link(Out *o, Slice msg, int64_t span_seq, int32_t seq) {
     Rd r = {msg.p, msg.p + msg.n};
-    Slice trace = {NULL, 0}, span = {NULL, 0}, s;
+    Slice trace = {NULL, 0}, span = {NULL, 0}, state = {NULL, 0}, s;
+    int64_t flags = 0, dropped = 0;
     int rc;
     o->n_tmp = 0;
     while (r.p < r.end) {
@@ -750,32 +809,31 @@ static int span_link(Out *o, Slice msg, int64_t span_seq, int32_t seq) {
         } else if (f == 2) {
             if (wt != 2 || rd_len(&r, &span)) return DECLINE;
         } else if (f == 3) {
-            if (string_field(&r, wt, &s)) return DECLINE;
+            if (string_field(&r, wt, &state)) return DECLINE;
         } else if (f == 4) {
             if (wt != 2 || rd_len(&r, &s)) return DECLINE;
             if ((rc = push_slice(&o->tmp, &o->n_tmp, &o->cap_tmp, s))) return rc;
         } else if (f == 5) {
-            if (check_varint(&r, wt)) return DECLINE;
+            if (uint32_field(&r, wt, &dropped)) return DECLINE;
         } else if (f == 6) {
-            if (check_fixed32(&r, wt)) return DECLINE;
+            if (fixed32_field(&r, wt, &flags)) return DECLINE;
         } else if (skip_field(&r, wt)) {
             return DECLINE;
         }
     }
+    /* decode._link_ids: an id that is absent, all zeros or of the wrong length is NULL */
     uint8_t trace_x[32], span_x[16];
-    if ((rc = trace_hex(trace_x, trace)) || (rc = span_hex(span_x, span))) return rc;
+    int have_trace = trace_hex(trace_x, trace) == 0, have_span = span_hex(span_x, span) == 0;
     if ((rc = attributes_json(o, &o->ln_attributes, o->tmp, o->n_tmp, NULL))) return rc;
-    return emit_link(o, span_seq, seq, trace_x, span_x);
+    return emit_link(o, span_seq, seq, have_trace ? trace_x : NULL, have_span ? span_x : NULL, state, flags, dropped);
 }
 
-static int enum_i8(uint64_t v, int8_t *out) {
-    int32_t x = (int32_t)(uint32_t)v; /* int32 / enum fields keep the low 32 bits */
-    if (x < -128 || x > 127) return DECLINE;
-    *out = (int8_t)x;
+static int enum_i32(uint64_t v, int32_t *out) {
+    *out = (int32_t)(uint32_t)v; /* int32 / enum fields keep the low 32 bits; any value is kept */
     return 0;
 }
 
-static int status_parse(Slice msg, int8_t *code, Slice *message) {
+static int status_parse(Slice msg, int32_t *code, Slice *message) {
     Rd r = {msg.p, msg.p + msg.n};
     while (r.p < r.end) {
         uint32_t f, wt;
@@ -784,7 +842,7 @@ static int status_parse(Slice msg, int8_t *code, Slice *message) {
         if (f == 2) {
             if (string_field(&r, wt, message)) return DECLINE;
         } else if (f == 3) {
-            if (wt != 0 || rd_varint(&r, &v) || enum_i8(v, code)) return DECLINE;
+            if (wt != 0 || rd_varint(&r, &v) || enum_i32(v, code)) return DECLINE;
         } else if (skip_field(&r, wt)) {
             return DECLINE;
         }
@@ -795,9 +853,10 @@ static int status_parse(Slice msg, int8_t *code, Slice *message) {
 static int one_span(Out *o, Slice msg, int32_t res_idx, int32_t scope_idx) {
     Rd r = {msg.p, msg.p + msg.n};
     Slice trace = {NULL, 0}, sid = {NULL, 0}, parent = {NULL, 0}, name = {NULL, 0}, s;
-    Slice st_msg = {NULL, 0};
+    Slice st_msg = {NULL, 0}, state = {NULL, 0};
     uint64_t start = 0, end = 0, v;
-    int8_t kind = 0, code = 0;
+    int32_t kind = 0, code = 0;
+    int64_t flags = 0, d_attrs = 0, d_events = 0, d_links = 0;
     int have_status = 0, rc;
     o->n_attr = o->n_events = o->n_links = 0;
     while (r.p < r.end) {
@@ -806,10 +865,10 @@ static int one_span(Out *o, Slice msg, int32_t res_idx, int32_t scope_idx) {
         switch (f) {
         case 1: if (wt != 2 || rd_len(&r, &trace)) return DECLINE; break;
         case 2: if (wt != 2 || rd_len(&r, &sid)) return DECLINE; break;
-        case 3: if (string_field(&r, wt, &s)) return DECLINE; break;
+        case 3: if (string_field(&r, wt, &state)) return DECLINE; break;
         case 4: if (wt != 2 || rd_len(&r, &parent)) return DECLINE; break;
         case 5: if (string_field(&r, wt, &name)) return DECLINE; break;
-        case 6: if (wt != 0 || rd_varint(&r, &v) || enum_i8(v, &kind)) return DECLINE; break;
+        case 6: if (wt != 0 || rd_varint(&r, &v) || enum_i32(v, &kind)) return DECLINE; break;
         case 7: if (wt != 1 || rd_fixed64(&r, &start)) return DECLINE; break;
         case 8: if (wt != 1 || rd_fixed64(&r, &end)) return DECLINE; break;
         case 9:
@@ -824,25 +883,29 @@ static int one_span(Out *o, Slice msg, int32_t res_idx, int32_t scope_idx) {
             if (wt != 2 || rd_len(&r, &s)) return DECLINE;
             if ((rc = push_slice(&o->links, &o->n_links, &o->cap_links, s))) return rc;
             break;
-        case 10: case 12: case 14: if (check_varint(&r, wt)) return DECLINE; break;
+        case 10: if (uint32_field(&r, wt, &d_attrs)) return DECLINE; break;
+        case 12: if (uint32_field(&r, wt, &d_events)) return DECLINE; break;
+        case 14: if (uint32_field(&r, wt, &d_links)) return DECLINE; break;
         case 15:
             if (wt != 2 || have_status || rd_len(&r, &s)) return DECLINE;
             have_status = 1;
             if (status_parse(s, &code, &st_msg)) return DECLINE;
             break;
-        case 16: if (check_fixed32(&r, wt)) return DECLINE; break;
+        case 16: if (fixed32_field(&r, wt, &flags)) return DECLINE; break;
         default: if (skip_field(&r, wt)) return DECLINE;
         }
     }
     if (start > INT64_MAX || end > INT64_MAX) return DECLINE;
     uint8_t trace_x[32], span_x[16], parent_x[16];
     if ((rc = trace_hex(trace_x, trace)) || (rc = span_hex(span_x, sid))) return rc;
+    if (parent.n == 8 && all_zero(parent.p, 8)) parent.n = 0; /* all zeros: no parent (a root) */
     if (parent.n && (rc = span_hex(parent_x, parent))) return rc;
     Scalar rid;
     if ((rc = attributes_json(o, &o->attributes, o->attr, o->n_attr, &rid))) return rc;
     char rid_int[24];
     SpanRow row = {trace_x, span_x, parent.n ? parent_x : NULL, name, kind, code, (int64_t)start, (int64_t)end,
-                   start != 0, end != 0, st_msg, rid.type != V_NULL, {NULL, 0}, res_idx, scope_idx};
+                   start != 0, end != 0, st_msg, rid.type != V_NULL, {NULL, 0}, res_idx, scope_idx,
+                   state, flags, d_attrs, d_events, d_links};
     if (rid.type == V_STRING) {
         row.rid = rid.str;
     } else if (rid.type == V_INT) {
@@ -898,7 +961,7 @@ static int scope_msg_parse(Out *o, Slice msg, Slice *name, Slice *version) {
 
 /* ResourceSpans and ScopeSpans have one shape: a singular message (resource / scope, field 1,
  * given at most once), a repeated message (scope_spans / spans, field 2) and schema_url (3). */
-static int one_and_many(Slice msg, Slice *first, int *have_first, Slice **items, size_t *n, size_t *cap) {
+static int one_and_many(Slice msg, Slice *first, int *have_first, Slice **items, size_t *n, size_t *cap, Slice *url) {
     Rd r = {msg.p, msg.p + msg.n};
     Slice s;
     int rc = 0;
@@ -912,7 +975,7 @@ static int one_and_many(Slice msg, Slice *first, int *have_first, Slice **items,
             if (wt != 2 || rd_len(&r, &s)) return DECLINE;
             rc = push_slice(items, n, cap, s);
         } else if (f == 3) {
-            if (string_field(&r, wt, &s)) return DECLINE;
+            if (string_field(&r, wt, url)) return DECLINE;
         } else if (skip_field(&r, wt)) {
             return DECLINE;
         }
@@ -921,16 +984,16 @@ static int one_and_many(Slice msg, Slice *first, int *have_first, Slice **items,
 }
 
 static int scope_spans(Out *o, Slice msg, int32_t res_idx) {
-    Slice scope_msg = {NULL, 0}, name = {NULL, 0}, version = {NULL, 0};
+    Slice scope_msg = {NULL, 0}, name = {NULL, 0}, version = {NULL, 0}, url = {NULL, 0};
     int have_scope = 0;
     /* spans are parsed after the scope is known; collect their slices first */
     Slice *spans = NULL;
     size_t n = 0, cap = 0;
-    int rc = one_and_many(msg, &scope_msg, &have_scope, &spans, &n, &cap);
+    int rc = one_and_many(msg, &scope_msg, &have_scope, &spans, &n, &cap, &url);
     if (!rc && have_scope) rc = scope_msg_parse(o, scope_msg, &name, &version);
     if (!rc) {
-        int64_t rec[4] = {name.n ? name.p - o->base : -1, name.n ? (int64_t)name.n : -1,
-                          version.n ? version.p - o->base : -1, version.n ? (int64_t)version.n : -1};
+        int64_t rec[4] = {have_scope ? scope_msg.p - o->base : -1, have_scope ? (int64_t)scope_msg.n : -1,
+                          url.n ? url.p - o->base : -1, url.n ? (int64_t)url.n : -1};
         rc = buf_put(&o->scopes, rec, sizeof rec);
     }
     int32_t scope_idx = (int32_t)(o->scopes.len / (4 * sizeof(int64_t))) - 1;
@@ -940,18 +1003,19 @@ static int scope_spans(Out *o, Slice msg, int32_t res_idx) {
 }
 
 static int resource_spans(Out *o, Slice msg) {
-    Slice res = {NULL, 0};
+    Slice res = {NULL, 0}, url = {NULL, 0};
     int have_res = 0;
     Slice *scopes = NULL;
     size_t n = 0, cap = 0;
-    int rc = one_and_many(msg, &res, &have_res, &scopes, &n, &cap);
+    int rc = one_and_many(msg, &res, &have_res, &scopes, &n, &cap, &url);
     if (!rc) {
-        int64_t rec[2] = {have_res ? res.p - o->base : -1, have_res ? (int64_t)res.n : -1};
+        int64_t rec[4] = {have_res ? res.p - o->base : -1, have_res ? (int64_t)res.n : -1,
+                          url.n ? url.p - o->base : -1, url.n ? (int64_t)url.n : -1};
         int64_t at = msg.p - o->base;
         rc = buf_put(&o->resources, rec, sizeof rec);
         if (!rc) rc = buf_put(&o->rs_off, &at, sizeof at);
     }
-    int32_t res_idx = (int32_t)(o->resources.len / (2 * sizeof(int64_t))) - 1;
+    int32_t res_idx = (int32_t)(o->resources.len / (4 * sizeof(int64_t))) - 1;
     for (size_t i = 0; !rc && i < n; i++) rc = scope_spans(o, scopes[i], res_idx);
     free(scopes);
     return rc;
@@ -962,7 +1026,7 @@ static int traces(Out *o, const uint8_t *p, size_t n) {
     int rc;
     o->base = p;
     StrCol *cols[] = {&o->name, &o->status_message, &o->attributes, &o->rid, &o->ev_name,
-                      &o->ev_attributes, &o->ln_attributes};
+                      &o->ev_attributes, &o->ln_attributes, &o->trace_state, &o->ln_trace_state};
     for (size_t i = 0; i < sizeof cols / sizeof *cols; i++)
         if ((rc = strcol_init(cols[i]))) return rc;
     while (r.p < r.end) {
@@ -988,14 +1052,15 @@ static int traces(Out *o, const uint8_t *p, size_t n) {
  * invalid JSON or UTF-8, a BOM, JSON null anywhere, NaN/Infinity, a lone surrogate, a line that
  * is not one object, a key the validating decoder reads written with an escape or in snake_case
  * (any unknown key holding '_'), instrumentationLibrary(Spans), a duplicate member the validating
- * decoder reads, a duplicate attribute key, several values in one AnyValue, numeric or
- * non-decimal nanoseconds, a numeric or non-canonical-text intValue, a string doubleValue, ids
- * that are not 16/32 hex digits or are all zeros, times, kinds and codes out of range, a `rid`
- * that is not a string or an integer, nesting deeper than J_MAX_DEPTH. Members the validating
- * decoder never reads (flags, traceState, dropped counts, schemaUrl, scope attributes, unknown
- * camelCase keys) are validated as JSON and skipped. Resources and scope names are reported as
- * raw JSON text slices and finished in Python by the validating decoder's own code
- * (ingest/jsonfast.py). */
+ * decoder reads, a duplicate attribute key, an AnyValue with several values or an unknown member,
+ * numeric or non-decimal nanoseconds, a numeric or non-canonical-text intValue, a string
+ * doubleValue (NaN, Infinity), a bytesValue that is not canonical base64, a nested kvlist holding
+ * a key of decode.TYPED_KEYS, ids that are not 16/32 hex digits or are all zeros (an all-zero
+ * parentSpanId is a root), flags or dropped counts that are not uint32 numbers, times and kinds
+ * out of range, a `rid` that is not a string or an integer, nesting deeper than J_MAX_DEPTH.
+ * Unknown camelCase members are validated as JSON and skipped. Resources and scopes (with their
+ * schemaUrl) are reported as raw JSON text slices and finished in Python by the validating
+ * decoder's own code (ingest/jsonfast.py). */
 
 #ifdef __SSE2__
 #include <emmintrin.h>
@@ -1006,7 +1071,7 @@ static int traces(Out *o, const uint8_t *p, size_t n) {
 typedef struct {
     const uint8_t *p, *end;
     Out *o;
-    Buf tmp, tmp2, span_name, status_msg, ev_name, rid;
+    Buf tmp, tmp2, span_name, status_msg, ev_name, rid, trace_state, ln_state;
     int rid_type;
 } J;
 
@@ -1419,6 +1484,28 @@ static int j_double_value(J *j, Buf *b) {
 
 static int j_any(J *j, Buf *b, int depth, int level, JScalar *sc);
 
+static int b64_index(uint8_t c) {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
+
+/* Whether s is standard, padded base64 that base64.b64encode would write for its bytes (no
+ * stray bits in the last character before the padding). */
+static int canonical_base64(const uint8_t *s, size_t n) {
+    if (n % 4) return 0;
+    size_t pad = 0;
+    if (n && s[n - 1] == '=') pad = (n >= 2 && s[n - 2] == '=') ? 2 : 1;
+    for (size_t i = 0; i < n - pad; i++)
+        if (b64_index(s[i]) < 0) return 0;
+    if (pad == 1 && (b64_index(s[n - 2]) & 3)) return 0;
+    if (pad == 2 && (b64_index(s[n - 3]) & 15)) return 0;
+    return 1;
+}
+
 /* arrayValue / kvlistValue: {"values": [...]} (other members ignored, as x.get does); its
  * elements are at nesting `level`. */
 static int j_values(J *j, Buf *b, int depth, int level, int kvlist) {
@@ -1467,9 +1554,15 @@ static int j_any(J *j, Buf *b, int depth, int level, JScalar *sc) {
         return buf_put(b, "null", 4);
     }
     if ((rc = j_key(j, &k))) return rc;
-    if (KEY_IS(k, "stringValue") || KEY_IS(k, "bytesValue")) {
+    if (KEY_IS(k, "stringValue")) {
         if ((rc = j_string(j, &s, &esc)) || (rc = j_emit_string(j, b, s, esc))) return rc;
         sc->type = V_STRING;
+    } else if (KEY_IS(k, "bytesValue")) {
+        /* decode.typed_bytes of the decoded bytes: canonical standard base64 is kept as is */
+        if ((rc = j_string(j, &s, &esc))) return rc;
+        if (esc || !canonical_base64(s.p, s.n)) return DECLINE;
+        if ((rc = buf_put(b, "{\"bytesValue\":\"", 15)) || (rc = buf_put(b, s.p, s.n)) || (rc = buf_put(b, "\"}", 2)))
+            return rc;
     } else if (KEY_IS(k, "intValue")) {
         if ((rc = j_int_value(j, b))) return rc;
         sc->type = V_INT;
@@ -1566,6 +1659,10 @@ static int j_attr_list(J *j, Buf *b, int depth, int level, int want_rid) {
         JScalar sc;
         if (nk && (rc = buf_byte(b, ','))) break;
         if ((rc = j_kv(j, b, depth + 1, level, &key, &sc))) break;
+        if (level > 0 && key.len >= 2 && typed_key((const uint8_t *)b->p + key.off + 1, key.len - 2)) {
+            rc = DECLINE; /* a nested kvlist that may need decode.typed_kvlist's wrapper */
+            break;
+        }
         key.hash = fnv1a(b->p + key.off, key.len);
         for (size_t i = 0; i < nk && !rc; i++)
             if (keys[i].hash == key.hash && keys[i].len == key.len &&
@@ -1611,7 +1708,16 @@ static inline int hexdig(uint8_t c) {
 
 /* A hex id of `width` digits (or, with half, also width / 2 left-padded with zeros), lower-cased
  * into out; all zeros declines. */
+static int j_hex_id_z(J *j, uint8_t *out, size_t width, int half, int *nonzero_out);
+
 static int j_hex_id(J *j, uint8_t *out, size_t width, int half) {
+    int nz;
+    int rc = j_hex_id_z(j, out, width, half, &nz);
+    return rc ? rc : (nz ? 0 : DECLINE);
+}
+
+/* j_hex_id, all zeros allowed (reported in *nonzero_out). */
+static int j_hex_id_z(J *j, uint8_t *out, size_t width, int half, int *nonzero_out) {
     Slice s;
     int esc;
     if (j_string(j, &s, &esc) || esc) return DECLINE;
@@ -1627,7 +1733,20 @@ static int j_hex_id(J *j, uint8_t *out, size_t width, int half) {
         nonzero |= d;
         out[pad + i] = (uint8_t)HEXL[d];
     }
-    return nonzero ? 0 : DECLINE;
+    *nonzero_out = nonzero != 0;
+    return 0;
+}
+
+/* A uint32 (flags, dropped counts) as a JSON integer number (decode._uint32; a string declines). */
+static int j_uint32(J *j, int64_t *out) {
+    Num num;
+    if (j->p >= j->end || *j->p == '"') return DECLINE;
+    if (j_number(j, &num) || !num.is_int || num.p[0] == '-' || num.n > 10) return DECLINE;
+    int64_t v = 0;
+    for (size_t i = 0; i < num.n; i++) v = v * 10 + (num.p[i] - '0');
+    if (v > 4294967295LL) return DECLINE;
+    *out = v;
+    return 0;
 }
 
 /* Nanoseconds as a decimal string (decode._nanos: str.isdigit, 0..INT64_MAX). */
@@ -1650,26 +1769,26 @@ static const char *const SPAN_KIND_NAMES[] = {"SPAN_KIND_UNSPECIFIED", "SPAN_KIN
                                               "SPAN_KIND_CLIENT", "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER"};
 static const char *const STATUS_CODE_NAMES[] = {"STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"};
 
-/* An enum: an integer (-128..127, the staging column's range) or one of its names. */
-static int j_enum(J *j, const char *const *names, int count, int8_t *out) {
+/* An enum: an int32 (proto3 enums are open) or one of its names. */
+static int j_enum(J *j, const char *const *names, int count, int32_t *out) {
     if (j->p < j->end && *j->p == '"') {
         Slice s;
         int esc;
         if (j_string(j, &s, &esc) || esc) return DECLINE;
         for (int i = 0; i < count; i++)
             if (strlen(names[i]) == s.n && memcmp(names[i], s.p, s.n) == 0) {
-                *out = (int8_t)i;
+                *out = (int32_t)i;
                 return 0;
             }
         return DECLINE;
     }
     Num num;
-    if (j_number(j, &num) || !num.is_int || num.n > 4) return DECLINE;
-    int v = 0;
+    if (j_number(j, &num) || !num.is_int || num.n > 11) return DECLINE;
+    int64_t v = 0;
     for (size_t i = num.p[0] == '-'; i < num.n; i++) v = v * 10 + (num.p[i] - '0');
     if (num.p[0] == '-') v = -v;
-    if (v < -128 || v > 127) return DECLINE;
-    *out = (int8_t)v;
+    if (v < INT32_MIN || v > INT32_MAX) return DECLINE;
+    *out = (int32_t)v;
     return 0;
 }
 
@@ -1678,7 +1797,7 @@ static int j_enum(J *j, const char *const *names, int count, int8_t *out) {
 static int j_event(J *j, int64_t span_seq, int32_t seq, int depth) {
     Out *o = j->o;
     Slice name = {NULL, 0};
-    int64_t t = 0;
+    int64_t t = 0, dropped = 0;
     unsigned seen = 0;
     int rc, more;
     if ((rc = j_open(j, '{', '}', &more))) return rc;
@@ -1694,6 +1813,9 @@ static int j_event(J *j, int64_t span_seq, int32_t seq, int depth) {
         } else if (KEY_IS(k, "attributes")) {
             SEEN(4);
             if ((rc = j_attr_list(j, &o->ev_attributes.data, depth + 1, 0, 0))) return rc;
+        } else if (KEY_IS(k, "droppedAttributesCount")) {
+            SEEN(8);
+            if ((rc = j_uint32(j, &dropped))) return rc;
         } else if ((rc = j_unknown(j, k, depth + 1))) {
             return rc;
         }
@@ -1701,12 +1823,15 @@ static int j_event(J *j, int64_t span_seq, int32_t seq, int depth) {
     }
     if (!(seen & 4) && buf_put(&o->ev_attributes.data, "{}", 2)) return NOMEM;
     if ((rc = strcol_end_row(&o->ev_attributes, 1))) return rc;
-    return emit_event(o, span_seq, seq, t, (seen & 1) != 0, name, (seen & 2) != 0);
+    /* a time of 0 and an empty name are absent (NULL), as protobuf cannot tell them apart */
+    return emit_event(o, span_seq, seq, t, t != 0, name, name.n != 0, dropped);
 }
 
 static int j_link(J *j, int64_t span_seq, int32_t seq, int depth) {
     Out *o = j->o;
     uint8_t trace[32], sid[16];
+    Slice state = {NULL, 0};
+    int64_t flags = 0, dropped = 0;
     unsigned seen = 0;
     int rc, more;
     if ((rc = j_open(j, '{', '}', &more))) return rc;
@@ -1722,18 +1847,27 @@ static int j_link(J *j, int64_t span_seq, int32_t seq, int depth) {
         } else if (KEY_IS(k, "attributes")) {
             SEEN(4);
             if ((rc = j_attr_list(j, &o->ln_attributes.data, depth + 1, 0, 0))) return rc;
+        } else if (KEY_IS(k, "traceState")) {
+            SEEN(8);
+            if ((rc = j_text(j, &j->ln_state, &state))) return rc;
+        } else if (KEY_IS(k, "flags")) {
+            SEEN(16);
+            if ((rc = j_uint32(j, &flags))) return rc;
+        } else if (KEY_IS(k, "droppedAttributesCount")) {
+            SEEN(32);
+            if ((rc = j_uint32(j, &dropped))) return rc;
         } else if ((rc = j_unknown(j, k, depth + 1))) {
             return rc;
         }
         if ((rc = j_next(j, '}', &more))) return rc;
     }
-    if ((seen & 3) != 3) return DECLINE;
+    /* an absent id is NULL (decode._link_ids; zero or malformed ids declined above) */
     if (!(seen & 4) && buf_put(&o->ln_attributes.data, "{}", 2)) return NOMEM;
     if ((rc = strcol_end_row(&o->ln_attributes, 1))) return rc;
-    return emit_link(o, span_seq, seq, trace, sid);
+    return emit_link(o, span_seq, seq, (seen & 1) ? trace : NULL, (seen & 2) ? sid : NULL, state, flags, dropped);
 }
 
-static int j_status(J *j, int8_t *code, Slice *msg, int depth) {
+static int j_status(J *j, int32_t *code, Slice *msg, int depth) {
     unsigned seen = 0;
     int rc, more;
     if ((rc = j_open(j, '{', '}', &more))) return rc;
@@ -1769,9 +1903,10 @@ static int j_list(J *j, int (*fn)(J *, int64_t, int32_t, int), int64_t span_seq,
 static int j_span(J *j, int32_t res_idx, int32_t scope_idx, int depth) {
     Out *o = j->o;
     uint8_t trace[32], sid[16], parent[16];
-    Slice name = {(const uint8_t *)"", 0}, msg = {NULL, 0};
-    int8_t kind = 0, code = 0;
+    Slice name = {(const uint8_t *)"", 0}, msg = {NULL, 0}, state = {NULL, 0};
+    int32_t kind = 0, code = 0;
     int64_t start = 0, end = 0, seq = (int64_t)o->n;
+    int64_t flags = 0, d_attrs = 0, d_events = 0, d_links = 0;
     unsigned seen = 0;
     int rc, more, have_parent = 0;
     j->rid_type = V_NULL;
@@ -1790,8 +1925,7 @@ static int j_span(J *j, int32_t res_idx, int32_t scope_idx, int depth) {
             if (j->end - j->p >= 2 && j->p[0] == '"' && j->p[1] == '"') {
                 j->p += 2; /* "" is no parent */
             } else {
-                if ((rc = j_hex_id(j, parent, 16, 0))) return rc;
-                have_parent = 1;
+                if ((rc = j_hex_id_z(j, parent, 16, 0, &have_parent))) return rc; /* all zeros: a root */
             }
         } else if (KEY_IS(k, "name")) {
             SEEN(8);
@@ -1817,6 +1951,21 @@ static int j_span(J *j, int32_t res_idx, int32_t scope_idx, int depth) {
         } else if (KEY_IS(k, "links")) {
             SEEN(1024);
             if ((rc = j_list(j, j_link, seq, depth + 1))) return rc;
+        } else if (KEY_IS(k, "traceState")) {
+            SEEN(2048);
+            if ((rc = j_text(j, &j->trace_state, &state))) return rc;
+        } else if (KEY_IS(k, "flags")) {
+            SEEN(4096);
+            if ((rc = j_uint32(j, &flags))) return rc;
+        } else if (KEY_IS(k, "droppedAttributesCount")) {
+            SEEN(8192);
+            if ((rc = j_uint32(j, &d_attrs))) return rc;
+        } else if (KEY_IS(k, "droppedEventsCount")) {
+            SEEN(16384);
+            if ((rc = j_uint32(j, &d_events))) return rc;
+        } else if (KEY_IS(k, "droppedLinksCount")) {
+            SEEN(32768);
+            if ((rc = j_uint32(j, &d_links))) return rc;
         } else if ((rc = j_unknown(j, k, depth + 1))) {
             return rc;
         }
@@ -1825,9 +1974,11 @@ static int j_span(J *j, int32_t res_idx, int32_t scope_idx, int depth) {
     if ((seen & 3) != 3) return DECLINE;
     if (!(seen & 256) && buf_put(&o->attributes.data, "{}", 2)) return NOMEM;
     if ((rc = strcol_end_row(&o->attributes, 1))) return rc;
+    /* a time of 0 is absent (NULL), as protobuf cannot tell them apart */
     SpanRow row = {trace, sid, have_parent ? parent : NULL, name, kind, code, start, end,
-                   (seen & 32) != 0, (seen & 64) != 0, msg, j->rid_type != V_NULL,
-                   {(const uint8_t *)j->rid.p, j->rid.len}, res_idx, scope_idx};
+                   start != 0, end != 0, msg, j->rid_type != V_NULL,
+                   {(const uint8_t *)j->rid.p, j->rid.len}, res_idx, scope_idx,
+                   state, flags, d_attrs, d_events, d_links};
     return emit_span(o, &row);
 }
 
@@ -1845,24 +1996,14 @@ static int j_raw_string(J *j, int64_t *off, int64_t *len) {
     return 0;
 }
 
-static int j_scope(J *j, int64_t rec[4], int depth) {
-    unsigned seen = 0;
-    int rc, more;
-    if ((rc = j_open(j, '{', '}', &more))) return rc;
-    while (more) {
-        Slice k;
-        if ((rc = j_key(j, &k))) return rc;
-        if (KEY_IS(k, "name")) {
-            SEEN(1);
-            if ((rc = j_raw_string(j, &rec[0], &rec[1]))) return rc;
-        } else if (KEY_IS(k, "version")) {
-            SEEN(2);
-            if ((rc = j_raw_string(j, &rec[2], &rec[3]))) return rc;
-        } else if ((rc = j_unknown(j, k, depth + 1))) {
-            return rc;
-        }
-        if ((rc = j_next(j, '}', &more))) return rc;
-    }
+/* The raw JSON text of the next object value: (offset in the chunk, length). */
+static int j_raw_object(J *j, int64_t *off, int64_t *len, int depth) {
+    int rc;
+    if (j->p >= j->end || *j->p != '{') return DECLINE;
+    const uint8_t *start = j->p;
+    if ((rc = j_skip(j, depth))) return rc;
+    *off = start - j->o->base;
+    *len = j->p - start;
     return 0;
 }
 
@@ -1880,7 +2021,11 @@ static int j_scope_spans(J *j, int32_t res_idx, int depth) {
         if ((rc = j_key(j, &k))) return rc;
         if (KEY_IS(k, "scope")) {
             SEEN(1);
-            if ((rc = j_scope(j, rec, depth + 1))) return rc;
+            if ((rc = j_raw_object(j, &rec[0], &rec[1], depth + 1))) return rc;
+            memcpy(o->scopes.p + at, rec, sizeof rec);
+        } else if (KEY_IS(k, "schemaUrl")) {
+            SEEN(4);
+            if ((rc = j_raw_string(j, &rec[2], &rec[3]))) return rc;
             memcpy(o->scopes.p + at, rec, sizeof rec);
         } else if (KEY_IS(k, "spans")) {
             int amore;
@@ -1902,7 +2047,7 @@ static int j_scope_spans(J *j, int32_t res_idx, int depth) {
 
 static int j_resource_spans(J *j, int depth) {
     Out *o = j->o;
-    int64_t rec[2] = {-1, -1};
+    int64_t rec[4] = {-1, -1, -1, -1};
     size_t at = o->resources.len;
     int32_t res_idx = (int32_t)(at / sizeof rec);
     int64_t start_off = j->p - o->base;
@@ -1916,11 +2061,11 @@ static int j_resource_spans(J *j, int depth) {
         if ((rc = j_key(j, &k))) return rc;
         if (KEY_IS(k, "resource")) {
             SEEN(1);
-            if (j->p >= j->end || *j->p != '{') return DECLINE;
-            const uint8_t *start = j->p;
-            if ((rc = j_skip(j, depth + 1))) return rc;
-            rec[0] = start - o->base;
-            rec[1] = j->p - start;
+            if ((rc = j_raw_object(j, &rec[0], &rec[1], depth + 1))) return rc;
+            memcpy(o->resources.p + at, rec, sizeof rec);
+        } else if (KEY_IS(k, "schemaUrl")) {
+            SEEN(4);
+            if ((rc = j_raw_string(j, &rec[2], &rec[3]))) return rc;
             memcpy(o->resources.p + at, rec, sizeof rec);
         } else if (KEY_IS(k, "scopeSpans")) {
             int amore;
@@ -1975,7 +2120,7 @@ static int json_lines(Out *o, const uint8_t *p, size_t n) {
     int rc = 0;
     o->base = p;
     StrCol *cols[] = {&o->name, &o->status_message, &o->attributes, &o->rid, &o->ev_name,
-                      &o->ev_attributes, &o->ln_attributes};
+                      &o->ev_attributes, &o->ln_attributes, &o->trace_state, &o->ln_trace_state};
     for (size_t i = 0; i < sizeof cols / sizeof *cols; i++)
         if ((rc = strcol_init(cols[i]))) return rc;
     if (!utf8_valid(p, n)) return DECLINE;
@@ -1994,7 +2139,7 @@ static int json_lines(Out *o, const uint8_t *p, size_t n) {
         }
         q = nl ? nl + 1 : end;
     }
-    Buf *bufs[] = {&j.tmp, &j.tmp2, &j.span_name, &j.status_msg, &j.ev_name, &j.rid};
+    Buf *bufs[] = {&j.tmp, &j.tmp2, &j.span_name, &j.status_msg, &j.ev_name, &j.rid, &j.trace_state, &j.ln_state};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) buf_free(bufs[i]);
     return rc;
 }
@@ -2039,6 +2184,22 @@ static PyObject *out_result(Out *o, int rc) {
             "ln_span", bytes_of(&o->ln_span), "ln_seq", bytes_of(&o->ln_seq),
             "ln_trace", bytes_of(&o->ln_trace), "ln_span_id", bytes_of(&o->ln_span_id),
             "ln_attributes", strcol_tuple(&o->ln_attributes));
+        if (result) {
+            /* the rest of the OTLP model (decode.SPAN_SCHEMA's later columns) */
+            struct { const char *k; PyObject *v; } more[] = {
+                {"trace_state", strcol_tuple(&o->trace_state)}, {"flags", bytes_of(&o->flags)},
+                {"dropped_attrs", bytes_of(&o->dropped_attrs)}, {"dropped_events", bytes_of(&o->dropped_events)},
+                {"dropped_links", bytes_of(&o->dropped_links)}, {"ev_dropped", bytes_of(&o->ev_dropped)},
+                {"ln_trace_valid", bytes_of(&o->ln_trace_valid)}, {"ln_span_valid", bytes_of(&o->ln_span_valid)},
+                {"ln_trace_state", strcol_tuple(&o->ln_trace_state)}, {"ln_flags", bytes_of(&o->ln_flags)},
+                {"ln_dropped", bytes_of(&o->ln_dropped)},
+            };
+            for (size_t i = 0; i < sizeof more / sizeof *more; i++) {
+                if (!more[i].v || !result || PyDict_SetItemString(result, more[i].k, more[i].v) < 0)
+                    Py_CLEAR(result);
+                Py_XDECREF(more[i].v);
+            }
+        }
     }
     out_free(o);
     return result;

@@ -37,7 +37,9 @@ from kvtrace.ingest.decode import (
     LINK_SCHEMA,
     SPAN_SCHEMA,
     Resource,
-    json_attributes,
+    Scope,
+    json_resource,
+    json_scope,
 )
 from kvtrace.ingest.errors import RecordError
 from kvtrace.ingest.jsonfast import decode_json_chunk
@@ -221,26 +223,33 @@ def _staging(table: pa.Table) -> StagingTables:
     trace_id = _trace_ids(pc.struct_field(sp, "traceId"))
     span_id = _span_ids(pc.struct_field(sp, "spanId"))
     parent_raw = pc.struct_field(sp, "parentSpanId")
-    parent = _span_ids(pc.if_else(pc.equal(parent_raw, ""), pa.scalar(None, pa.string()), parent_raw), nullable=True)
+    # "" and all zeros are no parent (a root)
+    no_parent = pc.or_(pc.equal(parent_raw, ""), pc.equal(parent_raw, _ZERO_SPAN))
+    parent = _span_ids(pc.if_else(no_parent, pa.scalar(None, pa.string()), parent_raw), nullable=True)
     status = pc.struct_field(sp, "status")
     message = pc.struct_field(status, "message")
     attributes, rid = _attributes_json(pc.struct_field(sp, "attributes"), with_rid=True)
-    scope = pc.struct_field(ss, "scope")
-    resources = _resources(pc.struct_field(rs, "resource"))
+    scopes = _scopes(ss)
+    resources = _resources(rs)
 
     columns: dict[str, pa.Array] = {
         "trace_id": trace_id,
         "span_id": span_id,
         "parent_span_id": parent,
         "name": pc.fill_null(pc.struct_field(sp, "name"), ""),
-        "kind": _small_int(pc.struct_field(sp, "kind")),
+        "kind": _int32(pc.struct_field(sp, "kind")),
         "start_ns": _nanos(pc.struct_field(sp, "startTimeUnixNano")),
         "end_ns": _nanos(pc.struct_field(sp, "endTimeUnixNano")),
-        "status_code": _small_int(pc.struct_field(status, "code")),
-        "status_message": pc.if_else(pc.equal(message, ""), pa.scalar(None, pa.string()), message),
-        "scope_name": pc.take(pc.struct_field(scope, "name"), sp_ss),
-        "scope_version": pc.take(pc.struct_field(scope, "version"), sp_ss),
+        "status_code": _int32(pc.struct_field(status, "code")),
+        "status_message": _empty_null(message),
+        "trace_state": _empty_null(pc.struct_field(sp, "traceState")),
+        "flags": _uint32(pc.struct_field(sp, "flags")),
+        "dropped_attributes_count": _uint32(pc.struct_field(sp, "droppedAttributesCount")),
+        "dropped_events_count": _uint32(pc.struct_field(sp, "droppedEventsCount")),
+        "dropped_links_count": _uint32(pc.struct_field(sp, "droppedLinksCount")),
     }
+    for name, values in scopes.items():
+        columns[name] = pc.take(values, sp_ss)
     for name, values in resources.items():
         columns[name] = pc.take(values, sp_rs)
     columns["attributes"] = attributes
@@ -262,19 +271,24 @@ def _children(lists: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
 
 def _events(sp: pa.Array, trace_id: pa.Array, span_id: pa.Array) -> pa.Table:
     return _per_span(sp, "events", trace_id, span_id, EVENT_SCHEMA,
-                     lambda ev: [pc.struct_field(ev, "name"), _nanos(pc.struct_field(ev, "timeUnixNano"))])
+                     lambda ev: [_empty_null(pc.struct_field(ev, "name")), _nanos(pc.struct_field(ev, "timeUnixNano"))],
+                     lambda ev: [_uint32(pc.struct_field(ev, "droppedAttributesCount"))])
 
 
 def _links(sp: pa.Array, trace_id: pa.Array, span_id: pa.Array) -> pa.Table:
     return _per_span(sp, "links", trace_id, span_id, LINK_SCHEMA,
-                     lambda lk: [_trace_ids(pc.struct_field(lk, "traceId")), _span_ids(pc.struct_field(lk, "spanId"))])
+                     lambda lk: [_trace_ids(pc.struct_field(lk, "traceId"), nullable=True),
+                                 _span_ids(pc.struct_field(lk, "spanId"), nullable=True)],
+                     lambda lk: [_empty_null(pc.struct_field(lk, "traceState")), _uint32(pc.struct_field(lk, "flags")),
+                                 _uint32(pc.struct_field(lk, "droppedAttributesCount"))])
 
 
 def _per_span(
     sp: pa.Array, field: str, trace_id: pa.Array, span_id: pa.Array, schema: pa.Schema,
-    own: Callable[[pa.Array], list[pa.Array]],
+    own: Callable[[pa.Array], list[pa.Array]], after: Callable[[pa.Array], list[pa.Array]],
 ) -> pa.Table:
-    """Events or links: span_seq, the span's ids, seq within the span, `own(children)`, attributes."""
+    """Events or links: span_seq, the span's ids, seq within the span, `own(children)`,
+    attributes, `after(children)`."""
     children, parent, position = _children(pc.struct_field(sp, field))
     idx = pa.array(parent)
     attributes, _ = _attributes_json(pc.struct_field(children, "attributes"), with_rid=False)
@@ -285,30 +299,47 @@ def _per_span(
         pa.array(position.astype(np.int32)),
         *own(children),
         attributes,
+        *after(children),
     ]
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _resources(resource: pa.Array) -> dict[str, pa.Array]:
+def _resources(rs: pa.Array) -> dict[str, pa.Array]:
     """Resource columns per resourceSpans entry, decoded by the validating decoder (one call per
     resource, not per span; a line usually holds one)."""
-    rows: dict[str, list[str | None]] = {
-        k: [] for k in ("service_name", "instance_id", "host_name", "service_version", "role", "resource_attributes")
-    }
+    names = ("service_name", "instance_id", "host_name", "service_version", "role", "resource_attributes",
+             "resource_dropped_attributes_count", "resource_schema_url")
+    rows: dict[str, list[Any]] = {k: [] for k in names}
     cache: dict[bytes, Resource] = {}
-    for value in resource.to_pylist():
-        items = _otlp_json(value.get("attributes") if value else None)
-        key = orjson.dumps(items)
+    urls = pc.struct_field(rs, "schemaUrl").to_pylist()
+    for value, url in zip(pc.struct_field(rs, "resource").to_pylist(), urls, strict=True):
+        obj = _otlp_json(value)
+        key = orjson.dumps([obj, url])
         res = cache.get(key)
         if res is None:
-            res = cache[key] = Resource.from_attributes(json_attributes(items))
-        rows["service_name"].append(res.service_name)
-        rows["instance_id"].append(res.instance_id)
-        rows["host_name"].append(res.host_name)
-        rows["service_version"].append(res.service_version)
-        rows["role"].append(res.role)
-        rows["resource_attributes"].append(res.attributes_json)
-    return {k: pa.array(v, pa.string()) for k, v in rows.items()}
+            res = cache[key] = json_resource(obj, url)
+        for name, v in zip(names, (res.service_name, res.instance_id, res.host_name, res.service_version, res.role,
+                                   res.attributes_json, res.dropped_attributes_count, res.schema_url), strict=True):
+            rows[name].append(v)
+    return {k: pa.array(v, pa.int64() if k.endswith("_count") else pa.string()) for k, v in rows.items()}
+
+
+def _scopes(ss: pa.Array) -> dict[str, pa.Array]:
+    """Scope columns per scopeSpans entry, decoded by the validating decoder (as _resources)."""
+    names = ("scope_name", "scope_version", "scope_attributes", "scope_dropped_attributes_count", "scope_schema_url")
+    rows: dict[str, list[Any]] = {k: [] for k in names}
+    cache: dict[bytes, Scope] = {}
+    urls = pc.struct_field(ss, "schemaUrl").to_pylist()
+    for value, url in zip(pc.struct_field(ss, "scope").to_pylist(), urls, strict=True):
+        obj = _otlp_json(value)
+        key = orjson.dumps([obj, url])
+        scope = cache.get(key)
+        if scope is None:
+            scope = cache[key] = json_scope(obj, url)
+        for name, v in zip(names, (scope.name, scope.version, scope.attributes_json,
+                                   scope.dropped_attributes_count, scope.schema_url), strict=True):
+            rows[name].append(v)
+    return {k: pa.array(v, pa.int64() if k.endswith("_count") else pa.string()) for k, v in rows.items()}
 
 
 def _otlp_json(value: Any) -> Any:
@@ -333,9 +364,9 @@ def _any(mask: pa.Array) -> bool:
     return bool(pc.any(mask, skip_nulls=True, min_count=0).as_py())
 
 
-def _trace_ids(raw: pa.Array) -> pa.Array:
+def _trace_ids(raw: pa.Array, nullable: bool = False) -> pa.Array:
     """Lower-case 32-hex trace ids (a 16-hex id left-padded with zeros, as in decode.py)."""
-    if raw.null_count:
+    if raw.null_count and not nullable:
         raise _NotFast("trace id missing")
     lower = pc.utf8_lower(raw)
     if not _all(pc.match_substring_regex(lower, "^(?:[0-9a-f]{16}|[0-9a-f]{32})$")):
@@ -357,18 +388,33 @@ def _span_ids(raw: pa.Array, nullable: bool = False) -> pa.Array:
 
 
 def _nanos(raw: pa.Array) -> pa.Array:
-    """Decimal-string nanoseconds -> int64 (null when absent); a non-digit or out-of-range value
-    leaves the fast path (the validating decoder quarantines it)."""
+    """Decimal-string nanoseconds -> int64 (null when absent or 0, as decode._nanos); a non-digit
+    or out-of-range value leaves the fast path (the validating decoder quarantines it)."""
     if len(raw) > raw.null_count and not _all(pc.match_substring_regex(raw, "^[0-9]+$")):
         raise _NotFast("nanoseconds not decimal digits")
-    return pc.cast(raw, pa.int64())  # raises ArrowInvalid beyond int64
+    ns = pc.cast(raw, pa.int64())  # raises ArrowInvalid beyond int64
+    return pc.if_else(pc.equal(ns, 0), pa.scalar(None, pa.int64()), ns)
 
 
-def _small_int(raw: pa.Array) -> pa.Array:
+def _int32(raw: pa.Array) -> pa.Array:
+    """An enum (kind, status code): any int32; absent is 0."""
     filled = pc.fill_null(raw, 0)
-    if len(filled) and (pc.min(filled).as_py() < -128 or pc.max(filled).as_py() > 127):
-        raise _NotFast("kind or status code out of range")
-    return pc.cast(filled, pa.int8())
+    if len(filled) and (pc.min(filled).as_py() < -(2**31) or pc.max(filled).as_py() > 2**31 - 1):
+        raise _NotFast("kind or status code out of int32 range")
+    return pc.cast(filled, pa.int32())
+
+
+def _uint32(raw: pa.Array) -> pa.Array:
+    """A uint32 (flags, dropped counts) as int64; absent is 0."""
+    filled = pc.fill_null(raw, 0)
+    if len(filled) and (pc.min(filled).as_py() < 0 or pc.max(filled).as_py() > 2**32 - 1):
+        raise _NotFast("flags or dropped count out of uint32 range")
+    return pc.cast(filled, pa.int64())
+
+
+def _empty_null(raw: pa.Array) -> pa.Array:
+    """An optional string: "" is null."""
+    return pc.if_else(pc.equal(raw, ""), pa.scalar(None, pa.string()), raw)
 
 
 # ------------------------------------------------------------------------- attribute JSON text

@@ -16,17 +16,19 @@ values and corrupted chunks.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import numpy as np
 import orjson
 
-from kvtrace.ingest.decode import Resource, json_attributes
+from kvtrace.ingest.decode import Resource, Scope, json_resource, json_scope
 from kvtrace.ingest.errors import RecordError
 from kvtrace.ingest.protofast import StagingTables, _events, _links, _spans
 
-try:
-    from kvtrace.ingest import _otlpfast  # type: ignore[attr-defined]
+_otlpfast: Any
+try:  # the C extension, typed as Any (it has no stub)
+    _otlpfast = importlib.import_module("kvtrace.ingest._otlpfast")
 except ImportError:  # pragma: no cover - exercised only where the extension could not be built
     _otlpfast = None
 
@@ -61,33 +63,39 @@ def decode_json_chunk_located(chunk: bytes) -> tuple[StagingTables, np.ndarray] 
     return tables, rs_off[np.frombuffer(cols["res_idx"], dtype=np.int32)]
 
 
+def _text(chunk: bytes, off: int, length: int) -> bytes | None:
+    return chunk[off : off + length] if off >= 0 else None
+
+
 def _resources(chunk: bytes, raw: bytes) -> list[Resource]:
-    """Each resourceSpans entry's resource, as decode._json_resource reads it (`"resource"` given
-    as raw JSON text, or absent: offset -1)."""
-    cache: dict[bytes, Resource] = {}
+    """Each resourceSpans entry's resource and schemaUrl (raw JSON text, or absent: offset -1),
+    finished by the validating decoder's own code."""
+    cache: dict[tuple[bytes | None, bytes | None], Resource] = {}
     out = []
-    for off, length in np.frombuffer(raw, dtype=np.int64).reshape(-1, 2).tolist():
-        text = chunk[off : off + length] if off >= 0 else b"{}"
-        res = cache.get(text)
+    for off, length, u_off, u_len in np.frombuffer(raw, dtype=np.int64).reshape(-1, 4).tolist():
+        key = (_text(chunk, off, length), _text(chunk, u_off, u_len))
+        res = cache.get(key)
         if res is None:
-            obj = orjson.loads(text) or {}
-            res = cache[text] = Resource.from_attributes(json_attributes(obj.get("attributes")))
+            res = cache[key] = json_resource(_loads(key[0]), _loads(key[1]))
         out.append(res)
     return out
 
 
-def _scopes(chunk: bytes, raw: bytes) -> list[tuple[str | None, str | None]]:
-    """Each scopeSpans entry's scope name and version (raw JSON string text, or absent: None)."""
-    out: list[tuple[str | None, str | None]] = []
-    cache: dict[tuple[bytes | None, bytes | None], tuple[str | None, str | None]] = {}
-    for n_off, n_len, v_off, v_len in np.frombuffer(raw, dtype=np.int64).reshape(-1, 4).tolist():
-        key = (chunk[n_off : n_off + n_len] if n_off >= 0 else None, chunk[v_off : v_off + v_len] if v_off >= 0 else None)
-        got = cache.get(key)
-        if got is None:
-            got = cache[key] = (None if key[0] is None else orjson.loads(key[0]),
-                                None if key[1] is None else orjson.loads(key[1]))
-        out.append(got)
+def _scopes(chunk: bytes, raw: bytes) -> list[Scope]:
+    """Each scopeSpans entry's scope and schemaUrl, as _resources."""
+    cache: dict[tuple[bytes | None, bytes | None], Scope] = {}
+    out = []
+    for off, length, u_off, u_len in np.frombuffer(raw, dtype=np.int64).reshape(-1, 4).tolist():
+        key = (_text(chunk, off, length), _text(chunk, u_off, u_len))
+        scope = cache.get(key)
+        if scope is None:
+            scope = cache[key] = json_scope(_loads(key[0]), _loads(key[1]))
+        out.append(scope)
     return out
+
+
+def _loads(text: bytes | None) -> Any:
+    return None if text is None else orjson.loads(text)
 
 
 __all__ = ["available", "decode_json_chunk", "decode_json_chunk_located"]

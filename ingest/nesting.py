@@ -123,4 +123,120 @@ def parse_cut(cls: type[M], data: bytes, kind: str = "traces") -> tuple[M, bytes
             raise exc from None
 
 
-__all__ = ["cut_deep_values", "parse_cut"]
+def _fields(buf: bytes) -> list[tuple[int, int, int, int]]:
+    """(field number, wire type, start of the field, end of the field) of each field of `buf`;
+    for a length-delimited field also where its body starts is start + header (see _body)."""
+    out = []
+    pos = 0
+    while pos < len(buf):
+        start = pos
+        tag, pos = _varint(buf, pos)
+        wt = tag & 7
+        if wt == 0:
+            _, pos = _varint(buf, pos)
+        elif wt == 1:
+            pos += 8
+        elif wt == 5:
+            pos += 4
+        elif wt == 2:
+            n, body = _varint(buf, pos)
+            pos = body + n
+        else:
+            raise ValueError(f"wire type {wt}")
+        if pos > len(buf):
+            raise ValueError("truncated field")
+        out.append((tag >> 3, wt, start, pos))
+    return out
+
+
+def _body(buf: bytes, start: int, end: int) -> bytes:
+    """The body of the length-delimited field buf[start:end]."""
+    _, pos = _varint(buf, start)
+    _, body = _varint(buf, pos)
+    return buf[body:end]
+
+
+def split_resource_spans(data: bytes) -> tuple[bytes, list[tuple[bytes, list[bytes]]]]:
+    """A ResourceSpans frame on the wire -> (the frame without its scope_spans, [(each ScopeSpans
+    without its spans, [each Span's bytes])]), so that each part is parsed alone when upb refuses
+    the whole (one span's invalid UTF-8 then costs that span only). Raises ValueError for
+    malformed wire data."""
+    head = bytearray()
+    scopes: list[tuple[bytes, list[bytes]]] = []
+    for field, wt, start, end in _fields(data):
+        if field == 2 and wt == 2:
+            ss = _body(data, start, end)
+            scope_head = bytearray()
+            spans: list[bytes] = []
+            for f2, wt2, s2, e2 in _fields(ss):
+                if f2 == 2 and wt2 == 2:
+                    spans.append(_body(ss, s2, e2))
+                else:
+                    scope_head += ss[s2:e2]
+            scopes.append((bytes(scope_head), spans))
+        else:
+            head += data[start:end]
+    return bytes(head), scopes
+
+
+def wire_span_id(span: bytes) -> str | None:
+    """The hex span_id (field 2) of a Span's wire bytes, or None (for quarantine rows of spans
+    that upb refuses)."""
+    try:
+        for field, wt, start, end in _fields(span):
+            if field == 2 and wt == 2:
+                return _body(span, start, end).hex() or None
+    except ValueError:
+        return None
+    return None
+
+
+# The string fields of a Span and of the messages inside it (field -> name), and the messages
+# that hold more of them (field -> kind), for span_utf8_error.
+_STRINGS: dict[str, dict[int, str]] = {
+    "span": {3: "trace_state", 5: "name"},
+    "event": {2: "event name"},
+    "link": {3: "link trace_state"},
+    "status": {2: "status message"},
+    "key_value": {1: "attribute key"},
+    "any_value": {1: "attribute string value"},
+}
+_HOLDERS: dict[str, dict[int, str]] = {
+    "span": {9: "key_value", 11: "event", 13: "link", 15: "status"},
+    "event": {3: "key_value"},
+    "link": {4: "key_value"},
+    "key_value": {2: "any_value"},
+    "any_value": {5: "array_value", 6: "kvlist_value"},
+    "array_value": {1: "any_value"},
+    "kvlist_value": {1: "key_value"},
+}
+
+
+def span_utf8_error(span: bytes, kind: str = "span", depth: int = 0) -> str | None:
+    """Which string field of a Span's wire bytes is not valid UTF-8 ("invalid UTF-8 in its name"),
+    the usual reason upb refuses a span; None when none is (or the bytes are malformed)."""
+    if depth > MAX_ATTRIBUTE_DEPTH * 2 + 4:
+        return None
+    try:
+        fields = _fields(span)
+    except ValueError:
+        return None
+    for field, wt, start, end in fields:
+        if wt != 2:
+            continue
+        body = _body(span, start, end)
+        name = _STRINGS.get(kind, {}).get(field)
+        if name is not None:
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError:
+                return f"invalid UTF-8 in its {name}"
+        child = _HOLDERS.get(kind, {}).get(field)
+        if child is not None:
+            found = span_utf8_error(body, child, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+__all__ = ["cut_deep_values", "parse_cut", "span_utf8_error", "split_resource_spans", "wire_span_id"]

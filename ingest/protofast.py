@@ -4,12 +4,13 @@ for it, with no Python per span or per attribute value.
 
 The wire format is walked in C (ingest/_otlpfast.c, built with the package), which writes every
 column straight into Arrow-layout buffers; only resources and scopes (a handful per message) are
-finished here, through the validating decoder's own code. The C side declines (returns None)
-whatever it does not reproduce byte for byte (malformed wire data, invalid UTF-8, a bad or missing
-id, an enum or time out of range, a duplicate attribute key, a singular message given twice, a
-`rid` that is neither a string nor an integer); the caller then runs the validating decoder,
-which quarantines or rejects as always. `tests/test_ingest_protofast.py` checks both paths give
-identical tables, on real SDK output, on every value type and on fuzzed bytes.
+finished here (from their message slices and schema URLs), through the validating decoder's own
+code. The C side declines (returns None) whatever it does not reproduce byte for byte (malformed
+wire data, invalid UTF-8, a bad or missing trace or span id, a time out of range, a duplicate
+attribute key, a singular message given twice, a `rid` that is neither a string nor an integer);
+the caller then runs the validating decoder, which quarantines or rejects as always.
+`tests/test_ingest_protofast.py` checks both paths give identical tables, on real SDK output, on
+every value type and on fuzzed bytes.
 
 When the extension is not built (no C compiler at install time), `available()` is False and
 every message takes the validating decoder: slower, same result.
@@ -17,23 +18,35 @@ every message takes the validating decoder: slower, same result.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from google.protobuf.message import DecodeError
+from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
-from kvtrace.ingest.decode import EVENT_SCHEMA, LINK_SCHEMA, SPAN_SCHEMA, Resource, proto_attributes
+from kvtrace.ingest.decode import (
+    EVENT_SCHEMA,
+    LINK_SCHEMA,
+    SPAN_SCHEMA,
+    Resource,
+    Scope,
+    proto_resource,
+    proto_scope,
+)
 from kvtrace.ingest.errors import RecordError
 
-try:
-    from kvtrace.ingest import _otlpfast  # type: ignore[attr-defined]
+_otlpfast: Any
+try:  # the C extension, typed as Any (it has no stub)
+    _otlpfast = importlib.import_module("kvtrace.ingest._otlpfast")
 except ImportError:  # pragma: no cover - exercised only where the extension could not be built
     _otlpfast = None
 
 StagingTables = tuple[pa.Table, pa.Table, pa.Table]
+_STRING = pa.string()
 
 
 def available() -> bool:
@@ -83,9 +96,9 @@ def decode_traces_located(data: bytes) -> tuple[StagingTables, np.ndarray] | Non
         return None
     try:
         resources = _resources(data, cols["resources"])
+        scopes = _scopes(data, cols["scopes"])
     except (DecodeError, RecordError, UnicodeDecodeError):
         return None
-    scopes = _scopes(data, cols["scopes"])
     tables = _spans(cols, resources, scopes), _events(cols), _links(cols)
     return tables, np.frombuffer(cols["res_idx"], dtype=np.int32)
 
@@ -123,53 +136,60 @@ def _ints(data: bytes, dtype: pa.DataType, n: int, valid: bytes | None = None) -
     return pa.Array.from_buffers(dtype, n, [bitmap, pa.py_buffer(data)], null_count=nulls)
 
 
+def _slice(data: bytes, off: int, length: int) -> bytes:
+    return b"" if length < 0 else data[off : off + length]
+
+
 def _resources(data: bytes, raw: bytes) -> list[Resource]:
-    spans = np.frombuffer(raw, dtype=np.int64).reshape(-1, 2)
-    cache: dict[bytes, Resource] = {}
+    """Each ResourceSpans' Resource (message slice) and schema_url (string slice), finished by
+    the validating decoder's own code."""
+    cache: dict[tuple[bytes, bytes], Resource] = {}
     out = []
-    for off, length in spans.tolist():
-        msg = b"" if length < 0 else data[off : off + length]
-        res = cache.get(msg)
+    for off, length, u_off, u_len in np.frombuffer(raw, dtype=np.int64).reshape(-1, 4).tolist():
+        key = (_slice(data, off, length), _slice(data, u_off, u_len))
+        res = cache.get(key)
         if res is None:
-            attrs = proto_attributes(resource_pb2.Resource.FromString(msg).attributes)
-            res = cache[msg] = Resource.from_attributes(attrs)
+            res = cache[key] = proto_resource(resource_pb2.Resource.FromString(key[0]), key[1].decode())
         out.append(res)
     return out
 
 
-def _scopes(data: bytes, raw: bytes) -> list[tuple[str | None, str | None]]:
-    rows = np.frombuffer(raw, dtype=np.int64).reshape(-1, 4)
-    out: list[tuple[str | None, str | None]] = []
-    for n_off, n_len, v_off, v_len in rows.tolist():
-        name = data[n_off : n_off + n_len].decode() if n_len > 0 else None
-        version = data[v_off : v_off + v_len].decode() if v_len > 0 else None
-        out.append((name, version))
+def _scopes(data: bytes, raw: bytes) -> list[Scope]:
+    """Each ScopeSpans' InstrumentationScope (message slice) and schema_url, as _resources."""
+    cache: dict[tuple[bytes, bytes], Scope] = {}
+    out = []
+    for off, length, u_off, u_len in np.frombuffer(raw, dtype=np.int64).reshape(-1, 4).tolist():
+        key = (_slice(data, off, length), _slice(data, u_off, u_len))
+        scope = cache.get(key)
+        if scope is None:
+            scope = cache[key] = proto_scope(common_pb2.InstrumentationScope.FromString(key[0]), key[1].decode())
+        out.append(scope)
     return out
 
 
-def _spans(cols: dict[str, Any], resources: list[Resource], scopes: list[tuple[str | None, str | None]]) -> pa.Table:
+def _spans(cols: dict[str, Any], resources: list[Resource], scopes: list[Scope]) -> pa.Table:
     n = int(cols["n"])
     res_idx = pa.array(np.frombuffer(cols["res_idx"], dtype=np.int32))
     scope_idx = pa.array(np.frombuffer(cols["scope_idx"], dtype=np.int32))
 
-    def per_resource(values: list[str | None]) -> pa.Array:
-        return pa.array(values, pa.string()).take(res_idx)
+    def per_resource(values: list[Any], dtype: pa.DataType = _STRING) -> pa.Array:
+        return pa.array(values, dtype).take(res_idx)
 
-    def per_scope(values: list[str | None]) -> pa.Array:
-        return pa.array(values, pa.string()).take(scope_idx)
+    def per_scope(values: list[Any], dtype: pa.DataType = _STRING) -> pa.Array:
+        return pa.array(values, dtype).take(scope_idx)
 
     arrays = {
         "trace_id": _fixed_hex(cols["trace_id"], 32, n),
         "span_id": _fixed_hex(cols["span_id"], 16, n),
         "parent_span_id": _fixed_hex(cols["parent"], 16, n, cols["parent_valid"]),
         "name": _strings(cols["name"], n, nullable=False),
-        "kind": _ints(cols["kind"], pa.int8(), n),
+        "kind": _ints(cols["kind"], pa.int32(), n),
         "start_ns": _ints(cols["start"], pa.int64(), n, cols["start_valid"]),
         "end_ns": _ints(cols["end"], pa.int64(), n, cols["end_valid"]),
-        "status_code": _ints(cols["status_code"], pa.int8(), n),
+        "status_code": _ints(cols["status_code"], pa.int32(), n),
         "status_message": _strings(cols["status_message"], n, nullable=True),
-        "scope_name": per_scope([s[0] for s in scopes]),
-        "scope_version": per_scope([s[1] for s in scopes]),
+        "scope_name": per_scope([s.name for s in scopes]),
+        "scope_version": per_scope([s.version for s in scopes]),
         "service_name": per_resource([r.service_name for r in resources]),
         "instance_id": per_resource([r.instance_id for r in resources]),
         "host_name": per_resource([r.host_name for r in resources]),
@@ -179,6 +199,16 @@ def _spans(cols: dict[str, Any], resources: list[Resource], scopes: list[tuple[s
         "attributes": _strings(cols["attributes"], n, nullable=False),
         "rid": _strings(cols["rid"], n, nullable=True),
         "seq": pa.array(np.arange(n, dtype=np.int64)),
+        "trace_state": _strings(cols["trace_state"], n, nullable=True),
+        "flags": _ints(cols["flags"], pa.int64(), n),
+        "dropped_attributes_count": _ints(cols["dropped_attrs"], pa.int64(), n),
+        "dropped_events_count": _ints(cols["dropped_events"], pa.int64(), n),
+        "dropped_links_count": _ints(cols["dropped_links"], pa.int64(), n),
+        "scope_attributes": per_scope([s.attributes_json for s in scopes]),
+        "scope_dropped_attributes_count": per_scope([s.dropped_attributes_count for s in scopes], pa.int64()),
+        "scope_schema_url": per_scope([s.schema_url for s in scopes]),
+        "resource_dropped_attributes_count": per_resource([r.dropped_attributes_count for r in resources], pa.int64()),
+        "resource_schema_url": per_resource([r.schema_url for r in resources]),
     }
     return pa.Table.from_arrays([arrays[f.name] for f in SPAN_SCHEMA], schema=SPAN_SCHEMA)
 
@@ -189,6 +219,7 @@ def _events(cols: dict[str, Any]) -> pa.Table:
         _strings(cols["ev_name"], n, nullable=True),
         _ints(cols["ev_time"], pa.int64(), n, cols["ev_time_valid"]),
         _strings(cols["ev_attributes"], n, nullable=False),
+        _ints(cols["ev_dropped"], pa.int64(), n),
     ]
     return _per_span(cols, "ev", n, own, EVENT_SCHEMA)
 
@@ -196,9 +227,12 @@ def _events(cols: dict[str, Any]) -> pa.Table:
 def _links(cols: dict[str, Any]) -> pa.Table:
     n = int(cols["n_ln"])
     own = [
-        _fixed_hex(cols["ln_trace"], 32, n),
-        _fixed_hex(cols["ln_span_id"], 16, n),
+        _fixed_hex(cols["ln_trace"], 32, n, cols["ln_trace_valid"]),
+        _fixed_hex(cols["ln_span_id"], 16, n, cols["ln_span_valid"]),
         _strings(cols["ln_attributes"], n, nullable=False),
+        _strings(cols["ln_trace_state"], n, nullable=True),
+        _ints(cols["ln_flags"], pa.int64(), n),
+        _ints(cols["ln_dropped"], pa.int64(), n),
     ]
     return _per_span(cols, "ln", n, own, LINK_SCHEMA)
 

@@ -22,13 +22,19 @@ CREATE TABLE IF NOT EXISTS resources (
     role             VARCHAR,                 -- sglang.role
     attributes       JSON                     -- every resource attribute, OTLP-typed values
 );
+-- Attribute JSON (resources, spans, span_events, span_links, spans.scope_attributes) keeps the
+-- OTLP type of every value: strings, ints (JSON integers), doubles (a fraction or exponent),
+-- bools, arrays, kvlists (objects), empty values as null. Values JSON cannot carry as such are
+-- one-member objects named after their OTLP/JSON field: bytes {"bytesValue": "<base64>"}, NaN and
+-- infinities {"doubleValue": "NaN" | "Infinity" | "-Infinity"}; a kvlist whose only key is
+-- bytesValue, doubleValue or kvlistValue is wrapped as {"kvlistValue": {...}} (ingest/decode.py).
 
 CREATE TABLE IF NOT EXISTS spans (
     trace_id         VARCHAR NOT NULL,
     span_id          VARCHAR NOT NULL,
     parent_span_id   VARCHAR,
     name             VARCHAR NOT NULL,
-    kind             TINYINT,                 -- OTLP SpanKind number
+    kind             INTEGER,                 -- OTLP SpanKind number (any int32: enums are open)
     resource_id      UBIGINT,
     service_name     VARCHAR,
     instance_id      VARCHAR,
@@ -38,13 +44,36 @@ CREATE TABLE IF NOT EXISTS spans (
     scope_version    VARCHAR,
     start_ns         BIGINT,
     end_ns           BIGINT,
-    status_code      TINYINT,                 -- 0 unset, 1 ok, 2 error
+    status_code      INTEGER,                 -- 0 unset, 1 ok, 2 error (any int32)
     status_message   VARCHAR,
     rid              VARCHAR,                 -- the `rid` attribute, when present
     attributes       JSON USING COMPRESSION zstd, -- {"key": value}, OTLP types kept (arrays, kvlists);
                                               -- zstd: cheaper to write than the default here
-    file_id          INTEGER                  -- ingested_files.file_id that first stored it
+    file_id          INTEGER,                 -- ingested_files.file_id that first stored it
+    -- the rest of the OTLP span, scope and resource (NULL in rows stored before they were kept)
+    trace_state      VARCHAR,                 -- W3C tracestate; NULL when empty
+    flags            UINTEGER,                -- W3C trace flags and the OTLP is-remote bits
+    dropped_attributes_count  UINTEGER,
+    dropped_events_count      UINTEGER,
+    dropped_links_count       UINTEGER,
+    scope_attributes JSON,                    -- the instrumentation scope's attributes
+    scope_dropped_attributes_count    UINTEGER,
+    scope_schema_url VARCHAR,                 -- ScopeSpans.schema_url; NULL when empty
+    resource_dropped_attributes_count UINTEGER,
+    resource_schema_url VARCHAR               -- ResourceSpans.schema_url; NULL when empty
 );
+-- stores made before these columns existed (kind and status_code were TINYINT there: store.py
+-- widens them)
+ALTER TABLE spans ADD COLUMN IF NOT EXISTS trace_state VARCHAR;
+ALTER TABLE spans ADD COLUMN IF NOT EXISTS flags UINTEGER;
+ALTER TABLE spans ADD COLUMN IF NOT EXISTS dropped_attributes_count UINTEGER;
+ALTER TABLE spans ADD COLUMN IF NOT EXISTS dropped_events_count UINTEGER;
+ALTER TABLE spans ADD COLUMN IF NOT EXISTS dropped_links_count UINTEGER;
+ALTER TABLE spans ADD COLUMN IF NOT EXISTS scope_attributes JSON;
+ALTER TABLE spans ADD COLUMN IF NOT EXISTS scope_dropped_attributes_count UINTEGER;
+ALTER TABLE spans ADD COLUMN IF NOT EXISTS scope_schema_url VARCHAR;
+ALTER TABLE spans ADD COLUMN IF NOT EXISTS resource_dropped_attributes_count UINTEGER;
+ALTER TABLE spans ADD COLUMN IF NOT EXISTS resource_schema_url VARCHAR;
 
 CREATE TABLE IF NOT EXISTS span_events (
     trace_id   VARCHAR NOT NULL,
@@ -52,17 +81,25 @@ CREATE TABLE IF NOT EXISTS span_events (
     seq        INTEGER NOT NULL,              -- position of the event in the span
     name       VARCHAR,
     time_ns    BIGINT,
-    attributes JSON USING COMPRESSION zstd
+    attributes JSON USING COMPRESSION zstd,
+    dropped_attributes_count UINTEGER
 );
+ALTER TABLE span_events ADD COLUMN IF NOT EXISTS dropped_attributes_count UINTEGER;
 
 CREATE TABLE IF NOT EXISTS span_links (
     trace_id         VARCHAR NOT NULL,
     span_id          VARCHAR NOT NULL,
     seq              INTEGER NOT NULL,
-    linked_trace_id  VARCHAR,
+    linked_trace_id  VARCHAR,                 -- NULL when the link carried no (valid) id
     linked_span_id   VARCHAR,
-    attributes       JSON USING COMPRESSION zstd
+    attributes       JSON USING COMPRESSION zstd,
+    trace_state      VARCHAR,
+    flags            UINTEGER,
+    dropped_attributes_count UINTEGER
 );
+ALTER TABLE span_links ADD COLUMN IF NOT EXISTS trace_state VARCHAR;
+ALTER TABLE span_links ADD COLUMN IF NOT EXISTS flags UINTEGER;
+ALTER TABLE span_links ADD COLUMN IF NOT EXISTS dropped_attributes_count UINTEGER;
 
 -- One row per request root span ("{role} Req {rid[:8]}" with a `rid`), per role.
 CREATE TABLE IF NOT EXISTS requests (
@@ -125,7 +162,7 @@ CREATE TABLE IF NOT EXISTS kv_events (
     clock_host        VARCHAR,                -- host whose clock start_ns/end_ns are on
     emit_instance_id  VARCHAR,                -- instance that emitted the span
     service_version   VARCHAR,
-    status_code       TINYINT,
+    status_code       INTEGER,
     page_size         INTEGER,                -- alloc: kv.page_size
     free_mode         VARCHAR,                -- free: immediate / deferred
     free_reason       VARCHAR,                -- free: finished / aborted / retracted

@@ -3,7 +3,10 @@
 Handles: paths, directories (recursively) and globs; gzip and zstd (by magic bytes, not by
 name); OTLP JSON as one document per file or as JSON lines (the collector's file exporter);
 OTLP protobuf as one `TracesData` / `ExportTraceServiceRequest` message or a length-delimited
-stream of them. A protobuf message is read one top-level `ResourceSpans` frame at a time, so a
+stream of them: varint lengths (protobuf's delimited form), or the 4-byte big-endian lengths of
+the OpenTelemetry Collector's file exporter, whose messages may each be zstd-compressed
+(framing.py says what it writes in each mode; the framing is told from the bytes, never the
+name). A protobuf message is read one top-level `ResourceSpans` frame at a time, so a
 file's size never decides memory.
 
 Bounded memory per record: a JSON line (or a single JSON document) longer than
@@ -23,8 +26,8 @@ import glob
 import gzip
 import io
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Generator, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NamedTuple, Protocol
 
@@ -34,9 +37,16 @@ import zstandard
 
 from kvtrace.ingest.decode import RAW_LIMIT, Position
 from kvtrace.ingest.errors import IngestError
+from kvtrace.ingest.framing import (
+    PREFIX_BYTES,
+    ZSTD_MAGIC,
+    compressed_stream,
+    decompress_message,
+    fixed32_messages,
+    is_compressed,
+)
 
 GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 MAX_FRAME = 1 << 30  # a larger length prefix is corruption, not data
 # Default bound on one record held in memory: a JSON line or document, a protobuf frame or
 # message. Larger ones are quarantined unread (see the module docstring).
@@ -239,11 +249,27 @@ def open_decompressed(path: Path | str, buffer_size: int = 1 << 20) -> tuple[io.
     head = raw.read(4)
     raw.seek(0)
     if head.startswith(GZIP_MAGIC):
-        return io.BufferedReader(gzip.GzipFile(fileobj=raw), buffer_size=buffer_size), "gzip"
+        return _without_bom(io.BufferedReader(gzip.GzipFile(fileobj=raw), buffer_size=buffer_size)), "gzip"
     if head.startswith(ZSTD_MAGIC):
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
-        return io.BufferedReader(reader, buffer_size=buffer_size), "zstd"
-    return io.BufferedReader(raw, buffer_size=buffer_size), "none"
+        return _without_bom(io.BufferedReader(reader, buffer_size=buffer_size)), "zstd"
+    return _without_bom(io.BufferedReader(raw, buffer_size=buffer_size)), "none"
+
+
+# A UTF-8 byte-order mark: skipped at the start of a file (JSON may carry one; no OTLP protobuf
+# starts with these bytes), so that sniffing and every reader see the JSON itself. Offsets in
+# quarantine rows count from after it.
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _without_bom(stream: io.BufferedReader) -> io.BufferedReader:
+    """`stream`, past a leading UTF8_BOM."""
+    try:
+        if stream.peek(3)[:3] == UTF8_BOM:
+            stream.read(3)
+    except (OSError, EOFError, zstandard.ZstdError):
+        pass  # a corrupt stream: its reader reports it
+    return stream
 
 
 def read_small(path: str, limit: int, size_hint: int = 0) -> tuple[bytes, str] | None:
@@ -270,12 +296,12 @@ def read_small(path: str, limit: int, size_hint: int = 0) -> tuple[bytes, str] |
         stream = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
         compression = "zstd"
     else:
-        return data, "none"
+        return data.removeprefix(UTF8_BOM), "none"
     try:
         out = stream.read(limit + 1)
     except (OSError, EOFError, zstandard.ZstdError):
         return None  # a corrupt stream: the streaming path reports it
-    return (out, compression) if len(out) <= limit else None
+    return (out.removeprefix(UTF8_BOM), compression) if len(out) <= limit else None
 
 
 def decompress_bytes(data: bytes) -> bytes:
@@ -307,7 +333,7 @@ def sniff(head: bytes) -> Sniff:
     protobuf down to a plausible first ResourceSpans (a protobuf frame of 123 or 91 bytes starts
     with `\\n{` or `\\n[`). Protobuf when they start with a TracesData tag (0x0A), with zero bytes
     (skipped in bulk by the reader and quarantined as not OTLP), or frame as a length-delimited
-    stream. Anything else is not OTLP (random bytes, text): one record, never a byte-at-a-time
+    stream, or as the Collector's 4-byte length-prefixed messages. Anything else is not OTLP (random bytes, text): one record, never a byte-at-a-time
     walk. A whitespace-only start is read as JSON, whose reader skips blank lines in bulk."""
     if not head:
         return Sniff("empty")
@@ -315,7 +341,7 @@ def sniff(head: bytes) -> Sniff:
     plausible = _plausible_protobuf(head)
     if not text or (text[:1] in b"{[" and not plausible):
         return Sniff("json")
-    if plausible or head[:1] in (b"\x0a", b"\x00") or _frames_as_delimited(head):
+    if plausible or head[:1] in (b"\x0a", b"\x00") or _frames_as_delimited(head) or collector_framed(head):
         return Sniff("protobuf")
     shown = head[:16].hex(" ")
     return Sniff("unknown", f"neither JSON nor OTLP protobuf (starts with bytes {shown})")
@@ -630,7 +656,37 @@ class _Bounded(io.RawIOBase):
 
 
 def iter_proto_records(stream: io.BufferedReader, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[Record]:
-    """ResourceSpans frames of one TracesData message, or of a length-delimited stream of them.
+    """ResourceSpans frames of one TracesData message, of a varint-delimited stream of them, or
+    of the Collector file exporter's 4-byte length-prefixed messages (collector_framed() on the
+    first MiB decides; iter_collector_records reads them). A file whose framing gives out
+    before a single frame or message could be read is not OTLP: its records say so (the ledger
+    then records it as not OTLP, and a later run reads it again)."""
+    window = stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]
+    if collector_framed(window):
+        records = iter_collector_records(stream, max_record_bytes)
+    else:
+        records = _varint_records(stream, window, max_record_bytes)
+    yield from _not_otlp_unless_framed(records)
+
+
+def collector_framed(window: bytes) -> bool:
+    """Whether a file whose first bytes are `window` is read as the Collector's length-prefixed
+    messages (framing.py) rather than as varint-delimited protobuf, one TracesData message, or
+    JSON. A Collector file starts with a zero byte unless its first message is 16 MiB or more:
+    then it is taken only when nothing else reads it. Two messages that frame are taken; one
+    that frames is taken when it ends where the file does, or runs past a full window, unless
+    the bytes also frame as a varint-delimited stream (zero bytes, then varint lengths)."""
+    messages, exact = fixed32_messages(window)
+    if not messages:
+        return False
+    if window[0] != 0:
+        return (len(window) >= SNIFF_BYTES and window.lstrip(_WS)[:1] not in (b"{", b"[")
+                and not _plausible_protobuf(window) and not _frames_as_delimited(window))
+    return messages >= 2 or ((exact or len(window) >= SNIFF_BYTES) and not _frames_as_delimited(window))
+
+
+def _varint_records(stream: io.BufferedReader, window: bytes, max_record_bytes: int) -> Iterator[Record]:
+    """ResourceSpans frames of one TracesData message, or of a varint-delimited stream of them.
 
     A TracesData message is a run of (tag 0x0A, length, ResourceSpans) frames; a delimited stream
     starts with a length instead. A first byte 0x0A is both the tag and a length of 10: the file
@@ -642,7 +698,6 @@ def iter_proto_records(stream: io.BufferedReader, max_record_bytes: int = MAX_RE
     zero bytes where a length prefix belongs is skipped in bulk, and (two or more) quarantined
     as one record: no OTLP data.
     """
-    window = stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]
     if window[:1] == b"\x0a" and not (_contradicts_message(window) and _frames_as_delimited(window)):
         yield from _resource_frames(stream, 0, None, max_record_bytes)
         return
@@ -685,6 +740,146 @@ def iter_proto_records(stream: io.BufferedReader, max_record_bytes: int = MAX_RE
             return
         yield from _resource_frames(io.BytesIO(message), offset + used, length, max_record_bytes)
         offset += used + length
+
+
+def iter_collector_records(stream: io.BufferedReader, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[Record]:
+    """The Collector file exporter's length-prefixed messages (framing.py): each message's
+    ResourceSpans frames, a JSON message (format json, compressed) as one json record.
+
+    Positions are offsets in the (decompressed) file: of a frame in an uncompressed message; of
+    its message's length prefix for everything read out of a compressed message. A message cut
+    short by the end of the file (a crash, a file still being written) is quarantined with its
+    offset; the messages before it are kept. A corrupt compressed message costs only itself; a
+    length over framing.MAX_MESSAGE cannot be resynchronised past, so the rest of the file is
+    quarantined from there. A run of zero bytes where a length belongs (empty messages are four)
+    is skipped in bulk, and quarantined as one record when longer than one empty message.
+    """
+    offset, lead = 0, 0  # lead: zero bytes already read that begin the next length prefix
+    while True:
+        got = stream.read(PREFIX_BYTES - lead)
+        if not got and not lead:
+            return
+        header, lead = bytes(lead) + got, 0
+        if len(header) < PREFIX_BYTES:
+            yield Record("bad", Position(None, offset), header,
+                         f"length prefix truncated: {len(header)} of {PREFIX_BYTES} bytes (the file ends inside it)",
+                         size=len(header))
+            return
+        n = int.from_bytes(header, "big")
+        if n == 0:
+            run = PREFIX_BYTES + _skip_zeros(stream)
+            lead = run % PREFIX_BYTES if stream.peek(1) else 0  # the zeros the next prefix starts with
+            if run - lead > PREFIX_BYTES:
+                yield Record("bad", Position(None, offset), bytes(min(run - lead, RAW_LIMIT)),
+                             f"{NOT_OTLP}: {run - lead:,} zero bytes (no data: padding or a crash artifact?)",
+                             size=run - lead)
+            offset += run - lead
+            continue
+        if n > MAX_FRAME:
+            yield _bad_rest(stream, offset, f"length prefix {n:,} is too large")
+            return
+        if not (yield from _collector_message(stream, offset, n, max_record_bytes)):
+            return
+        offset += PREFIX_BYTES + n
+
+
+def _collector_message(stream: io.BufferedReader, offset: int, n: int, limit: int) -> Generator[Record, None, bool]:
+    """The records of the message of `n` bytes after the length prefix at `offset`; whether the
+    file held all of it. One over `limit` is read in place, frame by frame."""
+    if n <= limit:
+        payload = stream.read(n)
+        if len(payload) < n:
+            yield Record("bad", Position(None, offset), payload[:RAW_LIMIT],
+                         f"message truncated: {len(payload):,} of {n:,} bytes (the file ends inside it)",
+                         size=PREFIX_BYTES + len(payload))
+            return False
+        if not is_compressed(payload):
+            yield from _message_records(payload, offset, limit)
+            return True
+        try:
+            content = decompress_message(payload, limit)
+        except zstandard.ZstdError as exc:
+            yield Record("bad", Position(None, offset), payload[:RAW_LIMIT],
+                         f"zstd-compressed message of {n:,} bytes undecodable: {exc}", size=n)
+            return True
+        if content is not None:
+            yield from (_at(r, offset) for r in _message_records(content, None, limit))
+            return True
+        yield from _compressed_in_place(io.BufferedReader(io.BytesIO(payload)), offset, n, limit)
+        return True
+    inner = _Bounded(stream, n)
+    body = io.BufferedReader(inner, buffer_size=READ_BYTES)
+    last: Record | None = None
+    if is_compressed(body.peek(len(ZSTD_MAGIC))[: len(ZSTD_MAGIC)]):
+        for last in _compressed_in_place(body, offset, n, limit):
+            yield last
+    elif body.peek(1)[:1] == b"{":
+        yield (last := _over_limit(body.peek(RAW_LIMIT)[:RAW_LIMIT], offset, n, limit, "JSON message"))
+    else:
+        for last in _resource_frames(body, offset + PREFIX_BYTES, n, limit):
+            yield last
+    _skip(body, n)
+    if inner.left:  # the file ended inside the message
+        if last is None or last.kind != "bad":
+            yield Record("bad", Position(None, offset), b"",
+                         f"message truncated: {n - inner.left:,} of {n:,} bytes (the file ends inside it)",
+                         size=PREFIX_BYTES + n - inner.left)
+        return False
+    return True
+
+
+def _message_records(content: bytes, offset: int | None, limit: int) -> Iterator[Record]:
+    """A whole (decompressed) message: one JSON record, or its ResourceSpans frames (positioned
+    from the message's prefix at `offset`; None: positioned by the caller)."""
+    if content[:1] == b"{":
+        yield Record("json", Position(None, offset), content)
+        return
+    yield from _resource_frames(io.BytesIO(content), (offset or 0) + PREFIX_BYTES, len(content), limit)
+
+
+def _compressed_in_place(body: io.BufferedReader[Any], offset: int, n: int, limit: int) -> Iterator[Record]:
+    """A compressed message whose content is over `limit`, decompressed as a stream: its
+    ResourceSpans frames one by one (each within the limit, as always), a JSON one quarantined
+    unread."""
+    content = compressed_stream(body)
+    try:
+        if content.peek(1)[:1] == b"{":
+            yield _over_limit(content.peek(RAW_LIMIT)[:RAW_LIMIT], offset, None, limit, "compressed JSON message")
+            return
+        for rec in _resource_frames(content, 0, None, limit):
+            yield _at(rec, offset)
+    except zstandard.ZstdError as exc:
+        yield Record("bad", Position(None, offset), b"", f"zstd-compressed message of {n:,} bytes undecodable: {exc}",
+                     size=n)
+
+
+def _over_limit(head: bytes, offset: int, n: int | None, limit: int, what: str) -> Record:
+    size = f" of {n:,} bytes" if n is not None else ""
+    return Record("bad", Position(None, offset), head,
+                  f"{what}{size} is over the {limit:,}-byte record limit (not decoded)", size=n)
+
+
+def _at(rec: Record, offset: int) -> Record:
+    """`rec` positioned at `offset` (a compressed message's: offsets inside it are not the file's)."""
+    return replace(rec, pos=Position(None, offset))
+
+
+def _not_otlp_unless_framed(records: Iterator[Record]) -> Iterator[Record]:
+    """`records`, except that when not one frame (or message) of the file could be read, every
+    record says the file is not OTLP: its framing is not one this version reads. Bad records
+    before the first frame are held back (up to 64, bounded in size) until that is known."""
+    held: list[Record] = []
+    for rec in records:
+        if rec.kind == "bad" and "-byte record limit" not in rec.reason and len(held) < 64:
+            held.append(rec)
+            continue
+        yield from held
+        yield rec
+        yield from records
+        return
+    for rec in held:
+        yield rec if rec.reason.startswith(NOT_OTLP) else replace(
+            rec, reason=f"{NOT_OTLP}: no OTLP protobuf frame could be read ({rec.reason})")
 
 
 def _skip_zeros(stream: io.BufferedReader) -> int:

@@ -14,74 +14,29 @@ What goes into a plan for a window [lo, hi] on (instance, tp_rank):
 - times are put on the instance's clock: an op recorded on another host's clock (a transfer, on
   prefill's) is shifted by the skew_bounds estimate for that host pair, and the shift is written
   into the op (`clock_offset_ns`) and the plan's meta.
+
+The window and its events come from analytics.finding_window, the query the app's finding view
+reads too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 
+from kvtrace.analytics.finding_window import (
+    FindingWindowError,
+    KvEvent,
+    Window,
+    finding_window,
+    window_events,
+)
 from kvtrace.replay.plan import Holding, Op, Plan, PlanError, recorded_edges
 
 
 class ExportError(PlanError):
     """The store lacks what the export needs (no such finding, no events in the window)."""
-
-
-@dataclass(frozen=True)
-class _Row:
-    span_id: str
-    op: str
-    rid: str
-    kv_pool: str
-    pages: tuple[int, ...]
-    start_ns: int
-    end_ns: int
-    clock_host: str | None
-    emit_instance: str | None
-    layer_offsets: tuple[int, ...]
-    free_mode: str | None
-    free_reason: str | None
-    status_code: int | None
-    bootstrap_room: str | None
-
-
-_ROW_COLUMNS = """
-    span_id, op, rid, kv_pool, coalesce(page_ids, []), start_ns, end_ns, clock_host, emit_instance_id,
-    coalesce(layer_offsets_ns, []), free_mode, free_reason, status_code, bootstrap_room
-"""
-
-
-def _rows(con: duckdb.DuckDBPyConnection, instance: str, tp_rank: int, rids: set[str]) -> list[_Row]:
-    """Every KV event of `rids` on (instance, tp_rank): their whole lifetimes, allocs to frees."""
-    cur = con.execute(
-        f"""
-        SELECT {_ROW_COLUMNS}
-        FROM kv_events
-        WHERE instance_id = ? AND tp_rank = ? AND rid = ANY(?::VARCHAR[])
-        ORDER BY start_ns, span_id, rid
-        """,
-        [instance, tp_rank, sorted(rids)],
-    )
-    return [
-        _Row(r[0], r[1], r[2], r[3], tuple(sorted(r[4])), r[5], r[6], r[7], r[8], tuple(r[9]), r[10], r[11], r[12], r[13])
-        for r in cur.fetchall()
-    ]
-
-
-def _rids_near(con: duckdb.DuckDBPyConnection, instance: str, tp_rank: int, lo: int, hi: int) -> set[str]:
-    """Requests with a KV event on (instance, tp_rank) overlapping [lo, hi] (raw times: the caller
-    widens the window by the largest clock offset). A time-range filter: zone maps prune it."""
-    rows = con.execute(
-        """
-        SELECT DISTINCT rid FROM kv_events
-        WHERE instance_id = ? AND tp_rank = ? AND rid IS NOT NULL AND end_ns >= ? AND start_ns <= ?
-        """,
-        [instance, tp_rank, lo, hi],
-    ).fetchall()
-    return {str(r[0]) for r in rows}
 
 
 def _num_layers(con: duckdb.DuckDBPyConnection, instance: str, tp_rank: int) -> int:
@@ -92,28 +47,7 @@ def _num_layers(con: duckdb.DuckDBPyConnection, instance: str, tp_rank: int) -> 
     return int(row[0]) if row and row[0] else 1
 
 
-def _instance_host(con: duckdb.DuckDBPyConnection, instance: str) -> str | None:
-    row = con.execute(
-        "SELECT clock_host FROM kv_events WHERE emit_instance_id = ? AND clock_host IS NOT NULL LIMIT 1", [instance]
-    ).fetchone()
-    return None if row is None else str(row[0])
-
-
-def _offsets(con: duckdb.DuckDBPyConnection, decode_host: str | None) -> dict[str, int]:
-    """prefill host -> estimated offset (prefill clock - decode clock), where analytics measured one."""
-    if decode_host is None:
-        return {}
-    try:
-        rows = con.execute(
-            "SELECT prefill_host, offset_est_ns FROM skew_bounds WHERE decode_host = ? AND offset_est_ns IS NOT NULL",
-            [decode_host],
-        ).fetchall()
-    except duckdb.CatalogException:
-        return {}
-    return {str(h): int(o) for h, o in rows}
-
-
-def _holdings(rows: list[_Row]) -> dict[tuple[str, str], list[tuple[int, int, frozenset[int]]]]:
+def _holdings(rows: list[KvEvent]) -> dict[tuple[str, str], list[tuple[int, int, frozenset[int]]]]:
     """(rid, pool) -> [(from_ns, to_ns, pages held)]: each request's holdings over time."""
     out: dict[tuple[str, str], list[tuple[int, int, frozenset[int]]]] = {}
     held: dict[tuple[str, str], tuple[int, frozenset[int]]] = {}
@@ -133,14 +67,14 @@ def _holdings(rows: list[_Row]) -> dict[tuple[str, str], list[tuple[int, int, fr
     return out
 
 
-def _read_pages(hold: dict[tuple[str, str], list[tuple[int, int, frozenset[int]]]], r: _Row) -> tuple[int, ...]:
+def _read_pages(hold: dict[tuple[str, str], list[tuple[int, int, frozenset[int]]]], r: KvEvent) -> tuple[int, ...]:
     for since, until, pages in hold.get((r.rid, r.kv_pool), []):
         if since <= r.start_ns < until:
             return tuple(sorted(pages))
     return ()
 
 
-def _to_op(i: int, r: _Row, pages: tuple[int, ...], instance: str, tp_rank: int, shift: int, t0: int) -> Op:
+def _to_op(i: int, r: KvEvent, pages: tuple[int, ...], instance: str, tp_rank: int, shift: int, t0: int) -> Op:
     if r.op == "transfer":
         actor = f"prefill:{r.emit_instance or 'unknown'}"
     elif r.op == "load":
@@ -199,16 +133,30 @@ def build_plan(
     Reads only what the plan can contain: the requests with an event near the window (a time-range
     query) and the given ones, and of those every event (their lifetimes): a store of days costs
     what the window's requests cost, not what the instance's history does."""
-    host = _instance_host(con, instance)
-    offsets = _offsets(con, host)
-    reach = max((abs(o) for o in offsets.values()), default=0)
-    candidates = _rids_near(con, instance, tp_rank, lo - reach, hi + reach) | set(rids or ())
-    rows = _rows(con, instance, tp_rank, candidates) if candidates else []
+    window = window_events(con, instance, tp_rank, lo, hi, set(rids or ()))
+    return plan_of_window(con, window, pages=pages, kv_pool=kv_pool, rids=rids, victim=victim, meta=meta,
+                          expected=expected)
+
+
+def plan_of_window(
+    con: duckdb.DuckDBPyConnection,
+    window: Window,
+    *,
+    pages: set[int] | None = None,
+    kv_pool: str | None = None,
+    rids: set[str] | None = None,
+    victim: str | None = None,
+    meta: dict[str, Any] | None = None,
+    expected: dict[str, Any] | None = None,
+) -> Plan:
+    """The plan of a window's events (analytics.finding_window.window_events)."""
+    instance, tp_rank, lo, hi = window.instance, window.tp_rank, window.lo_ns, window.hi_ns
+    rows, host, offsets = list(window.events), window.instance_host, window.clock_offsets_ns
     if not rows:
         raise ExportError(f"no KV events on {instance} rank {tp_rank} between {lo} and {hi} ns")
 
-    def shift(r: _Row) -> int:
-        return offsets.get(r.clock_host or "", 0) if r.clock_host and r.clock_host != host else 0
+    def shift(r: KvEvent) -> int:
+        return r.clock_offset_ns
 
     hold = _holdings(rows)
     resolved = [(r, r.pages if r.op != "read" else _read_pages(hold, r)) for r in rows]
@@ -221,7 +169,7 @@ def build_plan(
         raise ExportError(f"no KV events on {instance} rank {tp_rank} between {lo} and {hi} ns")
     victim_reads_after = [r for r, _ in resolved if r.rid == victim and r.op == "read" and r.start_ns - shift(r) > hi][:2]
     read_hi = max([hi] + [r.end_ns - shift(r) for r in victim_reads_after])
-    chosen: list[tuple[_Row, tuple[int, ...]]] = []
+    chosen: list[tuple[KvEvent, tuple[int, ...]]] = []
     for r, p in resolved:
         if r.rid not in involved:
             continue
@@ -290,53 +238,32 @@ def _initial(ops: list[Op]) -> list[Holding]:
 
 
 def export_finding(con: duckdb.DuckDBPyConnection, finding_id: str, db: str = "") -> Plan:
+    """The plan of a finding's window (analytics.finding_window: the query the app's finding view reads)."""
     try:
-        row = con.execute(
-            """
-            SELECT finding_id, kind, instance, tp_rank, kv_pool, pages, layers, culprit_rid, victim_rid,
-                   window_start_ns, window_end_ns, confidence
-            FROM findings WHERE finding_id = ?
-            """,
-            [finding_id],
-        ).fetchone()
-    except duckdb.CatalogException as exc:
-        raise ExportError(f"{db or 'store'}: no findings table: run `kvtrace analyze` first") from exc
-    if row is None:
-        raise ExportError(f"{db or 'store'}: no finding {finding_id!r}")
-    fid, kind, instance, rank, pool, pages, layers, culprit, victim, ws, we, conf = row
-    pages = list(pages or [])
-    # The culprit's access that was in flight: the window opens at its start, not at the reuse.
-    starts = con.execute(
-        """
-        SELECT min(start_ns) FROM kv_events
-        WHERE instance_id = ? AND tp_rank = ? AND kv_pool = ? AND rid = ? AND op IN ('transfer', 'load')
-          AND end_ns >= ? - 60000000000
-        """,
-        [instance, rank, pool, culprit, ws],
-    ).fetchone()
-    lo = min(ws, starts[0]) if starts and starts[0] is not None else ws
-    pad = max((we - ws) // 10, 1_000_000)
+        fw = finding_window(con, finding_id)
+    except FindingWindowError as exc:
+        raise ExportError(f"{db or 'store'}: {exc}") from exc
+    f, w = fw.finding, fw.window
+    pages = [int(p) for p in f["pages"] or []]
     expected = {
-        "finding_id": fid,
-        "kind": kind,
-        "kv_pool": pool,
+        "finding_id": f["finding_id"],
+        "kind": f["kind"],
+        "kv_pool": f["kv_pool"],
         "pages": pages,
-        "layers": list(layers or []),
-        "culprit_rid": culprit,
-        "victim_rid": victim,
-        "confidence": conf,
+        "layers": [int(x) for x in f["layers"] or []],
+        "culprit_rid": f["culprit_rid"],
+        "victim_rid": f["victim_rid"],
+        "confidence": f["confidence"],
     }
-    return build_plan(
+    return plan_of_window(
         con,
-        instance,
-        int(rank),
-        lo - pad,
-        we + pad,
+        w,
         pages=set(pages),
-        kv_pool=pool,
-        rids={r for r in (culprit, victim) if r},
-        victim=victim,
-        meta={"source": "finding", "finding_id": fid, "db": db, "kind": kind, "confidence": conf},
+        kv_pool=f["kv_pool"],
+        rids={r for r in (f["culprit_rid"], f["victim_rid"]) if r},
+        victim=f["victim_rid"],
+        meta={"source": "finding", "finding_id": f["finding_id"], "db": db, "kind": f["kind"],
+              "confidence": f["confidence"]},
         expected=expected,
     )
 

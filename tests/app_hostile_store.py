@@ -11,8 +11,6 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import pytest
-
 from kvtrace.simulator.config import scenario_knobs
 from kvtrace.simulator.otlp_sdk import SdkSink
 from kvtrace.simulator.records import AttrValue, CountingSink, InstanceInfo, SpanRecord
@@ -78,9 +76,8 @@ def write_hostile_traces(out: Path) -> None:
     run_pr35049(knobs, 0, _RenamingSink(out, names, {decode.instance_id: shown}))
 
 
-@pytest.fixture(scope="session")
-def hostile_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("app_hostile")
+def build_hostile_store(root: Path) -> Path:
+    """The hostile traces written under `root`, then `kvtrace ingest` and `kvtrace analyze` run."""
     write_hostile_traces(root / "traces")
     db = root / "kvtrace.duckdb"
     for argv in (["ingest", str(root / "traces"), "--db", str(db)], ["analyze", "--db", str(db)]):

@@ -1,4 +1,5 @@
-"""Session stores for the app's tests, built by the real pipeline: sample traces -> ingest -> analyze."""
+"""Stores built from the sample traces by the real pipeline (ingest, analyze): plain builders that
+tests/conftest.py's session fixtures call once per run. Not a test module."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import orjson
-import pytest
 
 from kvtrace.analytics.materialise import analyze
 from kvtrace.ingest import ingest_paths, open_store
@@ -34,31 +34,17 @@ def count_spans(files: list[Path]) -> int:
     return total
 
 
-@pytest.fixture(scope="session")
-def mixed_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """sample_traces/mixed ingested and analysed: three versions, both bug kinds."""
-    root = tmp_path_factory.mktemp("app_mixed")
-    files = _copy_traces(MIXED, root / "traces")
+def ingest_sample(src: Path, root: Path) -> Path:
+    """The sample traces in `src` copied under `root` and ingested (as `kvtrace ingest` does)."""
     db = root / "kvtrace.duckdb"
-    ingest_paths(files, db, progress=False)
-    _analyze(db)
+    ingest_paths(_copy_traces(src, root / "traces"), db, progress=False)
     return db
 
 
-def _analyze(db: Path) -> None:
+def analyse(db: Path) -> None:
     """`kvtrace analyze`'s library call: analytics.materialise.analyze on the store."""
     con = open_store(db)
     try:
         analyze(con)
     finally:
         con.close()
-
-
-@pytest.fixture(scope="session")
-def ingested_only_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """sample_traces/pr35049 ingested but never analysed: pages must say `run kvtrace analyze`."""
-    root = tmp_path_factory.mktemp("app_pr35049")
-    files = _copy_traces(PR35049, root / "traces")
-    db = root / "kvtrace.duckdb"
-    ingest_paths(files, db, progress=False)
-    return db

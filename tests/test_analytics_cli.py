@@ -15,12 +15,10 @@ from kvtrace.app.escape import md
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = tmp_path_factory.mktemp("cli") / "store.duckdb"
-    result = CliRunner().invoke(main, ["ingest", str(ROOT / "sample_traces" / "mixed"), "--db", str(db)])
-    assert result.exit_code == 0, result.output
-    return db
+@pytest.fixture()
+def store(mixed_ingested: Path) -> Path:
+    """sample_traces/mixed ingested (conftest's session store; these commands only read it)."""
+    return mixed_ingested
 
 
 def test_analyses_lists_every_sql_file() -> None:
@@ -43,7 +41,7 @@ def test_query_prints_csv_and_refuses_writes(store: Path) -> None:
 def test_missing_store_is_one_clear_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["findings", "--db", str(tmp_path / "nope.duckdb")])
     assert result.exit_code == 1
-    assert "no such store" in result.output and "Traceback" not in result.output
+    assert "does not exist: run `kvtrace ingest PATH --db" in result.output and "Traceback" not in result.output
 
 
 def test_findings_in_every_format(store: Path, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ingest_otlp_builders import json_lines, pd_request_spans
-from test_ingest_normalise import query, snapshot
+from ingest_support import query, snapshot
 
 from kvtrace.ingest import ingest_paths, open_store
 

@@ -14,7 +14,7 @@ import pytest
 import zstandard
 from click.testing import CliRunner
 from ingest_otlp_builders import delimited_protobuf, json_lines, pd_request_spans, to_otlp_json, to_request
-from test_ingest_normalise import query, snapshot
+from ingest_support import query, snapshot
 
 from kvtrace.app.cli import main
 from kvtrace.ingest import PayloadError, ingest_paths, ingest_payload, open_store
@@ -71,7 +71,7 @@ def test_hand_written_quirks_file(tmp_path: Path) -> None:
         ("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174", "eee19b7ec3c1b173", "I'm a server span", 2,
          1544712660000000000, 1544712661000000000, 2, "boom", "my.library", "1.0.0", "my.service", "host-a",
          '{"my.span.attr":"some value","an.int":42,"an.int.as.string":-7,"a.double":0.25,"a.bool":true,'
-         '"some.bytes":"AQID","an.array":[1,"two",[false]],"a.kvlist":{"inner":1.5,"deep":{"x":"y"}},'
+         '"some.bytes":{"bytesValue":"AQID"},"an.array":[1,"two",[false]],"a.kvlist":{"inner":1.5,"deep":{"x":"y"}},'
          '"an.empty":null}'),
     ]
     assert query(db, "SELECT name, time_ns, attributes::VARCHAR FROM span_events") == [

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ingest_otlp_builders import delimited_protobuf, json_lines, pd_request_spans
-from test_ingest_normalise import query
+from ingest_support import query
 
 from kvtrace.ingest import ingest_paths
 

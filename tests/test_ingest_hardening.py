@@ -18,7 +18,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 from ingest_otlp_builders import delimited_protobuf, json_lines, pd_request_spans, to_request
-from test_ingest_normalise import query, snapshot
+from ingest_support import query, snapshot
 
 from kvtrace.app.commands.ingest import ingest_command, quarantine_command
 from kvtrace.ingest import ingest_paths, ingest_payload, open_store

@@ -5,6 +5,7 @@ crashes it."""
 
 from __future__ import annotations
 
+import base64
 import math
 import tempfile
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ingest_otlp_builders import json_lines, pd_request_spans
-from test_ingest_columnar import TRACE, kv, line, span, validating
+from ingest_support import TRACE, kv, line, span, validating
 
 from kvtrace.ingest import jsonfast
 
@@ -83,7 +84,7 @@ def test_every_value_shape() -> None:
         kv("empty.array", {"arrayValue": {"values": []}}),
         kv("no.values", {"arrayValue": {}}),
         kv("empty", {}),
-        kv("bytes", {"bytesValue": "AQID/+=="}),
+        kv("bytes", {"bytesValue": "AQID/w=="}),
         kv("kv", {"kvlistValue": {"values": [kv("x", {"kvlistValue": {"values": [kv("y", {"doubleValue": 1.5})]}}),
                                              kv("b", {"bytesValue": "YWI="}), {"key": "novalue"}]}}),
         kv("empty.kvlist", {"kvlistValue": {}}),
@@ -107,7 +108,7 @@ def test_every_value_shape() -> None:
              flags=256, traceState="a=b", droppedAttributesCount=0, droppedEventsCount=1, droppedLinksCount=2,
              kind=-5, startTimeUnixNano="0009223372036854775807"),
         span("aae19b7ec3c1b17a", [kv("rid", {})], status={"code": 2}, kind=127, unknownMember={"a": [1.5e300, -2]}),
-        span("aae19b7ec3c1b17b", [kv("rid", {"bytesValue": "cmlk"})], status={}),
+        span("aae19b7ec3c1b17b", [kv("rid", {"stringValue": "cmlk"})], status={}),
     ]
     resource = [kv("service.name", {"stringValue": "svc"}), kv("host.name", {"stringValue": "h"}),
                 kv("service.version", {"intValue": "3"}), kv("z", {"arrayValue": {"values": [{"intValue": "1"}]}})]
@@ -181,7 +182,6 @@ GOOD = line(span("aae19b7ec3c1b175", [kv("k", {"doubleValue": 1.5})]))
         pytest.param(line(span("aae19b7ec3c1b17g", [])), id="non-hex-span-id"),
         pytest.param(_bad(parentSpanId="00000000000000000"), id="bad-parent"),
         pytest.param(line({"spanId": "aae19b7ec3c1b175"}), id="no-trace-id"),
-        pytest.param(_bad(kind=300), id="kind-out-of-range"),
         pytest.param(_bad(kind=1.0), id="kind-float"),
         pytest.param(_bad(kind="SPAN_KIND_BOGUS"), id="kind-bad-name"),
         pytest.param(_bad(status={"code": "STATUS_CODE_OK", "message": 3}), id="status-message-number"),
@@ -189,7 +189,6 @@ GOOD = line(span("aae19b7ec3c1b175", [kv("k", {"doubleValue": 1.5})]))
         pytest.param(_bad(name=3), id="name-number"),
         pytest.param(_bad(events=[{"name": 1}]), id="event-name-number"),
         pytest.param(_bad(events={}), id="events-object"),
-        pytest.param(_bad(links=[{"traceId": TRACE}]), id="link-without-span-id"),
         pytest.param(GOOD.replace(b"\n", b" {}\n"), id="two-objects-a-line"),
         pytest.param(b"[]\n", id="top-level-array"),
         pytest.param(b'{"other":1}\n', id="no-resource-spans"),
@@ -228,7 +227,7 @@ def test_declines(chunk: bytes) -> None:
 
 SCALAR = st.one_of(
     st.text(max_size=12).map(lambda s: {"stringValue": s}),
-    st.text(max_size=8).map(lambda s: {"bytesValue": s}),
+    st.binary(max_size=8).map(lambda b: {"bytesValue": base64.b64encode(b).decode()}),
     st.integers(-(2**63), 2**63 - 1).map(lambda i: {"intValue": str(i)}),
     st.floats(allow_nan=False, allow_infinity=False).map(lambda d: {"doubleValue": d}),
     st.integers(-(10**18), 10**18).map(lambda i: {"doubleValue": i}),

@@ -9,52 +9,14 @@ slices before their request roots), and every table must come out identical.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from ingest_otlp_builders import MS, T0, json_lines, pd_request_spans
+from ingest_support import query, snapshot
 
 from kvtrace.ingest import ingest_paths, open_store
 
-NORMALISED = ("requests", "spec_steps", "kv_events", "aborts", "request_stages", "feedback")
-RAW = ("spans", "span_events", "span_links", "resources")
 RID = "a1b2c3d4e5f60718"
-
-
-def snapshot(db: Path, tables: tuple[str, ...] = NORMALISED + RAW) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of `tables` (file_id left out: it depends on the order files came in), sorted."""
-    con = open_store(db, read_only=True)
-    try:
-        out = {}
-        for table in tables:
-            cols = [c for (c,) in con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
-                [table]).fetchall() if c != "file_id"]
-            out[table] = sorted(con.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall(), key=repr)
-    finally:
-        con.close()
-    return out
-
-
-def assert_fast_and_validating_paths_agree(paths: list[Path], tmp_path: Path, new: int, quarantined: int) -> None:
-    """Ingest `paths` with the fast decoders and with the validating decoder only (batches of 3
-    spans): both store `new` spans and quarantine `quarantined` records, and every table, the
-    quarantine included, comes out identical."""
-    stores = {}
-    for fast in (True, False):
-        db = tmp_path / f"{fast}.duckdb"
-        summary = ingest_paths(paths, db, progress=False, batch_spans=3, columnar=fast)
-        assert (summary.spans_new, summary.quarantined) == (new, quarantined)
-        stores[fast] = snapshot(db), query(db, "SELECT line, byte_offset, span_id, reason, raw, raw_bytes FROM quarantine")
-    assert stores[True] == stores[False]
-
-
-def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    con = open_store(db, read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.fixture(scope="module")

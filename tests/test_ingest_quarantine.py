@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 from click.testing import CliRunner
 from ingest_otlp_builders import delimited_protobuf, json_lines, pd_request_spans, to_otlp_json, to_request
-from test_ingest_normalise import query
+from ingest_support import query
 
 from kvtrace.app.cli import main
 from kvtrace.ingest import ingest_paths

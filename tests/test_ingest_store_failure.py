@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from ingest_otlp_builders import json_lines, pd_request_spans
-from test_ingest_normalise import query
+from ingest_support import query
 
 from kvtrace.ingest import IngestError, ingest_paths, open_store
 from kvtrace.ingest.pipeline import ingest_files

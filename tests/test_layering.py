@@ -56,3 +56,26 @@ def test_sglang_plugin_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"kvtrace.sglang_plugin imports {out.stdout.strip()}"
+
+
+def test_no_test_module_imports_another() -> None:
+    """Tests share code through tests/conftest.py (fixtures) and the support modules beside it
+    (plain helpers: ingest_support, receiver_support, ...), never by importing a test module:
+    a test module that is a hidden library breaks when its tests move or are renamed."""
+    import ast
+
+    tests = ROOT / "tests"
+    offenders = []
+    for path in sorted(tests.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                last = name.split(".")[-1]
+                if last.startswith("test_") or name.startswith("tests."):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {name}")
+    assert not offenders, "test modules imported as libraries (move the helper to a support module):\n" + "\n".join(offenders)

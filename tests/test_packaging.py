@@ -54,7 +54,7 @@ def test_wheel_installs_only_the_kvtrace_namespace(wheel: Path) -> None:
         names = set(zf.namelist())
     # the SQL files, the schema and the streamlit pages travel with the code
     for needed in ("kvtrace/ingest/schema.sql", "kvtrace/analytics/sql/findings.sql",
-                   "kvtrace/app/streamlit_app.py", "kvtrace/app/pages/overview.py", "kvtrace/replay/run.py"):
+                   "kvtrace/app/streamlit_app.py", "kvtrace/app/views/overview.py", "kvtrace/replay/run.py"):
         assert needed in names, needed
 
 

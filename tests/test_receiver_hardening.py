@@ -26,8 +26,17 @@ import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
-from test_receiver_refusals import EXPORT, PROTO, TOKEN, Servers, _request, _servers
-from test_receiver_store import keys, make_spans, stored
+from receiver_support import (
+    EXPORT,
+    PROTO,
+    TOKEN,
+    Servers,
+    export_request,
+    keys,
+    make_spans,
+    run_servers,
+    stored,
+)
 
 from kvtrace.app.cli import main
 from kvtrace.ingest.receiver.front import Limits
@@ -80,13 +89,13 @@ def _wait_for_slots(servers: Servers, done: Callable[[dict[str, int]], bool]) ->
 
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[Servers]:
-    yield from _servers(tmp_path, Limits(max_request_bytes=64 << 10, max_decompressed_bytes=256 << 10))
+    yield from run_servers(tmp_path, Limits(max_request_bytes=64 << 10, max_decompressed_bytes=256 << 10))
 
 
 @pytest.fixture
 def quick(tmp_path: Path) -> Iterator[Servers]:
     """Servers with short timeouts and few slots, so that a test sees them act within a second."""
-    yield from _servers(tmp_path, Limits(max_request_bytes=1 << 20, max_inflight_bytes=1 << 20, max_connections=6,
+    yield from run_servers(tmp_path, Limits(max_request_bytes=1 << 20, max_inflight_bytes=1 << 20, max_connections=6,
                                          max_connections_per_client=6, header_timeout_s=0.5, body_timeout_s=1.0,
                                          idle_timeout_s=0.5))
 
@@ -112,7 +121,7 @@ def test_a_one_byte_or_trickling_request_head_gets_408_at_the_header_timeout(qui
 
 
 def test_a_keep_alive_connection_is_closed_after_the_idle_timeout(quick: Servers) -> None:
-    body = _request(2).SerializeToString()
+    body = export_request(2).SerializeToString()
     s = _connect(quick.http_port)
     s.sendall(f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
               f"Content-Type: application/x-protobuf\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
@@ -127,7 +136,7 @@ def test_stalled_chunked_requests_hold_no_memory_and_get_408_at_the_body_timeout
     (1 MiB here, the whole memory budget), so every other client got 503 / UNAVAILABLE."""
     stalled = [_connect(quick.http_port, send=STALLED_HEAD) for _ in range(3)]
     time.sleep(0.2)
-    body = _request(3).SerializeToString()
+    body = export_request(3).SerializeToString()
     assert quick.post(body, PROTO)[0] == 200
     quick.grpc_export(body)
     t0 = time.monotonic()
@@ -147,7 +156,7 @@ def test_connections_that_send_nothing_cannot_keep_out_a_client_with_the_token(q
     closing the oldest of them; only busy (authenticated, mid-request) connections keep their slot."""
     silent = [_connect(quick.http_port, send=b"P" if i % 2 else b"") for i in range(6)]
     time.sleep(0.1)
-    body = _request(2).SerializeToString()
+    body = export_request(2).SerializeToString()
     assert quick.post(body, PROTO)[0] == 200
     conn = http.client.HTTPConnection("127.0.0.1", quick.http_port, timeout=5)
     conn.request("GET", "/status", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -174,10 +183,10 @@ def test_one_client_address_holds_at_most_its_cap(tmp_path: Path) -> None:
     """The per-client cap counts connections by source address: 127.0.0.2 fills its 2 slots with
     stalled requests and its next connection is refused, while 127.0.0.1 is served."""
     limits = Limits(max_connections=8, max_connections_per_client=2, body_timeout_s=10)
-    for servers in _servers(tmp_path, limits):
+    for servers in run_servers(tmp_path, limits):
         stalled = [_connect(servers.http_port, "127.0.0.2", STALLED_HEAD) for _ in range(2)]
         time.sleep(0.2)
-        body = _request(2).SerializeToString()
+        body = export_request(2).SerializeToString()
         third = _connect(servers.http_port, "127.0.0.2")  # answered on accept, before it sends anything
         data, closed = _answer(third)
         assert _status_line(data) == "HTTP/1.1 503 Service Unavailable" and closed
@@ -242,7 +251,7 @@ def test_a_grpc_connection_that_never_finishes_its_handshake_is_closed(quick: Se
 
 def test_grpc_checks_the_token_before_the_message_and_caps_calls_per_client(tmp_path: Path) -> None:
     limits = Limits(max_connections_per_client=2, body_timeout_s=10)
-    for servers in _servers(tmp_path, limits):
+    for servers in run_servers(tmp_path, limits):
         release = threading.Event()
         channel, calls = _stalled_grpc_calls(servers.grpc_port, 1, release, token="wrong")
         t0 = time.monotonic()
@@ -257,7 +266,7 @@ def test_grpc_checks_the_token_before_the_message_and_caps_calls_per_client(tmp_
             with grpc.insecure_channel(f"127.0.0.1:{servers.grpc_port}",
                                        options=[("grpc.use_local_subchannel_pool", 1)]) as other, \
                     pytest.raises(grpc.RpcError) as err:
-                other.unary_unary(EXPORT)(_request(2).SerializeToString(), timeout=5,
+                other.unary_unary(EXPORT)(export_request(2).SerializeToString(), timeout=5,
                                           metadata=(("authorization", f"Bearer {TOKEN}"),))
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "per-client limit" in (err.value.details() or "")
@@ -280,7 +289,7 @@ def test_a_grpc_port_in_use_is_an_error_not_a_shared_port(quick: Servers) -> Non
 
 def test_the_bearer_scheme_is_case_insensitive(servers: Servers) -> None:
     """RFC 7235 2.1: `bearer` and `BEARER` are the same scheme; the token itself is case-sensitive."""
-    body = _request(2).SerializeToString()
+    body = export_request(2).SerializeToString()
     for scheme in ("bearer", "BEARER"):
         assert servers.post(body, {"Content-Type": "application/x-protobuf",
                                    "Authorization": f"{scheme} {TOKEN}"})[0] == 200
@@ -305,7 +314,7 @@ def _chunked(body: bytes) -> bytes:
 
 
 def test_only_a_final_chunked_transfer_coding_is_read_as_chunked(servers: Servers) -> None:
-    body = _request(2).SerializeToString()
+    body = export_request(2).SerializeToString()
     for te in ("xchunked", "chunked-x", "chunked, gzip", "chunked, chunked"):
         data, closed = _raw_post(servers.http_port, f"Transfer-Encoding: {te}\r\n", _chunked(body))
         assert _status_line(data) == "HTTP/1.1 400 Bad Request" and closed, te
@@ -321,7 +330,7 @@ def test_only_a_final_chunked_transfer_coding_is_read_as_chunked(servers: Server
 
 
 def test_a_duplicate_or_non_numeric_content_length_is_400(servers: Servers) -> None:
-    body = _request(2).SerializeToString()
+    body = export_request(2).SerializeToString()
     for head in (f"Content-Length: {len(body)}\r\nContent-Length: 5\r\n",
                  f"Content-Length: {len(body)}\r\nContent-Length: {len(body)}\r\n",
                  f"Content-Length: {len(body)}, {len(body)}\r\n",

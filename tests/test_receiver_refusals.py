@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -20,83 +18,18 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.trace.v1 import trace_pb2
+from receiver_support import AUTH, PROTO, Servers, export_request, run_servers
 
-from kvtrace.ingest.receiver.front import Front, Limits
-from kvtrace.ingest.receiver.grpc_transport import start_grpc_server
-from kvtrace.ingest.receiver.http_transport import OtlpHttpServer
-from kvtrace.ingest.receiver.spool import Spool
-
-TOKEN = "s3cret"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-
-
-@dataclass
-class Servers:
-    front: Front
-    spool: Spool
-    grpc_port: int
-    http_port: int
-    http: OtlpHttpServer
-
-    def spooled(self) -> list[bytes]:
-        return [f.payload for f in self.spool.read_frames(1 << 30)]
-
-    def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
-        try:
-            conn.request("POST", "/v1/traces", body=body, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-        finally:
-            conn.close()
-
-    def grpc_export(self, body: bytes, metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {TOKEN}"),),
-                    compression: grpc.Compression = grpc.Compression.NoCompression) -> bytes:
-        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}", compression=compression) as channel:
-            call = channel.unary_unary(EXPORT)
-            return bytes(call(body, metadata=metadata, timeout=10))
-
-
-def _servers(tmp_path: Path, limits: Limits) -> Iterator[Servers]:
-    spool = Spool(tmp_path / "spool", max_bytes=limits.max_spool_bytes)
-    front = Front(spool, limits, TOKEN)
-    grpc_server, grpc_port = start_grpc_server(front, "127.0.0.1", 0, workers=2)
-    http_server = OtlpHttpServer(("127.0.0.1", 0), front, lambda: {})
-    thread = threading.Thread(target=http_server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield Servers(front, spool, grpc_port, http_server.server_address[1], http_server)
-    finally:
-        http_server.shutdown()
-        http_server.server_close()
-        grpc_server.stop(0).wait()
-        spool.close()
+from kvtrace.ingest.receiver.front import Limits
 
 
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[Servers]:
-    yield from _servers(tmp_path, Limits(max_request_bytes=64 << 10, max_decompressed_bytes=256 << 10))
-
-
-def _request(n: int, *, bad_ids: int = 0) -> ExportTraceServiceRequest:
-    spans = [
-        trace_pb2.Span(trace_id=bytes(range(1, 17)), span_id=(i + 1).to_bytes(8, "big"), name=f"s{i}")
-        for i in range(n)
-    ]
-    spans += [trace_pb2.Span(trace_id=bytes(16), span_id=(900 + i).to_bytes(8, "big"), name=f"zero{i}")
-              for i in range(bad_ids)]
-    return ExportTraceServiceRequest(
-        resource_spans=[trace_pb2.ResourceSpans(scope_spans=[trace_pb2.ScopeSpans(spans=spans)])]
-    )
-
-
-PROTO = {"Content-Type": "application/x-protobuf", **AUTH}
+    yield from run_servers(tmp_path, Limits(max_request_bytes=64 << 10, max_decompressed_bytes=256 << 10))
 
 
 def test_http_without_or_with_a_wrong_token_is_401(servers: Servers) -> None:
-    body = _request(3).SerializeToString()
+    body = export_request(3).SerializeToString()
     for headers in ({"Content-Type": "application/x-protobuf"},
                     {"Content-Type": "application/x-protobuf", "Authorization": "Bearer nope"}):
         status, resp_headers, _ = servers.post(body, headers)
@@ -106,7 +39,7 @@ def test_http_without_or_with_a_wrong_token_is_401(servers: Servers) -> None:
 
 def test_grpc_without_the_token_is_unauthenticated(servers: Servers) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        servers.grpc_export(_request(3).SerializeToString(), metadata=())
+        servers.grpc_export(export_request(3).SerializeToString(), metadata=())
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert servers.spooled() == []
 
@@ -144,14 +77,14 @@ def test_over_size_and_gzip_bombs_are_413(servers: Servers) -> None:
 
 
 def test_unknown_media_type_or_encoding_is_415(servers: Servers) -> None:
-    body = _request(1).SerializeToString()
+    body = export_request(1).SerializeToString()
     assert servers.post(body, {"Content-Type": "text/plain", **AUTH})[0] == 415
     assert servers.post(body, {**PROTO, "Content-Encoding": "br"})[0] == 415
     assert servers.spooled() == []
 
 
 def test_invalid_span_ids_get_a_partial_success_and_are_not_spooled(servers: Servers) -> None:
-    status, headers, body = servers.post(_request(3, bad_ids=2).SerializeToString(), PROTO)
+    status, headers, body = servers.post(export_request(3, bad_ids=2).SerializeToString(), PROTO)
     assert (status, headers["content-type"]) == (200, "application/x-protobuf")
     response = ExportTraceServiceResponse.FromString(body)
     assert response.partial_success.rejected_spans == 2
@@ -159,7 +92,7 @@ def test_invalid_span_ids_get_a_partial_success_and_are_not_spooled(servers: Ser
         "2 span(s) rejected: resource_spans[0].scope_spans[0].spans[3] 'zero0': trace id is all zeros"
     )
     grpc_response = ExportTraceServiceResponse.FromString(
-        servers.grpc_export(_request(3, bad_ids=1).SerializeToString())
+        servers.grpc_export(export_request(3, bad_ids=1).SerializeToString())
     )
     assert grpc_response.partial_success.rejected_spans == 1
     spooled = [ExportTraceServiceRequest.FromString(p) for p in servers.spooled()]
@@ -183,8 +116,8 @@ def test_json_partial_success_is_answered_in_json(servers: Servers) -> None:
 
 
 def test_a_full_spool_answers_429_and_resource_exhausted_with_a_retry_delay(tmp_path: Path) -> None:
-    for servers in _servers(tmp_path, Limits(max_spool_bytes=1000, retry_after_s=3)):
-        body = _request(20).SerializeToString()
+    for servers in run_servers(tmp_path, Limits(max_spool_bytes=1000, retry_after_s=3)):
+        body = export_request(20).SerializeToString()
         assert servers.post(body, PROTO)[0] == 200  # fills most of the spool
         status, headers, _ = servers.post(body, PROTO)
         assert (status, headers["retry-after"]) == (429, "3")
@@ -200,8 +133,8 @@ def test_a_full_spool_answers_429_and_resource_exhausted_with_a_retry_delay(tmp_
 
 
 def test_the_memory_budget_answers_503_and_unavailable(tmp_path: Path) -> None:
-    for servers in _servers(tmp_path, Limits(max_inflight_bytes=100, retry_after_s=2)):
-        body = _request(20).SerializeToString()
+    for servers in run_servers(tmp_path, Limits(max_inflight_bytes=100, retry_after_s=2)):
+        body = export_request(20).SerializeToString()
         status, headers, _ = servers.post(body, PROTO)
         assert (status, headers["retry-after"]) == (503, "2")
         with pytest.raises(grpc.RpcError) as err:
@@ -223,7 +156,7 @@ def _post_chunked(port: int, chunks: list[bytes], headers: dict[str, str]) -> tu
 def test_a_chunked_body_is_read_and_one_over_the_limit_is_413(servers: Servers) -> None:
     """Transfer-Encoding: chunked (no Content-Length), as proxies and some clients send: read and
     spooled like any request; past the request-size limit, 413 and nothing spooled."""
-    body = _request(3).SerializeToString()
+    body = export_request(3).SerializeToString()
     status, reply = _post_chunked(servers.http_port, [body[:7], body[7:20], body[20:]],
                                   {**PROTO, "Transfer-Encoding": "chunked"})
     assert status == 200

@@ -9,14 +9,12 @@ from __future__ import annotations
 import gzip
 import http.client
 import os
-import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -24,49 +22,10 @@ import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from receiver_support import Key, keys, make_spans, start_serve, stored
 
-from kvtrace.ingest import open_store
 from kvtrace.ingest.receiver import Receiver, ReceiverConfig
-
-Key = tuple[str, str, str]  # (trace_id, span_id, name)
-
-
-def make_spans(n: int, prefix: str) -> list[ReadableSpan]:
-    """Real SDK spans: a `decode Req` root per request with a `kv.alloc` child."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "sglang-decode",
-                                                        "service.instance.id": "decode-0"}))
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("kvtrace-test")
-    for i in range(n // 2):
-        rid = f"{prefix}{i:06d}"
-        with (
-            tracer.start_as_current_span(f"decode Req {rid[:8]}", attributes={"rid": rid}),
-            tracer.start_as_current_span("kv.alloc", attributes={"rid": rid, "tp_rank": 0, "kv.pool": "kv",
-                                                                 "kv.page_ids": [i, i + 1]}),
-        ):
-            pass
-    provider.shutdown()
-    return list(memory.get_finished_spans())
-
-
-def keys(spans: Sequence[ReadableSpan]) -> set[Key]:
-    return {(f"{s.context.trace_id:032x}", f"{s.context.span_id:016x}", s.name) for s in spans}
-
-
-def stored(db: Path) -> tuple[set[Key], int]:
-    if not db.exists():
-        return set(), 0
-    con = open_store(db, read_only=True)
-    try:
-        rows = con.execute("SELECT trace_id, span_id, name FROM spans").fetchall()
-    finally:
-        con.close()
-    return {(r[0], r[1], r[2]) for r in rows}, len(rows)
 
 
 @pytest.fixture
@@ -152,30 +111,10 @@ def test_refused_requests_leave_the_store_untouched_and_readers_get_in(tmp_path:
 # -------------------------------------------------------------------------- kill -9 under load
 
 
-def _start_serve(db: Path, extra: Sequence[str] = ()) -> tuple[subprocess.Popen[bytes], int, int]:
-    """Start a real `kvtrace serve` on free ports; its stderr goes to `serve.log` beside the store."""
-    log_path = db.parent / "serve.log"
-    started_before = log_path.read_text().count("listening on") if log_path.exists() else 0
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from app.cli import main; main()", "serve", "--db", str(db),
-             "--grpc-port", "0", "--http-port", "0", "--store-release", "0.05", "--status-interval", "0", *extra],
-            stderr=log, cwd=Path(__file__).resolve().parents[1],
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        ports = re.findall(r"OTLP/gRPC [\d.]+:(\d+), OTLP/HTTP http://[\d.]+:(\d+)/", log_path.read_text())
-        if len(ports) > started_before:
-            return proc, int(ports[-1][0]), int(ports[-1][1])
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"kvtrace serve did not start:\n{log_path.read_text()}")
-
-
 @pytest.mark.slow
 def test_sigkill_under_load_then_restart_keeps_exactly_the_acknowledged_spans(tmp_path: Path) -> None:
     db = tmp_path / "kv.duckdb"
-    proc, grpc_port, http_port = _start_serve(db)
+    proc, grpc_port, http_port = start_serve(db)
     batches = [make_spans(200, f"b{i:03d}") for i in range(60)]
     acked: list[int] = []
     failed: list[int] = []  # in flight when the receiver died: the exporter saw an error
@@ -218,7 +157,7 @@ def test_sigkill_under_load_then_restart_keeps_exactly_the_acknowledged_spans(tm
     assert 12 <= len(acked) < 60, "the kill must land in the middle of the load"
     unsent = sorted(set(range(60)) - set(acked) - set(failed))
 
-    proc, grpc_port, http_port = _start_serve(db)  # the spool is replayed into the store
+    proc, grpc_port, http_port = start_serve(db)  # the spool is replayed into the store
     try:
         got, rows = _wait_for_store(proc, db, {k for i in acked for k in keys(batches[i])})
         acked_keys = {k for i in acked for k in keys(batches[i])}

@@ -32,18 +32,16 @@ def _kv(*args: str) -> Result:
 
 
 @pytest.fixture(scope="module")
-def mixed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """sample_traces/mixed ingested and analysed, and its report with the labels: (store, report dir)."""
-    work = tmp_path_factory.mktemp("report")
-    db = work / "s.duckdb"
-    _kv("ingest", str(MIXED), "--db", str(db))
-    _kv("analyze", "--db", str(db))
-    _kv("report", "--db", str(db), "--out", str(work / "r"), "--labels", str(MIXED / "labels.json"))
-    return db, work / "r"
+def mixed(mixed_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """sample_traces/mixed ingested and analysed (conftest's session store, only read here), and
+    its report with the labels: (store, report dir)."""
+    out = tmp_path_factory.mktemp("report") / "r"
+    _kv("report", "--db", str(mixed_store), "--out", str(out), "--labels", str(MIXED / "labels.json"))
+    return mixed_store, out
 
 
 @pytest.mark.slow
-def test_report_reuses_the_stored_results_until_the_store_changes(tmp_path: Path) -> None:
+def test_report_reuses_the_stored_results_until_the_store_changes(tmp_path: Path, mixed_ingested: Path) -> None:
     traces = tmp_path / "t"
     traces.mkdir()
     files = sorted(MIXED.glob("*.otlp.jsonl"))
@@ -72,8 +70,7 @@ def test_report_reuses_the_stored_results_until_the_store_changes(tmp_path: Path
     assert note in fresh.stderr and "is out of date (the store (or kvtrace's analyses) changed since)" in fresh.stderr
     assert note in (tmp_path / "r3" / "summary.md").read_text().replace("\\", "")
     # the recomputed report is the report of the whole store
-    whole = tmp_path / "whole.duckdb"
-    _kv("ingest", str(traces), "--db", str(whole))
+    whole = mixed_ingested  # every file ingested at once, never analysed
     assert _kv("report", "--db", str(whole), "--out", str(tmp_path / "r4")).stdout == fresh.stdout
 
 

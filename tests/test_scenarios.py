@@ -12,19 +12,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from scenarios_support import KEEP, ROOT, SCENARIOS, findings_table, ingest
 
 from kvtrace.analytics import evaluation, findings, runner
 from kvtrace.app.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = sorted(p for p in (ROOT / "tests" / "scenarios").iterdir() if (p / "scenario.json").exists())
-KEEP = ["kind", "instance", "tp_rank", "kv_pool", "pages", "layers", "culprit_rid", "victim_rid",
-        "window_start_ns", "window_end_ns", "confidence"]
-
-
-def ingest(traces: Path, db: Path) -> None:
-    result = CliRunner().invoke(main, ["ingest", str(traces), "--db", str(db)])
-    assert result.exit_code == 0, result.output
 
 
 def check_against_truth(db: Path, labels_path: Path) -> list[dict[str, object]]:
@@ -42,26 +33,27 @@ def check_against_truth(db: Path, labels_path: Path) -> list[dict[str, object]]:
     return rows
 
 
-def findings_table(rows: list[dict[str, object]]):  # type: ignore[no-untyped-def]
-    import pyarrow as pa
-
-    return pa.Table.from_pylist(rows) if rows else pa.table({k: [] for k in ["kind", "confidence"]})
+# Sample folders that conftest already ingests once per run (read-only session stores).
+SESSION_STORES = {"sample_traces/mixed": "mixed_ingested", "sample_traces/pr35049": "ingested_only_store"}
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[p.name for p in SCENARIOS])
-def test_scenario_findings_equal_expected_and_match_the_truth(scenario: Path, tmp_path: Path) -> None:
+def test_scenario_findings_equal_expected_and_match_the_truth(
+    scenario: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     spec = json.loads((scenario / "scenario.json").read_text())
-    db = tmp_path / "store.duckdb"
-    ingest(ROOT / spec["traces"], db)
+    if spec["traces"] in SESSION_STORES:
+        db = request.getfixturevalue(SESSION_STORES[spec["traces"]])
+    else:
+        db = tmp_path / "store.duckdb"
+        ingest(ROOT / spec["traces"], db)
     rows = check_against_truth(db, ROOT / spec["labels"])
     expected = [json.loads(line) for line in (scenario / "expected_findings.jsonl").read_text().splitlines()]
     assert [{k: r[k] for k in KEEP} for r in rows] == expected
 
 
-def test_pr35049_gives_exactly_the_logged_pages_and_window(tmp_path: Path) -> None:
-    db = tmp_path / "store.duckdb"
-    ingest(ROOT / "sample_traces" / "pr35049", db)
-    con = runner.connect(db)
+def test_pr35049_gives_exactly_the_logged_pages_and_window(ingested_only_store: Path) -> None:
+    con = runner.connect(ingested_only_store)
     rows = findings.compute(con).to_pylist()
     assert len(rows) == 1
     f = rows[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
-from test_simulator import SMALL, load_spans
+from simulator_support import SMALL, load_spans
 
 from kvtrace.simulator.fastpath import write_spans
 from kvtrace.simulator.runner import simulate

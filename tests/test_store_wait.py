@@ -11,15 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
+from app_process import KVTRACE
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
-from test_ingest_kill import KVTRACE
-from test_receiver_store import _start_serve, make_spans
+from receiver_support import make_spans, start_serve
 
-from kvtrace.analytics.errors import StoreError
 from kvtrace.analytics.runner import connect
 from kvtrace.ingest import ingest_paths, open_store
 from kvtrace.ingest.errors import IngestError
+from kvtrace.ingest.store import StoreError
 
 HOLDER = """
 import sys, time, duckdb
@@ -50,9 +50,10 @@ def test_opens_wait_for_the_holder_and_fail_clearly_when_it_holds_on(tmp_path: P
         holder.wait()
     holder = _hold(db, 30)
     try:
-        with pytest.raises(StoreError, match="another process held it for the 0 s waited"):
+        with pytest.raises(StoreError, match=r"another process held it for the 0\.3 s waited") as held:
             connect(db, read_only=True, wait_s=0.3)
-        with pytest.raises(IngestError, match="another process held it"):
+        assert held.value.reason == "held" and held.value.path == db
+        with pytest.raises(IngestError, match="another process held it"):  # StoreError is an IngestError
             open_store(db, wait_s=0.3)
     finally:
         holder.kill()
@@ -70,7 +71,7 @@ def test_query_report_and_ingest_run_while_kvtrace_serve_receives(tmp_path: Path
     for f in sample.glob("*.otlp.jsonl"):
         (traces / f.name).write_bytes(f.read_bytes())
     ingest_paths([traces], db, progress=False)
-    proc, grpc_port, _ = _start_serve(db, extra=["--store-hold", "1"])
+    proc, grpc_port, _ = start_serve(db, extra=["--store-hold", "1"])
     stop = threading.Event()
     results: list[SpanExportResult] = []
 
@@ -85,7 +86,9 @@ def test_query_report_and_ingest_run_while_kvtrace_serve_receives(tmp_path: Path
     loader = threading.Thread(target=load)
     loader.start()
     try:
-        time.sleep(1.0)
+        deadline = time.monotonic() + 30
+        while not results and time.monotonic() < deadline:  # the load is on before the commands start
+            time.sleep(0.02)
         commands = [
             [KVTRACE, "query", "SELECT count(*) FROM spans", "--db", str(db)],
             [KVTRACE, "report", "--db", str(db), "--out", str(tmp_path / "report")],

@@ -13,12 +13,12 @@ from kvtrace.analytics import runner
 from kvtrace.analytics.errors import AnalyticsError
 from kvtrace.analytics.materialise import analyze as analyze_store
 from kvtrace.analytics.registry import default_registry
-from kvtrace.app.options import db_option
+from kvtrace.app.options import db_option, store_wait
 from kvtrace.app.safe_sql import DEFAULT_TIMEOUT_S, QueryError, QueryRefused, process_started_at, run_isolated
-from kvtrace.ingest.store import CLI_WAIT_S
+from kvtrace.ingest.store import StoreError
 
 
-def _fail(exc: AnalyticsError) -> click.ClickException:
+def _fail(exc: AnalyticsError | StoreError) -> click.ClickException:
     return click.ClickException(str(exc))
 
 
@@ -66,14 +66,14 @@ def query_command(db: str, sql: str, max_rows: int, with_analyses: bool, timeout
 
     checked_at = time.monotonic()
     try:
-        runner.connect(db, read_only=True, wait_s=CLI_WAIT_S).close()  # a kvtrace store? (one clear line)
-    except AnalyticsError as exc:
+        runner.connect(db, read_only=True, wait_s=store_wait()).close()  # a kvtrace store? (one clear line)
+    except (AnalyticsError, StoreError) as exc:
         raise _fail(exc) from exc
     # The limit counts from the command's start, less any wait for a store another process held.
     started_at = process_started_at() + (time.monotonic() - checked_at)
     try:
         result = run_isolated(db, sql, timeout_s=timeout_s, max_rows=max_rows, analyses=with_analyses,
-                              wait_s=CLI_WAIT_S, started_at=started_at)
+                              wait_s=store_wait(), started_at=started_at)
     except QueryRefused as exc:
         if exc.statement_type:
             raise click.ClickException(f"only SELECT/EXPLAIN queries are allowed here, not {exc.statement_type}") from exc
@@ -98,14 +98,14 @@ def analyze_command(db: str) -> None:
         kvtrace analyze --db demo/kvtrace.duckdb
     """
     try:
-        con = runner.connect(db, read_only=False, wait_s=CLI_WAIT_S)
+        con = runner.connect(db, read_only=False, wait_s=store_wait())
         try:
             with click.progressbar(length=1, label="analysing", file=sys.stderr) as bar:
                 summary = analyze_store(con)
                 bar.update(1)
         finally:
             con.close()
-    except AnalyticsError as exc:
+    except (AnalyticsError, StoreError) as exc:
         raise _fail(exc) from exc
     for table, rows in summary.rows.items():
         click.echo(f"{table:<26} {rows:>9} rows")
@@ -114,25 +114,38 @@ def analyze_command(db: str) -> None:
 
 @click.command("findings")
 @db_option
+@click.option("--engine", type=click.Choice(["duckdb", "spark"]), default="duckdb", show_default=True,
+              help="duckdb: the store (--db); spark: Apache Spark over a Parquet trace lake (--lake, docs/spark.md).")
+@click.option("--lake", type=str, default=None, help="With --engine spark: the lake directory or URL "
+              "(written by `kvtrace export --lake` or `kvtrace ingest --engine spark`).")
+@click.option("--master", default=None, help="With --engine spark: the Spark master [default: local[*]].")
+@click.option("--remote", default=None, help="With --engine spark: a Spark Connect URL (sc://host:port) instead of --master.")
+@click.option("--windows", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --engine spark: race analyses in this many overlapping time windows (bounds executor memory).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet", "csv"]), default="jsonl", show_default=True, help="Output format.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file [default: stdout for jsonl and csv].")
-def findings_command(db: str, fmt: str, out: Path | None) -> None:
+def findings_command(db: str, fmt: str, out: Path | None, engine: str = "duckdb", lake: str | None = None,
+                     master: str | None = None, remote: str | None = None, windows: int = 1) -> None:
     """Write the race findings (conventions' "Findings" fields plus extras), computed from the store.
 
     Example:
 
         kvtrace findings --db demo/kvtrace.duckdb --format parquet --out findings.parquet
+        kvtrace findings --engine spark --lake demo/lake --master spark://head:7077
     """
     if fmt == "parquet" and out is None:
         raise click.ClickException("--format parquet needs --out FILE")
     try:
-        con = runner.connect(db, read_only=True, wait_s=CLI_WAIT_S)
-        try:
-            table = findings_mod.compute(con)
-        finally:
-            con.close()
-    except AnalyticsError as exc:
+        if engine == "spark":
+            table = _spark_engine(lake, master, remote, windows, ["findings"]).table("findings")
+        else:
+            con = runner.connect(db, read_only=True, wait_s=store_wait())
+            try:
+                table = findings_mod.compute(con)
+            finally:
+                con.close()
+    except (AnalyticsError, StoreError) as exc:
         raise _fail(exc) from exc
     if out is not None:
         findings_mod.write(table, out, fmt)  # type: ignore[arg-type]
@@ -145,13 +158,23 @@ def findings_command(db: str, fmt: str, out: Path | None) -> None:
 
 @click.command("report")
 @db_option
+@click.option("--engine", type=click.Choice(["duckdb", "spark"]), default="duckdb", show_default=True,
+              help="duckdb: the store (--db); spark: Apache Spark over a Parquet trace lake (--lake, docs/spark.md).")
+@click.option("--lake", type=str, default=None, help="With --engine spark: the lake directory or URL "
+              "(written by `kvtrace export --lake` or `kvtrace ingest --engine spark`).")
+@click.option("--master", default=None, help="With --engine spark: the Spark master [default: local[*]].")
+@click.option("--remote", default=None, help="With --engine spark: a Spark Connect URL (sc://host:port) instead of --master.")
+@click.option("--windows", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --engine spark: race analyses in this many overlapping time windows (bounds executor memory).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Directory for report.html, summary.md, findings.parquet and findings.jsonl.")
 @click.option("--labels", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Simulator ground truth (labels.json): adds finding accuracy and the monitor evaluation.")
 @click.option("--recompute", is_flag=True, default=False,
               help="Compute every analysis now even when the results `kvtrace analyze` stored are current.")
-def report_command(db: str, out_dir: Path, labels: Path | None, recompute: bool) -> None:
+def report_command(db: str, out_dir: Path, labels: Path | None, recompute: bool, engine: str = "duckdb",
+                   lake: str | None = None, master: str | None = None, remote: str | None = None,
+                   windows: int = 1) -> None:
     """Write a self-contained HTML report, a Markdown summary and the findings; print the verdict.
 
     When the store has not changed since `kvtrace analyze` (same spans, files and analyses), the
@@ -160,20 +183,47 @@ def report_command(db: str, out_dir: Path, labels: Path | None, recompute: bool)
     Example:
 
         kvtrace report --db demo/kvtrace.duckdb --out demo/report
+        kvtrace report --engine spark --lake demo/lake --remote sc://spark-connect:15002 --out demo/report
     """
     from kvtrace.app.report.build import build_report
 
     try:
-        con = runner.connect(db, read_only=True, wait_s=CLI_WAIT_S)
+        if engine == "spark":
+            if labels is not None:
+                raise click.ClickException("--labels needs --engine duckdb (the monitor sweep re-runs the detector "
+                                           "per threshold on the store)")
+            from kvtrace.analytics.reuse import Results
+            from kvtrace.analytics.spark.runner import result_names
+
+            spark_run = _spark_engine(lake, master, remote, windows, None)
+            con = spark_run.results_to_duckdb(result_names())
+            missing = "".join(f" {n} could not run on Spark ({why})." for n, why in spark_run.not_run.items())
+            note = Results(False, f"Analysis results computed now on Apache Spark over the lake {lake}.{missing}")
+        else:
+            con = runner.connect(db, read_only=True, wait_s=store_wait())
+            note = None
         try:
-            files = build_report(con, out_dir, labels, reuse_stored=not recompute)
+            files = build_report(con, out_dir, labels, reuse_stored=not recompute, results=note)
         finally:
             con.close()
-    except AnalyticsError as exc:
+    except (AnalyticsError, StoreError) as exc:
         raise _fail(exc) from exc
     click.echo(files.verdict)
     click.echo(f"{files.analyses_note}\nreport: {files.html}\nsummary: {files.markdown}\n"
                f"findings: {files.findings_parquet}, {files.findings_jsonl}", err=True)
+
+
+def _spark_engine(lake: str | None, master: str | None, remote: str | None, windows: int,
+                  names: list[str] | None):  # type: ignore[no-untyped-def]
+    """The analyses `names` (None: all) computed on Spark over `lake` (--engine spark)."""
+    if not lake:
+        raise click.ClickException("--engine spark needs --lake DIR (see `kvtrace export --lake`)")
+    if master and remote:
+        raise click.ClickException("give --master or --remote, not both")
+    from kvtrace.analytics.spark.runner import run_on_lake
+
+    engine, _ = run_on_lake(lake, names, master=master, remote=remote, windows=windows)
+    return engine
 
 
 commands: list[click.Command] = [analyses_command, query_command, analyze_command, findings_command, report_command]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from kvtrace.app.options import db_option
+from kvtrace.app.options import db_option, store_wait
+from kvtrace.ingest.store import WAIT_ENV, missing_store
 
 ENTRYPOINT = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 
@@ -105,8 +106,9 @@ def app_command(db: str, port: int, address: str, allow_ingest: bool, extra_host
     """
     path = Path(db)
     if not path.is_file():
-        raise click.ClickException(f"store {path} does not exist: run `kvtrace ingest PATH --db {path}` first")
+        raise click.ClickException(str(missing_store(path)))
     env = app_environment(path, allow_ingest)
+    env[WAIT_ENV] = f"{store_wait():g}"  # the app's first open waits as long as --wait says
     hosts = allowed_hosts(address, extra_hosts)
     mode = "uploads are ingested into the store (--allow-ingest)" if allow_ingest else "read-only"
     click.echo(f"kvtrace app on http://{address}:{port} over {path}, {mode} (Ctrl-C stops it)", err=True)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import click
 
-from kvtrace.app.options import db_option
+from kvtrace.app.options import db_option, store_wait
 from kvtrace.app.terminal import term
 from kvtrace.ingest import IngestError, IngestSummary, ingest_paths, open_store
 from kvtrace.ingest.export import export_parquet
@@ -20,7 +20,6 @@ from kvtrace.ingest.pipeline import (
     DEFAULT_COMMIT_SPANS,
 )
 from kvtrace.ingest.sources import MAX_RECORD_BYTES
-from kvtrace.ingest.store import CLI_WAIT_S
 
 _LISTED = 10  # files without spans, links not followed: shown one a line up to this many
 
@@ -84,8 +83,15 @@ def format_summary(s: IngestSummary) -> str:
               help="Follow symbolic links in a given directory or glob that point outside it (else they are "
                    "skipped and listed).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@click.option("--engine", type=click.Choice(["duckdb", "spark"]), default="duckdb", show_default=True,
+              help="duckdb: into the store (--db); spark: into a Parquet trace lake (--lake), one Spark task a file.")
+@click.option("--lake", default=None, help="With --engine spark: the lake directory (docs/spark.md).")
+@click.option("--master", default=None, help="With --engine spark: the Spark master [default: local[*]].")
+@click.option("--remote", default=None, help="With --engine spark: a Spark Connect URL (sc://host:port).")
 def ingest_command(paths: tuple[str, ...], db: str, batch_spans: int, commit_spans: int, commit_files: int,
-                   commit_mb: int, max_record_mb: int, follow_symlinks: bool, progress: bool) -> None:
+                   commit_mb: int, max_record_mb: int, follow_symlinks: bool, progress: bool,
+                   engine: str = "duckdb", lake: str | None = None, master: str | None = None,
+                   remote: str | None = None) -> None:
     """Ingest OTLP trace files (JSON, JSON lines, protobuf; gzip/zstd) into the store.
 
     PATHS are files, directories (searched recursively) or globs. Each file is stored atomically
@@ -95,14 +101,43 @@ def ingest_command(paths: tuple[str, ...], db: str, batch_spans: int, commit_spa
     Example:
 
         kvtrace ingest sample_traces/ --db kvtrace.duckdb
+        kvtrace ingest --engine spark sample_traces/ --lake lake/
     """
+    if engine == "spark":
+        _spark_ingest(paths, lake, master, remote, follow_symlinks)
+        return
     try:
         summary = ingest_paths(paths, db, progress=progress, batch_spans=batch_spans, commit_spans=commit_spans,
-                               wait_s=CLI_WAIT_S, commit_files=commit_files, commit_bytes=commit_mb << 20,
+                               wait_s=store_wait(), commit_files=commit_files, commit_bytes=commit_mb << 20,
                                max_record_bytes=max_record_mb << 20, follow_symlinks=follow_symlinks)
     except IngestError as exc:
         raise click.ClickException(term(exc)) from None
     click.echo(format_summary(summary))
+
+
+def _spark_ingest(paths: tuple[str, ...], lake: str | None, master: str | None, remote: str | None,
+                  follow_symlinks: bool) -> None:
+    if not lake:
+        raise click.ClickException("--engine spark needs --lake DIR")
+    if master and remote:
+        raise click.ClickException("give --master or --remote, not both")
+    from kvtrace.analytics.errors import StoreError as EngineError
+    from kvtrace.analytics.spark.runner import spark_session
+    from kvtrace.ingest.spark_ingest import ingest_to_lake
+
+    try:
+        summary = ingest_to_lake(spark_session(master, remote), paths, lake, follow_symlinks=follow_symlinks)
+    except (IngestError, EngineError) as exc:
+        raise click.ClickException(term(exc)) from None
+    click.echo(f"lake         {term(summary.lake)}")
+    click.echo(f"files        {summary.files_ingested} ingested, {summary.files_skipped} skipped "
+               "(already ingested, unchanged)")
+    click.echo(f"spans        {summary.spans:,} stored, {summary.quarantined:,} records quarantined")
+    for path, error in summary.failed:
+        click.echo(f"failed       {term(path)}: {term(error)}")
+    click.echo(f"took         {summary.seconds:.2f} s")
+    if summary.failed:
+        raise SystemExit(1)
 
 
 @click.command("quarantine")
@@ -117,7 +152,7 @@ def quarantine_command(db: str, limit: int, source: str | None) -> None:
         kvtrace quarantine --db kvtrace.duckdb --limit 20
     """
     try:
-        con = open_store(db, read_only=True, wait_s=CLI_WAIT_S)
+        con = open_store(db, read_only=True, wait_s=store_wait())
     except IngestError as exc:
         raise click.ClickException(term(exc)) from None
     try:
@@ -141,22 +176,33 @@ def quarantine_command(db: str, limit: int, source: str | None) -> None:
 
 @click.command("export")
 @db_option
-@click.option("--parquet", "parquet_dir", required=True, type=click.Path(file_okay=False),
+@click.option("--parquet", "parquet_dir", default=None, type=click.Path(file_okay=False),
               help="Output directory: <table>/service=<s>/day=<YYYY-MM-DD>/*.parquet.")
-def export_command(db: str, parquet_dir: str) -> None:
-    """Export the store as hive-partitioned Parquet (by service and day).
+@click.option("--lake", "lake_dir", default=None, type=click.Path(file_okay=False),
+              help="Output directory: the trace lake `--engine spark` reads (by instance, rank, pool and hour).")
+def export_command(db: str, parquet_dir: str | None, lake_dir: str | None = None) -> None:
+    """Export the store as hive-partitioned Parquet (by service and day), or as the Spark engine's lake.
 
     Example:
 
         kvtrace export --db kvtrace.duckdb --parquet out/parquet
+        kvtrace export --db kvtrace.duckdb --lake out/lake
     """
+    if (parquet_dir is None) == (lake_dir is None):
+        raise click.ClickException("give one of --parquet DIR or --lake DIR")
     try:
-        counts = export_parquet(db, parquet_dir, wait_s=CLI_WAIT_S)
+        if lake_dir is not None:
+            from kvtrace.ingest.export import export_lake
+
+            counts = export_lake(db, lake_dir, wait_s=store_wait())
+            parquet_dir = lake_dir
+        else:
+            counts = export_parquet(db, parquet_dir or "", wait_s=store_wait())
     except IngestError as exc:
         raise click.ClickException(term(exc)) from None
     for table, n in counts.items():
         click.echo(f"{table:16s} {n:,} rows")
-    click.echo(f"written to {term(parquet_dir)}")
+    click.echo(f"written to {term(parquet_dir or '')}")
 
 
 commands: list[click.Command] = [ingest_command, quarantine_command, export_command]

@@ -10,8 +10,8 @@ import click
 import duckdb
 from tqdm import tqdm
 
-from kvtrace.app.options import db_option
-from kvtrace.ingest import store
+from kvtrace.app.options import db_option, optional_db_option, store_wait
+from kvtrace.ingest.store import StoreError, open_store
 from kvtrace.replay.plan import PlanError, load_plan, save_plan
 from kvtrace.replay.timing import DEFAULT_FLOOR_NS
 
@@ -30,12 +30,10 @@ def replay_group() -> None:
 
 
 def _open(db: str, read_only: bool) -> duckdb.DuckDBPyConnection:
-    if not Path(db).exists():
-        raise click.ClickException(f"{db}: no such store (run `kvtrace ingest` first)")
     try:
-        return store.connect(db, read_only=read_only, wait_s=store.CLI_WAIT_S)
-    except duckdb.Error as exc:
-        raise click.ClickException(f"{db}: cannot open the store: {str(exc).splitlines()[0]}") from exc
+        return open_store(db, read_only=read_only, wait_s=store_wait(), create=False)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _ensure_findings(con: duckdb.DuckDBPyConnection) -> None:
@@ -106,7 +104,7 @@ def export_command(db: str, finding_id: str | None, window: str | None, tp_rank:
               help="Smallest device-time gap kept between racing accesses (the order-preserving time warp).")
 @click.option("--sanitize", is_flag=True, help="Also run under TORCH_CUDA_SANITIZER=1 (cuda only).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the records as JSON lines.")
-@click.option("--db", "db", type=click.Path(dir_okay=False), default=None, help="Store the results in this store (replay_runs).")
+@optional_db_option("Store the results in this store (replay_runs)")
 def run_command(
     plans: tuple[str, ...], device: str, mode: str, time_scale: float | None, sweep_n: int, jitter: float,
     min_gap_ms: float, sanitize: bool, json_out: str | None, db: str | None,
@@ -153,7 +151,7 @@ def _store(db: str, records: list[dict[str, Any]]) -> None:
     from kvtrace.replay.store import write_runs
 
     try:
-        with store.connect(db, read_only=False, wait_s=store.CLI_WAIT_S) as con:
+        with _open(db, read_only=False) as con:
             run_id = write_runs(con, records)
     except duckdb.Error as exc:
         raise click.ClickException(f"{db}: could not store the replay results: {str(exc).splitlines()[0]}") from exc

@@ -10,7 +10,7 @@ from types import FrameType
 
 import click
 
-from kvtrace.app.options import db_option
+from kvtrace.app.options import server_db_option
 
 MB = 1 << 20
 
@@ -41,7 +41,7 @@ def _read_token_file(path: Path) -> str:
 
 
 @click.command("serve")
-@db_option
+@server_db_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind. Anything but loopback exposes the receiver: use a token (--token-file).")
 @click.option("--grpc-port", type=click.IntRange(0, 65535), default=4317, show_default=True,

@@ -2,7 +2,8 @@
 -- forward (forward.rids), with the forward's batch id and mode; pages are empty (a read touches
 -- the pages its rid holds at that time). Targets without a stored parent wait in
 -- ingest_pending (kind 'read') and are derived when the parent arrives.
--- Reads: read_targets, read_parents. Returns nothing.
+-- Reads: read_targets, read_parents, read_pending_now. Writes: kv_events (inserts), ingest_pending
+-- (resolved 'read' rows deleted, targets still without a parent added).
 INSERT INTO kv_events BY NAME
 WITH t AS (
     -- one JSON parse per span for all paths; v[i]->>'$' is what attributes->>path gives

@@ -1,6 +1,8 @@
 -- normalise_stages: stage_targets with their walked rid / bootstrap_room -> request_stages
 -- (rows of re-derived pending slices are replaced); unresolved slices wait in ingest_pending
--- (kind 'stage'). Reads: stage_targets, stage_walk_out. Returns nothing.
+-- (kind 'stage'). Reads: stage_targets, stage_walk_out. Writes: request_stages (pending slices'
+-- rows replaced, new rows inserted), ingest_pending ('stage' rows resolved or added); drops
+-- stage_walk_out.
 DELETE FROM request_stages AS r
 WHERE EXISTS (SELECT 1 FROM stage_targets AS t
               WHERE t.was_pending AND t.trace_id = r.trace_id AND t.span_id = r.span_id);

@@ -1,11 +1,11 @@
 -- read_parents: the parent forward of each read target, looked up first among this batch's new
--- spans. Reads: new_spans, read_targets. Returns nothing; fills temp tables read_parents and
--- read_orphans (targets whose parent is not in this batch).
+-- forward spans. Reads: batch_forwards (local_forwards.sql), read_targets. Writes: temp tables
+-- read_parents (read_parents_stored.sql adds stored parents) and read_orphans (targets whose
+-- parent is not in this batch).
 CREATE OR REPLACE TEMP TABLE read_parents AS
 SELECT n.trace_id, n.span_id, n.attributes
-FROM new_spans AS n
-SEMI JOIN read_targets AS t ON t.trace_id = n.trace_id AND t.parent_span_id = n.span_id
-WHERE n.name = 'forward';
+FROM batch_forwards AS n
+SEMI JOIN read_targets AS t ON t.trace_id = n.trace_id AND t.parent_span_id = n.span_id;
 
 CREATE OR REPLACE TEMP TABLE read_orphans AS
 SELECT DISTINCT t.trace_id, t.parent_span_id

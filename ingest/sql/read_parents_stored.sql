@@ -1,5 +1,5 @@
 -- read_parents_stored: parents of read_orphans stored by earlier batches or files. Reads:
--- spans. Returns nothing; extends read_parents. Run only when read_orphans is not empty.
+-- read_orphans, spans. Writes: read_parents (appends). Run only when read_orphans is not empty.
 INSERT INTO read_parents
 SELECT s.trace_id, s.span_id, s.attributes::VARCHAR
 FROM spans AS s

@@ -1,12 +1,11 @@
 -- read_targets: the forward.read spans whose kv_events rows this batch derives: the batch's new
--- ones, plus stored ones waiting (ingest_pending kind 'read') for a parent forward that this
--- batch brought. Reads: new_spans, ingest_pending, spans. Returns nothing; fills temp
--- table read_targets. The stored-span lookup only runs on the few pending rows that match.
+-- ones (batch_read_targets, from local_read_targets.sql), plus stored ones waiting (ingest_pending
+-- kind 'read') for a parent forward that this batch brought.
+-- Reads: batch_read_targets, new_spans, ingest_pending. Writes: temp tables read_targets (the
+-- batch's; read_targets_pending.sql adds the stored ones) and read_pending_now (the waiting ones
+-- whose parent came now). The stored-span lookup only runs on the few pending rows that match.
 CREATE OR REPLACE TEMP TABLE read_targets AS
-SELECT trace_id, span_id, parent_span_id, instance_id, host_name, service_version, status_code,
-       start_ns, end_ns, attributes
-FROM new_spans
-WHERE name = 'forward.read';
+SELECT * FROM batch_read_targets;
 
 CREATE OR REPLACE TEMP TABLE read_pending_now AS
 SELECT p.trace_id, p.span_id

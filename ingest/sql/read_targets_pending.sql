@@ -1,5 +1,6 @@
 -- read_targets_pending: add the stored forward.read spans listed in read_pending_now to
--- read_targets. Reads: spans. Returns nothing. Run only when read_pending_now is not empty.
+-- read_targets. Reads: read_pending_now, spans. Writes: read_targets (appends). Run only when
+-- read_pending_now is not empty.
 INSERT INTO read_targets
 SELECT s.trace_id, s.span_id, s.parent_span_id, s.instance_id, s.host_name, s.service_version,
        s.status_code, s.start_ns, s.end_ns, s.attributes::VARCHAR

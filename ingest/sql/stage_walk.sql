@@ -1,7 +1,8 @@
 -- stage_walk: for each stage slice in stage_walk_in, walk up its parents in stage_universe and
 -- take the nearest rid and bootstrap_room (its own first). A slice is resolved when both are
 -- known or the walk reached a root (no parent); otherwise an ancestor is still missing.
--- Reads: stage_walk_in, stage_universe. Returns nothing; fills (appends to) stage_walk_out.
+-- Reads: stage_walk_in, stage_universe. Writes: temp table stage_walk_out (created when missing;
+-- the rows of the slices walked now replace earlier ones). normalise_stages.sql drops it.
 CREATE TEMP TABLE IF NOT EXISTS stage_walk_out (
     trace_id VARCHAR, span_id VARCHAR, rid VARCHAR, room VARCHAR, resolved BOOLEAN
 );

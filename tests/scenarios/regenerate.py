@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from test_scenarios import KEEP, SCENARIOS, findings_table, ingest  # noqa: E402
+from scenarios_support import KEEP, SCENARIOS, findings_table, ingest  # noqa: E402
 
 from kvtrace.analytics import evaluation, findings, runner  # noqa: E402
 

@@ -1,13 +1,17 @@
--- normalise_kv_events: kv.alloc / kv.free / kv.transfer / hicache.load spans of this batch ->
--- kv_events (one row each). Reads: new_spans. Returns nothing. forward.read rows come from
--- normalise_reads.sql (they need the parent forward).
+-- derive_kv_events: kv.alloc / kv.free / kv.transfer / hicache.load spans -> rows of table
+-- kv_events (one each). Reads: new_spans. Gives: the rows to insert into kv_events. forward.read
+-- rows come from normalise_reads.sql (they need the parent forward).
+--
+-- How the span-local files run (derive_*.sql, local_*.sql; the lists DERIVED_TABLES and
+-- LOCAL_TABLES in ingest/merge.py name them): each is one SELECT, whose rows follow from each
+-- span alone. For file ingest they run per batch in a decode worker's private DuckDB (Deriver),
+-- with new_spans = the batch's spans (first copies); the store then inserts the rows of the spans
+-- it adds. For a live payload they run on the store's connection, on its new_spans. The
+-- local_<name>.sql results are registered as batch_<name> (read by later files, and by the
+-- normalisation on the store that needs other spans); derive_<table>.sql rows go to <table>.
+--
 -- The page resource is (instance_id, tp_rank, kv_pool, page): for a transfer the destination
 -- (kv.transfer.dst_instance / dst_rank); times stay on the emitter's clock (clock_host).
--- Each row follows from its own span alone. For file ingest this runs in ingest.pipeline.Deriver
--- (a private in-memory DuckDB in the decode worker, each INSERT's query read out as Arrow) with
--- new_spans = one batch's spans, first copies; the store then inserts the rows of the spans it
--- adds. For live payloads it runs as written on the store's connection. Keep every statement
--- an `INSERT INTO table BY NAME query` or a temp table, and no "--" or ";" in literals.
 -- Page sets (docs/conventions.md): `kv.page_ids` (v1, every page id) or `kv.page_ranges` (v2,
 -- inclusive runs flattened [first0, last0, first1, last1, ...]). Ranges expand, pair by pair, to
 -- the id list they stand for, so a span gives the same row either way (page_ids sorted, page_lo,
@@ -19,7 +23,6 @@
 -- attributes in spans), so nothing is lost: `SELECT * FROM kv_events WHERE page_error IS NOT NULL`.
 -- Every check is bounded by the array's own length, and the expansion is sized by clamped
 -- bounds times 0 or 1, so a bad array never allocates its claimed size, however evaluated.
-INSERT INTO kv_events BY NAME
 WITH parsed AS (
     -- one JSON parse per span for all paths (json_extract with a list of paths); v[i]->>'$' is
     -- then what attributes->>path gives
@@ -68,18 +71,29 @@ checked AS (
 expanded AS (
     SELECT *,
         TRY_CAST(v[1] AS INTEGER[]) AS ids,
-        CASE WHEN v[14] IS NOT NULL AND page_error IS NULL THEN flatten(list_transform(pairs, lambda i:
-            range(rc[i], rc[i] + (rc[i + 1] - rc[i] + 1) * (page_error IS NULL)::BIGINT)))::INTEGER[]
-        END AS from_ranges
+        -- the pairs as runs in order of their first page (a few a span: cheap to sort), so that
+        -- when no two overlap their expansion is in order already: sorting thousands of page ids
+        -- a span was most of this query's time
+        CASE WHEN v[14] IS NOT NULL AND page_error IS NULL THEN
+            list_sort(list_transform(pairs, lambda i: {'lo': rc[i], 'hi': rc[i + 1]}))
+        END AS runs
     FROM checked
+),
+runs AS (
+    SELECT *,
+        flatten(list_transform(runs, lambda x:
+            range(x.lo, x.lo + (x.hi - x.lo + 1) * (page_error IS NULL)::BIGINT)))::INTEGER[] AS from_ranges,
+        coalesce(list_bool_and(list_transform(range(2, len(runs) + 1), lambda j: runs[j].lo > runs[j - 1].hi)), true)
+            AS runs_disjoint
+    FROM expanded
 ),
 ops AS (
     SELECT *,
         CASE WHEN from_ranges IS NULL THEN list_sort(ids)
-             WHEN v[1] IS NULL THEN list_sort(from_ranges)
+             WHEN v[1] IS NULL THEN CASE WHEN runs_disjoint THEN from_ranges ELSE list_sort(from_ranges) END
              ELSE list_sort(list_distinct(list_concat(ids, from_ranges)))
         END AS pages
-    FROM expanded
+    FROM runs
 )
 SELECT
     trace_id, span_id, parent_span_id, op, rid,
@@ -106,4 +120,4 @@ SELECT
     CASE WHEN op = 'load' THEN TRY_CAST(v[12] AS BIGINT[]) END AS layer_offsets_ns,
     TRY_CAST(v[13]->>'$' AS BIGINT) AS hicache_num_tokens,
     page_error
-FROM ops;
+FROM ops
