@@ -29,3 +29,28 @@ CREATE OR REPLACE TEMP MACRO duration_words(ns) AS
          WHEN abs(ns) >= 1000000 THEN printf('%.1f ms', ns / 1e6)
          WHEN abs(ns) >= 1000 THEN printf('%.1f us', ns / 1e3)
          ELSE printf('%d ns', CAST(ns AS BIGINT)) END;
+--
+-- Engine-specific forms, one macro each (an engine without DuckDB's list lambdas or unnest gives
+-- its own body for the same name; the analyses only call the name):
+-- time_buckets(start_ns, end_ns): the 1 s buckets (start_ns // 1e9 .. end_ns // 1e9) an interval
+--   spans, as a list to unnest: the interval side of a range join on time made an equi-join on
+--   the bucket (the point side lies in one bucket, so a pair is met once).
+-- early_layers(read_start, read_offsets, done_start, done_offsets): the layers (0-based, sorted)
+--   read before their copy was done: read_start + read_offsets[layer] < done_start +
+--   done_offsets[layer], over the layers both lists have.
+-- layer_times(layers, start, offsets): start + offsets[layer] for each of `layers`.
+-- layer_gaps(layers, read_start, read_offsets, done_start, done_offsets): done - read per layer.
+-- list_without(l, x): l without x (and without NULLs); drop_nulls(l): l without NULLs.
+CREATE OR REPLACE TEMP MACRO time_buckets(start_ns, end_ns) AS
+    range(start_ns // 1000000000, end_ns // 1000000000 + 1);
+CREATE OR REPLACE TEMP MACRO early_layers(read_start, read_offsets, done_start, done_offsets) AS
+    list_filter(range(least(len(done_offsets), len(read_offsets))),
+                lambda i: read_start + read_offsets[i + 1] < done_start + done_offsets[i + 1]);
+CREATE OR REPLACE TEMP MACRO layer_times(layers, start_ns, offsets) AS
+    list_transform(layers, lambda i: start_ns + offsets[i + 1]);
+CREATE OR REPLACE TEMP MACRO layer_gaps(layers, read_start, read_offsets, done_start, done_offsets) AS
+    list_transform(layers, lambda i: (done_start + done_offsets[i + 1]) - (read_start + read_offsets[i + 1]));
+CREATE OR REPLACE TEMP MACRO list_without(l, x) AS
+    list_filter(l, lambda s: s <> x);
+CREATE OR REPLACE TEMP MACRO drop_nulls(l) AS
+    list_filter(l, lambda s: s IS NOT NULL);

@@ -7,10 +7,14 @@ Each file opens with a header of `-- key: value` comment lines (aiosql/dbt habit
     -- returns: what one row is, and its columns
     -- param: max_skew_ns BIGINT = 50000000  what it means   (zero or more; used as $max_skew_ns)
     -- requires: kv_ownership, skew_bounds       (analyses whose results this one reads by name)
+    -- materialise: view                          (optional; default table, see below)
 
 and continues with one SELECT, written as a chain of CTEs. An analysis reads the store's
 normalised tables (ingest/schema.sql) and, by name, the results of the analyses it requires:
-the runner materialises those first as temporary tables named after them.
+the runner materialises those first as temporary tables named after them. An intermediate step
+that its readers only filter and join (dbt's "ephemeral") says `-- materialise: view`: it becomes a
+temporary view instead, so DuckDB plans it inside each reader's query, with the reader's filters
+pushed into it, and nothing is written (a view takes no parameters: it is planned with no values).
 
 Loading checks the header, that every `$param` used is declared and every declared one used,
 that requirements exist and form no cycle, and finally binds every query against an empty store
@@ -35,7 +39,8 @@ STORE_SCHEMA_SQL: Final = Path(__file__).resolve().parents[1] / "ingest" / "sche
 
 ParamValue = int | float | str | None
 
-_HEADER_KEYS: Final = {"analysis", "description", "returns", "param", "requires"}
+_HEADER_KEYS: Final = {"analysis", "description", "returns", "param", "requires", "materialise"}
+_MATERIALISE: Final = ("table", "view")
 _HEADER_LINE: Final = re.compile(r"^--\s*([a-z_]+):\s*(.*)$")
 _PARAM_DECL: Final = re.compile(r"^([a-z_][a-z0-9_]*)\s+([A-Z]+(?:\[\])?)\s*=\s*(\S+)\s*(.*)$")
 _PARAM_USE: Final = re.compile(r"\$([a-z_][a-z0-9_]*)")
@@ -64,6 +69,7 @@ class Analysis:
     sql: str
     path: Path
     header_lines: int = field(default=0)
+    materialise: str = field(default="table")
 
     def bind(self, overrides: dict[str, ParamValue] | None = None) -> dict[str, ParamValue]:
         """The parameter values for one run: declared defaults, then `overrides` (names checked)."""
@@ -134,6 +140,13 @@ def parse_analysis(path: Path) -> Analysis:
     if declared - used:
         raise AnalysisDefinitionError(f"{where}: parameters declared but not used: {sorted(declared - used)}")
     requires = tuple(r.strip() for v in header.get("requires", []) for r in v.split(",") if r.strip())
+    materialise = (header.get("materialise") or ["table"])[0]
+    if materialise not in _MATERIALISE:
+        raise AnalysisDefinitionError(
+            f"{where}:1: materialise must be one of {_MATERIALISE}, got {materialise!r}"
+        )
+    if materialise == "view" and params:
+        raise AnalysisDefinitionError(f"{where}:1: a view takes no parameters (materialise it as a table)")
     return Analysis(
         name=name,
         description=" ".join(header["description"]),
@@ -143,6 +156,7 @@ def parse_analysis(path: Path) -> Analysis:
         sql=body,
         path=path,
         header_lines=n_header,
+        materialise=materialise,
     )
 
 
@@ -173,10 +187,11 @@ def _topological(analyses: dict[str, Analysis]) -> list[str]:
 
 
 class Registry:
-    """All analyses of a directory, in dependency order."""
+    """All analyses of a directory, in dependency order, and the macros file they use."""
 
-    def __init__(self, analyses: dict[str, Analysis]) -> None:
+    def __init__(self, analyses: dict[str, Analysis], macros_sql: Path = MACROS_SQL) -> None:
         self._analyses = analyses
+        self.macros_sql = macros_sql
         self.order: tuple[str, ...] = tuple(_topological(analyses))
 
     def __contains__(self, name: object) -> bool:
@@ -207,9 +222,28 @@ class Registry:
         return [n for n in self.order if n in wanted]
 
 
-def install_macros(con: duckdb.DuckDBPyConnection) -> None:
+def install_macros(con: duckdb.DuckDBPyConnection, macros_sql: Path = MACROS_SQL) -> None:
     """Create the shared building-block macros (macros.sql) on a connection (temporary, idempotent)."""
-    con.execute(MACROS_SQL.read_text(encoding="utf-8"))
+    con.execute(macros_sql.read_text(encoding="utf-8"))
+
+
+def create_result(
+    con: duckdb.DuckDBPyConnection, analysis: Analysis, params: dict[str, ParamValue] | None = None
+) -> None:
+    """(Re)create the temporary table or view named after `analysis` from its SQL.
+
+    What was there under that name before (table or view, from an earlier run) is dropped first.
+    """
+    row = con.execute(
+        "SELECT table_type FROM information_schema.tables WHERE table_catalog = 'temp' AND table_name = ?",
+        [analysis.name],
+    ).fetchone()
+    if row is not None:
+        con.execute(f"DROP {'VIEW' if row[0] == 'VIEW' else 'TABLE'} temp.main.{analysis.name}")
+    if analysis.materialise == "view":
+        con.execute(f"CREATE TEMP VIEW {analysis.name} AS {analysis.sql}")
+    else:
+        con.execute(f"CREATE TEMP TABLE {analysis.name} AS {analysis.sql}", analysis.bind(params))
 
 
 def bind_check(registry: Registry) -> None:
@@ -220,12 +254,10 @@ def bind_check(registry: Registry) -> None:
     con = duckdb.connect(":memory:")
     try:
         con.execute(STORE_SCHEMA_SQL.read_text(encoding="utf-8"))
-        install_macros(con)
+        install_macros(con, registry.macros_sql)
         for analysis in registry:
             try:
-                con.execute(
-                    f"CREATE OR REPLACE TEMP TABLE {analysis.name} AS {analysis.sql}", analysis.bind()
-                )
+                create_result(con, analysis)
             except duckdb.Error as exc:
                 message = str(exc).splitlines()[0]
                 match = _LINE_IN_ERROR.search(str(exc))
@@ -235,12 +267,14 @@ def bind_check(registry: Registry) -> None:
         con.close()
 
 
-def load_registry(sql_dir: Path = SQL_DIR, *, check_sql: bool = True) -> Registry:
-    """Load and validate every `*.sql` file of `sql_dir`."""
+def load_registry(
+    sql_dir: Path = SQL_DIR, *, check_sql: bool = True, macros_sql: Path = MACROS_SQL
+) -> Registry:
+    """Load and validate every `*.sql` file of `sql_dir` (with the macros of `macros_sql`)."""
     paths = sorted(sql_dir.glob("*.sql"))
     if not paths:
         raise AnalysisDefinitionError(f"{sql_dir}: no .sql analyses found")
-    registry = Registry({p.stem: parse_analysis(p) for p in paths})
+    registry = Registry({p.stem: parse_analysis(p) for p in paths}, macros_sql)
     if check_sql:
         bind_check(registry)
     return registry

@@ -14,17 +14,32 @@ skew correction); (3) the naive DuckDB overlap join for bug 1: page lists unnest
 plus range predicates. A baseline still running after --limit s is stopped and printed as
 "> N (stopped)". Then the whole `kvtrace report` command (wall time, process start included),
 and the findings per kind against the simulator's labels (the 1M labels once per copy).
+
+    .venv/bin/python bench/analytics.py --formulation [--spans 1000000 --spans 10000000] [--repeat 3]
+
+--formulation (issue 18, part 0): the analyses as they were before it (analytics/sql and macros.sql
+of commit 5100d25, taken with `git show` into a temporary folder and loaded the same way) against
+the working tree's, interleaved (old, new, old, new, ... each run in its own process on a fresh
+connection), per analysis and in total, medians over --repeat runs, on stores of 1M and 10M
+simulator spans built once under --work (default /tmp/kvtrace-bench; never in the repository).
+Every race analysis' rows (findings and the five kinds) must be identical, or the bench fails.
+The table goes to stdout and to bench/results/analytics_formulation.txt.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import platform
 import re
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -36,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kvtrace.analytics import runner  # noqa: E402
+from kvtrace.analytics.registry import Registry, create_result, install_macros, load_registry  # noqa: E402
 
 INGEST_OUT = ROOT / "bench" / "out" / "ingest"
 OUT = ROOT / "bench" / "out" / "analytics"
@@ -120,12 +136,28 @@ def naive_duckdb(con: duckdb.DuckDBPyConnection) -> int:
 METHODS = {"ours": ours, "pandas": pandas_sweep, "naive": naive_duckdb}
 
 
-def shifted_input(n_spans: int) -> Path:
-    """OTLP JSON lines of n_spans // 1M disjoint copies of bench/out/ingest/json-1000000 (see _ID_VALUE)."""
-    src = INGEST_OUT / f"json-{BASE}"
+def base_input(work: Path | None = None) -> Path:
+    """The 1M-span simulator input: bench/out/ingest/json-1000000 (bench/ingest.py makes it), or, with
+    `work`, work/json-1000000 written here the same way (simulator fastpath, seed 1) if missing."""
+    if work is None:
+        return INGEST_OUT / f"json-{BASE}"
+    d = work / f"json-{BASE}"
+    marker = d / "spans.txt"
+    if not marker.exists():
+        from kvtrace.simulator.fastpath import write_spans
+
+        print(f"  writing {d} (simulator fastpath, seed 1)", flush=True)
+        stats = write_spans(d, BASE, seed=1)
+        marker.write_text(str(stats.spans))
+    return d
+
+
+def shifted_input(n_spans: int, work: Path | None = None) -> Path:
+    """OTLP JSON lines of n_spans // 1M disjoint copies of the 1M input (see _ID_VALUE)."""
+    src = base_input(work)
     if n_spans <= BASE:
         return src
-    d = OUT / f"json-{n_spans}-shifted"
+    d = (work or OUT) / f"json-{n_spans}-shifted"
     marker = d / "spans.txt"
     if not marker.exists():
         d.mkdir(parents=True, exist_ok=True)
@@ -142,14 +174,19 @@ def shifted_input(n_spans: int) -> Path:
     return d
 
 
-def store(n_spans: int) -> Path:
-    """The store of n_spans, built once with the real `kvtrace ingest` (progress to a log)."""
-    db = OUT / f"store_{n_spans}.duckdb"
+def store(n_spans: int, work: Path | None = None) -> Path:
+    """The store of n_spans (in bench/out/analytics, or `work`), built once with the real `kvtrace ingest`."""
+    out = work or OUT
+    out.mkdir(parents=True, exist_ok=True)
+    db = out / f"store_{n_spans}.duckdb"
     if not db.exists():
-        src = shifted_input(n_spans)
-        with open(OUT / f"ingest_{n_spans}.log", "w") as log:
-            subprocess.run([str(ROOT / ".venv/bin/kvtrace"), "ingest", str(src), "--db", str(db)],
+        src = shifted_input(n_spans, work)
+        tmp = out / f"store_{n_spans}.partial.duckdb"
+        tmp.unlink(missing_ok=True)
+        with open(out / f"ingest_{n_spans}.log", "w") as log:
+            subprocess.run([str(ROOT / ".venv/bin/kvtrace"), "ingest", str(src), "--db", str(tmp)],
                            check=True, stdout=log, stderr=log)
+        tmp.rename(db)
     return db
 
 
@@ -240,6 +277,139 @@ def ratio(t: float | None, ours_t: float, limit: float, why: str) -> str:
     return f"{t / ours_t:.1f}x"
 
 
+# ------------------------------------------------------------------ --formulation (issue 18, part 0)
+
+BEFORE = "5100d25"  # the commit before issue 18's rewrite
+FORMULATION_OUT = ROOT / "bench" / "results" / "analytics_formulation.txt"
+# the rows that must not change: every race finding, and each kind's own result
+CHECKED = ["findings", "abort_before_write_complete", "unsafe_free", "read_before_load", "page_hazard",
+           "abort_during_transfer"]
+
+
+def old_sql(work: Path) -> Path:
+    """analytics/sql/*.sql and analytics/macros.sql of BEFORE, as `git show` gives them, in a folder."""
+    d = Path(tempfile.mkdtemp(prefix="kvtrace-sql-before-", dir=work))
+    (d / "sql").mkdir()
+    names = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", f"{BEFORE}:analytics/sql/"],
+                           check=True, capture_output=True, text=True).stdout.split()
+    for name in names:
+        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{BEFORE}:analytics/sql/{name}"],
+                              check=True, capture_output=True, text=True).stdout
+        (d / "sql" / name).write_text(text)
+    macros = subprocess.run(["git", "-C", str(ROOT), "show", f"{BEFORE}:analytics/macros.sql"],
+                            check=True, capture_output=True, text=True).stdout
+    (d / "macros.sql").write_text(macros)
+    return d
+
+
+def formulation_child(version: str, db: Path, old_dir: Path | None) -> None:
+    """Compute the race analyses (the closure of `findings`) once with `version`'s SQL, each step
+    timed; print the times and a digest of every checked analysis' rows as one line."""
+    if version == "old" and old_dir is not None:
+        reg: Registry = load_registry(old_dir / "sql", macros_sql=old_dir / "macros.sql", check_sql=False)
+    else:
+        reg = load_registry(check_sql=False)
+    con = runner.connect(db)
+    con.execute("SET max_temp_directory_size = '8GB'")
+    install_macros(con, reg.macros_sql)
+    times: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    kinds: dict[str, str] = {}
+    for name in reg.closure("findings"):
+        analysis = reg.get(name)
+        t, c = time.perf_counter(), _cpu_s()
+        create_result(con, analysis)
+        times[name], cpu[name] = time.perf_counter() - t, _cpu_s() - c
+        kinds[name] = analysis.materialise
+    digests: dict[str, tuple[int, str]] = {}
+    for name in CHECKED:
+        rows = sorted(repr(r) for r in con.execute(f"SELECT * FROM temp.main.{name}").fetchall())
+        cols = [r[0] for r in con.execute(f"DESCRIBE temp.main.{name}").fetchall()]
+        digests[name] = (len(rows), hashlib.sha256("\n".join([repr(cols), *rows]).encode()).hexdigest())
+    con.close()
+    print("RESULT", json.dumps({"times": times, "cpu": cpu, "kinds": kinds, "digests": digests}), flush=True)
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process, every thread (user + system): less moved by a busy machine than wall time."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def formulation(spans: list[int], repeat: int, work: Path) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    stores = [(n, store(n, work)) for n in spans]
+    old_dir = old_sql(work)
+    lines = [f"machine: {platform.machine()}, nproc {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()}, "
+             f"python {platform.python_version()}, duckdb {duckdb.__version__}; before = analytics/sql + macros.sql of "
+             f"{BEFORE}, after = the working tree; runs interleaved (before, after, ...), each in its own process; "
+             f"medians of {repeat}; seconds of each CREATE, wall and CPU (all threads) (a view is planned inside its "
+             f"readers: ~0 s itself); load average at start {os.getloadavg()[0]:.1f}"]
+    print(lines[0], flush=True)
+    tables: list[str] = []
+    try:
+        for n, db in stores:
+            runs: dict[str, list[dict[str, object]]] = {"old": [], "new": []}
+            for i in range(repeat):
+                for version in ("old", "new"):
+                    cmd = [sys.executable, __file__, "--formulation-child", version, "--db", str(db),
+                           "--old-sql", str(old_dir)]
+                    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                    got = json.loads(next(x for x in out.splitlines() if x.startswith("RESULT"))[7:])
+                    runs[version].append(got)
+                    print(f"  {db.name} run {i + 1} {version}: {sum(got['times'].values()):.2f} s, "
+                          f"{sum(got['cpu'].values()):.2f} CPU s", flush=True)
+            digests = {v: [r["digests"] for r in runs[v]] for v in runs}
+            first = digests["old"][0]
+            for v in runs:
+                for d in digests[v]:
+                    if d != first:
+                        diff = [k for k in CHECKED if d[k] != first[k]]  # type: ignore[index]
+                        raise SystemExit(f"{db.name}: findings differ ({v}): {diff}")
+            names: list[str] = []
+            for v in ("old", "new"):
+                for name in runs[v][0]["times"]:  # type: ignore[attr-defined]
+                    if name not in names:
+                        names.append(name)
+
+            def med(v: str, name: str, key: str, runs: dict[str, list[dict[str, object]]] = runs) -> float | None:
+                xs = [r[key][name] for r in runs[v] if name in r[key]]  # type: ignore[index,operator]
+                return statistics.median(xs) if xs else None
+
+            def cell(v: str, name: str, key: str, runs: dict[str, list[dict[str, object]]] = runs) -> str:
+                t = med(v, name, key, runs)
+                if t is None:
+                    return "-"
+                kind = runs[v][0]["kinds"][name]  # type: ignore[index]
+                return f"{t:.3f}" + (" (view)" if kind == "view" else "")
+
+            def ratio_cell(name: str, key: str, runs: dict[str, list[dict[str, object]]] = runs) -> str:
+                o, a = med("old", name, key, runs), med("new", name, key, runs)
+                return f"{a / o:.2f}x" if o and a is not None and o > 0.0005 else "-"
+
+            def total(v: str, key: str, runs: dict[str, list[dict[str, object]]] = runs) -> float:
+                return statistics.median(sum(r[key].values()) for r in runs[v])  # type: ignore[attr-defined]
+
+            rows = [f"\n{db.name}: {n:,}-span simulator store; findings identical before/after in all {2 * repeat} runs: "
+                    + ", ".join(f"{k} {first[k][0]:,}" for k in CHECKED)  # type: ignore[index]
+                    + "\n", "| analysis | before wall s | after wall s | after / before | before CPU s | after CPU s "
+                    "| after / before (CPU) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+            for name in names:
+                rows.append(f"| {name} | {cell('old', name, 'times')} | {cell('new', name, 'times')} "
+                            f"| {ratio_cell(name, 'times')} | {cell('old', name, 'cpu')} | {cell('new', name, 'cpu')} "
+                            f"| {ratio_cell(name, 'cpu')} |")
+            tw, tc = (total("old", "times"), total("new", "times")), (total("old", "cpu"), total("new", "cpu"))
+            rows.append(f"| **all race analyses** | **{tw[0]:.2f}** | **{tw[1]:.2f}** | **{tw[1] / tw[0]:.2f}x** "
+                        f"| **{tc[0]:.2f}** | **{tc[1]:.2f}** | **{tc[1] / tc[0]:.2f}x** |")
+            tables.append("\n".join(rows))
+            print(tables[-1], flush=True)
+    finally:
+        shutil.rmtree(old_dir, ignore_errors=True)
+    FORMULATION_OUT.parent.mkdir(parents=True, exist_ok=True)
+    FORMULATION_OUT.write_text("\n".join([lines[0], *tables]) + "\n")
+    print(f"\nwritten to {FORMULATION_OUT.relative_to(ROOT)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", action="append", default=[], type=Path, help="an existing store (no label check)")
@@ -250,10 +420,22 @@ def main() -> None:
     ap.add_argument("--report-limit", type=float, default=300.0, help="seconds after which `kvtrace report` is stopped")
     ap.add_argument("--max-rss-gb", type=float, default=8.0, help="resident GB at which a method is stopped")
     ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--formulation", action="store_true",
+                    help="the analyses before issue 18 against the working tree's (see above)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/kvtrace-bench"),
+                    help="where --formulation builds and keeps its stores")
     ap.add_argument("--child", choices=sorted(METHODS), help=argparse.SUPPRESS)
+    ap.add_argument("--formulation-child", choices=["old", "new"], help=argparse.SUPPRESS)
+    ap.add_argument("--old-sql", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child, args.db[0], args.repeat)
+        return
+    if args.formulation_child:
+        formulation_child(args.formulation_child, args.db[0], args.old_sql)
+        return
+    if args.formulation:
+        formulation(args.spans or [BASE, 10 * BASE], args.repeat, args.work)
         return
     stores = [(db, 0) for db in args.db] + [(store(n), n) for n in args.spans]
     print(f"machine: {platform.machine()}, nproc {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()}, "

@@ -6,23 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from kvtrace.analytics import runner
 from kvtrace.analytics.errors import AnalysisDefinitionError, ReadOnlyQueryError
 from kvtrace.analytics.materialise import analyze, result_tables
 from kvtrace.analytics.registry import SQL_DIR, default_registry, load_registry
-from kvtrace.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def mixed_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = tmp_path_factory.mktemp("mixed") / "store.duckdb"
-    result = CliRunner().invoke(main, ["ingest", str(ROOT / "sample_traces" / "mixed"), "--db", str(db)])
-    assert result.exit_code == 0, result.output
-    return db
 
 
 def _copy_sql(tmp_path: Path) -> Path:
@@ -59,8 +49,8 @@ def test_header_mistakes_are_refused(tmp_path: Path, edit, message: str) -> None
         load_registry(d, check_sql=False)
 
 
-def test_every_registered_analysis_runs_on_the_sample_store(mixed_store: Path) -> None:
-    con = runner.connect(mixed_store)
+def test_every_registered_analysis_runs_on_the_sample_store(mixed_ingested: Path) -> None:
+    con = runner.connect(mixed_ingested)
     registry = default_registry()
     for analysis in registry:
         table = runner.run(con, analysis.name)
@@ -69,18 +59,15 @@ def test_every_registered_analysis_runs_on_the_sample_store(mixed_store: Path) -
     assert runner.computed(con, "request_anomalies").num_rows > 0
 
 
-def test_analyze_stores_tables_whose_columns_equal_the_analyses(mixed_store: Path, tmp_path: Path) -> None:
-    db = tmp_path / "own.duckdb"
-    result = CliRunner().invoke(main, ["ingest", str(ROOT / "sample_traces" / "mixed"), "--db", str(db)])
-    assert result.exit_code == 0, result.output
-    con = runner.connect(db, read_only=False)
+def test_analyze_stores_tables_whose_columns_equal_the_analyses(mixed_copy: Path) -> None:
+    con = runner.connect(mixed_copy, read_only=False)
     summary = analyze(con)
     analyze(con)  # idempotent: rows replaced, not doubled
     for table in result_tables():
-        stored = [r[0] for r in con.execute(f"DESCRIBE own.main.{table}").fetchall()]
+        stored = [r[0] for r in con.execute(f"DESCRIBE mixed.main.{table}").fetchall()]
         computed = [r[0] for r in con.execute(f"DESCRIBE temp.main.{table}").fetchall()]
         assert stored == computed, table
-        count = con.execute(f"SELECT count(*) FROM own.main.{table}").fetchone()
+        count = con.execute(f"SELECT count(*) FROM mixed.main.{table}").fetchone()
         assert count is not None and count[0] == summary.rows[table]
     assert summary.rows["findings"] == 20
     assert con.execute("SELECT count(*) FROM analysis_runs").fetchone() == (2,)
@@ -90,7 +77,7 @@ def test_analyze_stores_tables_whose_columns_equal_the_analyses(mixed_store: Pat
     "COPY kv_events TO '/tmp/x.csv'", "ATTACH '/tmp/other.duckdb'", "CREATE TABLE t AS SELECT 1",
     "SELECT * FROM read_csv('/etc/passwd')", "INSTALL httpfs", "SELECT 1; SELECT 2",
 ])
-def test_ad_hoc_queries_are_read_only(mixed_store: Path, sql: str) -> None:
-    con = runner.connect(mixed_store)
+def test_ad_hoc_queries_are_read_only(mixed_ingested: Path, sql: str) -> None:
+    con = runner.connect(mixed_ingested)
     with pytest.raises(ReadOnlyQueryError):
         runner.read_only_query(con, sql)

@@ -28,11 +28,20 @@ WITH decode_roots AS (
     FROM requests
     WHERE role = 'decode'
 ),
+-- culprits can only be decode requests whose room no kv.transfer covers (those rooms are left to
+-- the page-level analyses): every step below is restricted to them first, so a trace with
+-- kvtrace's page spans pays for this analysis with a few semi-joins
+uncovered_roots AS (
+    SELECT r.* FROM decode_roots AS r
+    WHERE r.bootstrap_room IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM kv_events AS k
+                      WHERE k.op = 'transfer' AND k.bootstrap_room = r.bootstrap_room)
+),
 thread_errors AS (
     SELECT s.trace_id, s.parent_span_id AS root_span_id, min(s.end_ns) AS error_ns,
            list(s.span_id ORDER BY s.end_ns, s.span_id) AS error_span_ids
     FROM spans AS s
-    SEMI JOIN decode_roots AS r ON r.trace_id = s.trace_id AND r.span_id = s.parent_span_id
+    SEMI JOIN uncovered_roots AS r ON r.trace_id = s.trace_id AND r.span_id = s.parent_span_id
     WHERE s.status_code = 2
     GROUP BY ALL
 ),
@@ -45,6 +54,7 @@ abort_marks AS (
 last_stages AS (
     SELECT rid, max(end_ns) AS last_stage_ns
     FROM request_stages WHERE name LIKE 'decode\_%' ESCAPE '\' AND rid IS NOT NULL
+      AND rid IN (SELECT rid FROM uncovered_roots)
     GROUP BY rid
 ),
 culprits AS (
@@ -52,12 +62,11 @@ culprits AS (
            coalesce(a.abort_ns, least(coalesce(l.last_stage_ns, r.end_ns), coalesce(e.error_ns, r.end_ns), r.end_ns))
                AS abort_ns,
            list_concat([r.span_id], coalesce(e.error_span_ids, []), coalesce(a.abort_span_ids, [])) AS evidence
-    FROM decode_roots AS r
+    FROM uncovered_roots AS r
     LEFT JOIN thread_errors AS e ON e.trace_id = r.trace_id AND e.root_span_id = r.span_id
     LEFT JOIN abort_marks AS a ON a.rid = r.rid AND a.instance_id = r.instance_id
     LEFT JOIN last_stages AS l ON l.rid = r.rid
-    WHERE r.bootstrap_room IS NOT NULL
-      AND (lower(r.finish_reason) = 'abort' OR e.error_ns IS NOT NULL OR a.abort_ns IS NOT NULL)
+    WHERE lower(r.finish_reason) = 'abort' OR e.error_ns IS NOT NULL OR a.abort_ns IS NOT NULL
 ),
 sessions AS (
     SELECT bootstrap_room, any_value(host_name) AS prefill_host, any_value(instance_id) AS prefill_instance,
@@ -68,11 +77,13 @@ sessions AS (
     -- indexer pool sends it after the KV) leaves the loop before its session slice is written,
     -- and the late end is then only on the enclosing worker send
     WHERE name IN ('mooncake_worker_send_session', 'mooncake_worker_send') AND bootstrap_room IS NOT NULL
+      AND bootstrap_room IN (SELECT bootstrap_room FROM culprits)
     GROUP BY bootstrap_room
 ),
 prefill_roots AS (
     SELECT trace_id, span_id, bootstrap_room, host_name, instance_id, end_ns
     FROM requests WHERE role = 'prefill' AND bootstrap_room IS NOT NULL
+      AND bootstrap_room IN (SELECT bootstrap_room FROM culprits)
 ),
 -- without mooncake's slices: the prefill side must show the transfer itself, a failed one (its
 -- ERROR thread span: "Prefill transfer failed ... KVTransferError(bootstrap_room=...)"; the one
@@ -105,9 +116,7 @@ windows AS (
     JOIN write_ends AS w USING (bootstrap_room)
     LEFT JOIN skew_bounds AS b ON b.prefill_host = w.prefill_host AND b.decode_host = c.host_name
     -- instrumented prefill instances are left to the page-level analyses (which see pages)
-    WHERE NOT EXISTS (SELECT 1 FROM kv_events AS k
-                      WHERE k.op = 'transfer' AND k.bootstrap_room = c.bootstrap_room)
-      AND NOT EXISTS (SELECT 1 FROM kv_events AS k WHERE k.emit_instance_id = w.prefill_instance)
+    WHERE NOT EXISTS (SELECT 1 FROM kv_events AS k WHERE k.emit_instance_id = w.prefill_instance)
 ),
 -- the write's end on the decode clock: offset = prefill clock - decode clock (skew_bounds)
 decode_clock AS (
@@ -126,6 +135,7 @@ admissions AS (
     FROM decode_roots AS r
     LEFT JOIN (SELECT rid, max(end_ns) AS admit_ns FROM request_stages
                WHERE name = 'decode_bootstrap' AND rid IS NOT NULL GROUP BY rid) AS b USING (rid)
+    WHERE r.instance_id IN (SELECT instance_id FROM in_flight)
 ),
 pairs AS (
     SELECT f.*, v.rid AS victim, v.span_id AS victim_span_id, v.admit_ns

@@ -6,6 +6,9 @@
 -- returns: one row per alloc span: alloc_span_id, rid, instance_id, tp_rank, kv_pool, page_ids,
 --   page_lo, page_hi, owned_from_ns, owned_until_ns (NULL = never freed in the trace),
 --   free_span_id, free_mode, free_reason, service_version.
+--   A view: the race analyses need an owner's release for a few allocations only and compute it
+--   for those (abort_before_write_complete, page_hazard); this is the whole table for ad-hoc use.
+-- materialise: view
 WITH allocs AS (
     SELECT span_id, rid, instance_id, tp_rank, kv_pool, page_ids, page_lo, page_hi, start_ns, service_version
     FROM kv_events WHERE op = 'alloc' AND rid IS NOT NULL

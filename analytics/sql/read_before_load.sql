@@ -25,22 +25,12 @@ pairs AS (
       ON r.rid = l.rid AND r.instance_id = l.instance_id AND r.tp_rank = l.tp_rank AND r.kv_pool = l.kv_pool
     WHERE intervals_overlap(r.start_ns, r.end_ns, l.start_ns, l.end_ns)
 ),
-per_layer AS (
-    SELECT p.*, layer,
-           p.read_start_ns + p.read_offsets[layer + 1] AS read_ns,
-           p.load_start_ns + p.load_offsets[layer + 1] AS done_ns
-    FROM pairs p, LATERAL (SELECT unnest(range(least(len(p.load_offsets), len(p.read_offsets)))) AS layer)
-),
+-- the early layers of a pair, computed on the pair's offset lists (macros.sql): no row per layer
 early AS (
     SELECT load_span_id, read_span_id, forward_span_id, load_rid, read_rid, instance_id, tp_rank, kv_pool,
-           page_ids, service_version,
-           list(layer ORDER BY layer) AS layers,
-           min(read_ns) AS window_start_ns,
-           max(done_ns) AS window_end_ns,
-           max(done_ns - read_ns) AS max_early_ns
-    FROM per_layer
-    WHERE read_ns < done_ns
-    GROUP BY ALL
+           page_ids, service_version, read_start_ns, read_offsets, load_start_ns, load_offsets,
+           early_layers(read_start_ns, read_offsets, load_start_ns, load_offsets) AS layers
+    FROM pairs
 )
 SELECT
     substr(md5(concat_ws('|', 'read_before_load', load_span_id, read_span_id)), 1, 16) AS finding_id,
@@ -52,13 +42,14 @@ SELECT
     CAST(layers AS INTEGER[]) AS layers,
     load_rid AS culprit_rid,
     read_rid AS victim_rid,
-    window_start_ns,
-    window_end_ns,
+    list_min(layer_times(layers, read_start_ns, read_offsets)) AS window_start_ns,
+    list_max(layer_times(layers, load_start_ns, load_offsets)) AS window_end_ns,
     'certain' AS confidence,
-    list_filter([load_span_id, read_span_id, forward_span_id], lambda s: s IS NOT NULL) AS evidence_span_ids,
+    drop_nulls([load_span_id, read_span_id, forward_span_id]) AS evidence_span_ids,
     load_span_id,
     read_span_id,
-    max_early_ns,
+    list_max(layer_gaps(layers, read_start_ns, read_offsets, load_start_ns, load_offsets)) AS max_early_ns,
     service_version
 FROM early
+WHERE len(layers) > 0
 ORDER BY instance, tp_rank, kv_pool, window_start_ns, finding_id

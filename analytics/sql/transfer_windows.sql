@@ -6,7 +6,9 @@
 --   start_raw_ns, end_raw_ns (prefill clock), offset_lo_ns, offset_hi_ns, offset_est_ns,
 --   start_est_ns, end_est_ns (decode clock, best estimate), end_earliest_ns, end_latest_ns (decode
 --   clock over every allowed offset; NULL = unbounded on that side), skew_bounded (both bounds known).
+--   A view: its readers (early_releases, page_hazard) join it at once to a few frees or reads.
 -- requires: skew_bounds
+-- materialise: view
 WITH instance_hosts AS (
     SELECT instance_id, any_value(host_name) AS host_name
     FROM (

@@ -19,7 +19,7 @@ SELECT
     greatest(e.end_est_ns, e.release_ns) AS window_end_ns,
     CASE WHEN e.skew_bounded AND e.free_seen AND e.release_ns < e.end_earliest_ns THEN 'certain' ELSE 'possible' END
         AS confidence,
-    list_concat([e.span_id, e.release_span_id], list_filter(e.abort_span_ids, lambda s: s <> e.release_span_id))
+    list_concat([e.span_id, e.release_span_id], list_without(e.abort_span_ids, e.release_span_id))
         AS evidence_span_ids,
     e.end_raw_ns AS window_end_raw_ns,
     e.end_earliest_ns AS window_end_earliest_ns,

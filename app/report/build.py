@@ -206,11 +206,12 @@ def _analyses_table(summary: Summary) -> pa.Table:
 
 
 def build_report(con: duckdb.DuckDBPyConnection, out_dir: Path, labels_path: Path | None = None,
-                 *, reuse_stored: bool = True) -> ReportFiles:
+                 *, reuse_stored: bool = True, results: reuse.Results | None = None) -> ReportFiles:
     """Write the report files into `out_dir`, from the results `kvtrace analyze` stored when the store
     has not changed since (and `reuse_stored`), else from analyses computed now on `con`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    source = reuse.results(con, reuse=reuse_stored)
+    # `results`: the analyses' tables are on `con` already (computed elsewhere: --engine spark)
+    source = results if results is not None else reuse.results(con, reuse=reuse_stored)
     summary = summarise(con)
     found = _table(con, "findings")
     incidents = _table(con, "incidents")

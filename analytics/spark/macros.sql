@@ -1,0 +1,10 @@
+-- Spark bodies for the macros of analytics/macros.sql whose DuckDB body does not mean the same in
+-- Spark once sqlglot has transpiled it (transpile.py inlines every macro; a macro named here is
+-- inlined with this body instead). Same form as macros.sql, written in Spark SQL:
+--
+--   CREATE OR REPLACE TEMP MACRO name(arg, ...) AS <Spark SQL expression>;
+--
+-- A name that overrides no macro of macros.sql fails at load. None needs one today: every DuckDB
+-- body of macros.sql transpiles to Spark with the same meaning on kvtrace's data (page lists are
+-- sorted, distinct and never hold NULL, so list_has_any = arrays_overlap and list_intersect =
+-- array_intersect there), which tests/test_spark_engine.py checks analysis by analysis.

@@ -1,0 +1,245 @@
+"""bench/spark: the race analyses (skew bounds -> findings) on Spark local[2] against DuckDB, same machine.
+
+    .venv/bin/python bench/spark.py --spans 1000000 --spans 10000000 [--windows 1 --windows 4 --windows 16]
+                                    [--repeat 1] [--work /tmp/kvtrace-bench]
+
+Stores are the ones bench/analytics.py builds (--work/store_N.duckdb: the simulator's 1M-span
+fastpath input, and for 10M ten disjoint copies of it), each exported once to a lake
+(--work/spark-lake-N, `kvtrace export --lake`). In one run, per store, interleaved (duckdb, spark
+W=1, spark W=..., duckdb, ...; each in its own process on a fresh connection / session):
+
+- duckdb: `runner.compute(con, ["findings"])` on the store;
+- spark W: a local[2] session over the lake, `SparkAnalytics.compute(["findings"], windows=W)`;
+  the time without the session start, and the session start apart; the peak resident memory of the
+  JVM (in local mode the driver is the executor: its RSS is what one executor holds, heap capped by
+  --spark-memory).
+
+The findings of every Spark run must equal DuckDB's (same ids, pages, windows, confidence) or the
+bench fails. Printed: medians, Spark/DuckDB ratio, growth 1M -> 10M per method, and the peak JVM
+memory per window count, from which the window count that keeps executor memory flat at 10M is read
+(the smallest W whose 10M peak is within 25% of the 1M W=1 peak). The machine may be busy: numbers
+measured on a shared box are indicative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _bench_analytics():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("bench_analytics", ROOT / "bench" / "analytics.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def lake_for(n_spans: int, work: Path) -> tuple[Path, Path]:
+    from kvtrace.ingest.export import export_lake
+
+    db = _bench_analytics().store(n_spans, work)
+    lake = work / f"spark-lake-{n_spans}"
+    if not (lake / "_kvtrace_lake.json").exists():
+        print(f"  exporting {db} -> {lake}", flush=True)
+        export_lake(db, lake)
+    return db, lake
+
+
+def child_duckdb(db: Path, out: Path) -> None:
+    from kvtrace.analytics import runner
+
+    con = runner.connect(db)
+    t = time.perf_counter()
+    runner.compute(con, ["findings"])
+    seconds = time.perf_counter() - t
+    rows = runner.computed(con, "findings").to_pylist()
+    out.write_text(json.dumps({"seconds": seconds, "findings": rows}, default=str))
+
+
+def child_spark(lake: Path, windows: int, memory: str, out: Path) -> None:
+    from kvtrace.analytics.spark.runner import SparkAnalytics, spark_session
+
+    t0 = time.perf_counter()
+    spark = spark_session(
+        "local[2]",
+        conf={
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.driver.memory": memory,
+            "spark.sql.shuffle.partitions": "8",
+        },
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    started = time.perf_counter() - t0
+    engine = SparkAnalytics(spark, lake)
+    t = time.perf_counter()
+    engine.compute(["findings"], windows=windows)
+    seconds = time.perf_counter() - t
+    rows = engine.table("findings").to_pylist()
+    out.write_text(json.dumps({"seconds": seconds, "session_s": started, "findings": rows}, default=str))
+    spark.stop()
+
+
+def measured(cmd: list[str], out: Path, limit: float) -> dict[str, object] | None:
+    """Run a child; its result, with the peak RSS of its process tree (the JVM included)."""
+    out.unlink(missing_ok=True)
+    peak = 0
+    t0 = time.perf_counter()
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        ps = psutil.Process(proc.pid)
+        jvm_peak = 0
+        while proc.poll() is None:
+            try:
+                tree = [ps, *ps.children(recursive=True)]
+                rss = sum(p.memory_info().rss for p in tree)
+                jvm = sum(p.memory_info().rss for p in tree if "java" in p.name())
+            except psutil.Error:
+                rss = jvm = 0
+            peak, jvm_peak = max(peak, rss), max(jvm_peak, jvm)
+            if time.perf_counter() - t0 > limit:
+                proc.kill()
+                return None
+            time.sleep(0.25)
+    if proc.returncode != 0 or not out.exists():
+        return None
+    got: dict[str, object] = json.loads(out.read_text())
+    got["peak_rss"], got["jvm_rss"] = peak, jvm_peak
+    return got
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--spans", action="append", type=int, default=[], help="1000000, 10000000 (built if missing)"
+    )
+    ap.add_argument(
+        "--windows", action="append", type=int, default=[], help="window counts for Spark (default 1, 4, 16)"
+    )
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument(
+        "--spark-memory", default="4g", help="local[2] JVM heap (driver = executor in local mode)"
+    )
+    ap.add_argument("--limit", type=float, default=1800.0, help="seconds after which a run is stopped")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/kvtrace-bench"))
+    ap.add_argument("--child", choices=["duckdb", "spark"], help=argparse.SUPPRESS)
+    ap.add_argument("--db", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--lake", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--w", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child == "duckdb":
+        child_duckdb(args.db, args.out)
+        return
+    if args.child == "spark":
+        child_spark(args.lake, args.w, args.spark_memory, args.out)
+        return
+
+    sizes = args.spans or [1_000_000, 10_000_000]
+    windows = args.windows or [1, 4, 16]
+    args.work.mkdir(parents=True, exist_ok=True)
+    out = args.work / f"spark-bench-{os.getpid()}.json"
+    results: dict[tuple[int, str], list[dict[str, object]]] = {}
+    for n in sizes:
+        db, lake = lake_for(n, args.work)
+        methods = [
+            ("duckdb", [sys.executable, __file__, "--child", "duckdb", "--db", str(db), "--out", str(out)])
+        ]
+        methods += [
+            (
+                f"spark W={w}",
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    "spark",
+                    "--lake",
+                    str(lake),
+                    "--w",
+                    str(w),
+                    "--spark-memory",
+                    args.spark_memory,
+                    "--out",
+                    str(out),
+                ],
+            )
+            for w in windows
+        ]
+        reference: list[object] | None = None
+        for r in range(args.repeat):
+            for name, cmd in methods:  # interleaved: every method once per round
+                got = measured(cmd, out, args.limit)
+                print(
+                    f"  {n:>11,} spans  round {r + 1}  {name:<12} "
+                    + ("stopped/failed" if got is None else f"{float(got['seconds']):.2f} s"),
+                    flush=True,
+                )
+                if got is None:
+                    continue
+                rows = got.pop("findings")
+                if reference is None:
+                    reference = rows  # type: ignore[assignment]
+                elif rows != reference:
+                    raise SystemExit(f"{name} on {n:,} spans: findings differ from duckdb's")
+                got["n_findings"] = len(rows)  # type: ignore[arg-type]
+                results.setdefault((n, name), []).append(got)
+    out.unlink(missing_ok=True)
+
+    def med(n: int, name: str, key: str) -> float | None:
+        runs = results.get((n, name))
+        return statistics.median(float(r[key]) for r in runs) if runs else None  # type: ignore[arg-type]
+
+    print("\nrace analyses (skew bounds -> findings), medians; Spark local[2] without its session start")
+    print(
+        f"{'spans':>12} {'method':<12} {'seconds':>9} {'vs duckdb':>10} {'session s':>10} {'peak JVM MB':>12} {'findings':>9}"
+    )
+    for n in sizes:
+        base = med(n, "duckdb", "seconds")
+        for name in ["duckdb", *[f"spark W={w}" for w in windows]]:
+            s = med(n, name, "seconds")
+            if s is None:
+                print(f"{n:>12,} {name:<12} {'-':>9}")
+                continue
+            ratio = f"{s / base:.1f}x" if base else "-"
+            sess = med(n, name, "session_s")
+            jvm = med(n, name, "jvm_rss")
+            count = results[(n, name)][0]["n_findings"]
+            print(
+                f"{n:>12,} {name:<12} {s:>9.2f} {ratio:>10} {'' if sess is None else f'{sess:.1f}':>10} "
+                f"{'' if not jvm else f'{jvm / 2**20:,.0f}':>12} {count:>9}"
+            )
+    if len(sizes) >= 2:
+        lo, hi = sizes[0], sizes[-1]
+        print(f"\ngrowth {lo:,} -> {hi:,} spans ({hi / lo:.0f}x the data)")
+        for name in ["duckdb", *[f"spark W={w}" for w in windows]]:
+            a, b = med(lo, name, "seconds"), med(hi, name, "seconds")
+            if a and b:
+                print(f"  {name:<12} {b / a:.1f}x the time")
+        flat = med(lo, "spark W=1", "jvm_rss")
+        if flat:
+            for w in windows:
+                peak = med(hi, f"spark W={w}", "jvm_rss")
+                if peak and peak <= flat * 1.25:
+                    print(
+                        f"  executor memory flat at {hi:,} spans from {w} windows "
+                        f"({peak / 2**20:,.0f} MB vs {flat / 2**20:,.0f} MB at {lo:,}, W=1)"
+                    )
+                    break
+            else:
+                print("  no window count tried kept the executor's peak within 25% of the small run's")
+
+
+if __name__ == "__main__":
+    main()
