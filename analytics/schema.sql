@@ -93,8 +93,23 @@ CREATE TABLE IF NOT EXISTS request_attributes (
     concurrency              INTEGER,
     concurrency_bucket       VARCHAR,
     transfer_backend         VARCHAR,
-    anomaly                  VARCHAR
+    anomaly                  VARCHAR,
+    prefill_instance         VARCHAR,
+    had_hicache_load         BOOLEAN,
+    transfer_ms              DOUBLE,
+    transfer_bucket          VARCHAR,
+    n_pages                  BIGINT,
+    pages_bucket             VARCHAR,
+    attributes               MAP(VARCHAR, VARCHAR)
 );
+-- derived attributes added later (request_attributes.sql): the same columns for an older store
+ALTER TABLE request_attributes ADD COLUMN IF NOT EXISTS prefill_instance VARCHAR;
+ALTER TABLE request_attributes ADD COLUMN IF NOT EXISTS had_hicache_load BOOLEAN;
+ALTER TABLE request_attributes ADD COLUMN IF NOT EXISTS transfer_ms DOUBLE;
+ALTER TABLE request_attributes ADD COLUMN IF NOT EXISTS transfer_bucket VARCHAR;
+ALTER TABLE request_attributes ADD COLUMN IF NOT EXISTS n_pages BIGINT;
+ALTER TABLE request_attributes ADD COLUMN IF NOT EXISTS pages_bucket VARCHAR;
+ALTER TABLE request_attributes ADD COLUMN IF NOT EXISTS attributes MAP(VARCHAR, VARCHAR);
 
 -- Anomalous requests and the findings that explain them (victim joins), with the symptom delay.
 CREATE TABLE IF NOT EXISTS anomaly_linkage (

@@ -1,4 +1,4 @@
-"""kvtrace investigation app: one entrypoint, pages under app/pages/ (`kvtrace app --db FILE`)."""
+"""kvtrace investigation app: one entrypoint, pages under app/views/ (`kvtrace app --db FILE`)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from kvtrace.app.ui import sidebar_status
+from kvtrace.app.ui import sidebar_search, sidebar_status
 
 HERE = Path(__file__).resolve().parent
-PAGES = HERE / "pages"
+PAGES = HERE / "views"
 
 st.set_page_config(page_title="kvtrace", page_icon=":material/troubleshoot:", layout="wide")
 
@@ -29,5 +29,6 @@ navigation = st.navigation(
         ],
     }
 )
+sidebar_search()
 sidebar_status()
 navigation.run()

@@ -72,6 +72,44 @@ def section() -> Iterator[None]:
         st.error(f"query failed: {md(exc)}")
 
 
+def sidebar_search() -> None:
+    """The search box on every page (sidebar): a rid, rid prefix, trace id, bootstrap room, finding
+    id or incident id. A search that names one entity opens it (its URL: app/search.py); several
+    are listed as links; none says so. `?q=` fills the box (a search's own URL)."""
+    from kvtrace.app import search
+
+    with st.sidebar:
+        if "search_q" not in st.session_state and st.query_params.get("q"):
+            st.session_state["search_q"] = st.query_params.get("q")  # a shared search lists, it does not jump
+        text = st.text_input("Search", key="search_q", on_change=_search_submitted,
+                             placeholder="rid, trace id, room, finding or incident id",
+                             help="a rid or its first characters, a trace id (16 or 32 hex digits), a "
+                                  "bootstrap room, a finding id or an incident id")
+        if not text.strip():
+            return
+        try:
+            hits = cached(search.resolve, text, 20)
+        except (StoreUnavailable, QueryError, MissingTable) as exc:
+            st.error(md(exc))
+            return
+        go = st.session_state.pop("_search_go", False)
+        if not hits:
+            st.warning(f"nothing in this store is {md_code(text.strip())}: no rid, rid prefix, trace id, "
+                       "bootstrap room, finding id or incident id")
+            return
+        if go and len(hits) == 1:
+            st.switch_page(hits[0].page, query_params=hits[0].query_params)
+        if len(hits) > 1:
+            st.query_params["q"] = text.strip()  # the list is the result: its URL
+        st.caption(f"{len(hits)} match(es)" + (" (the first 20)" if len(hits) >= 20 else ""))
+        for hit in hits:
+            st.page_link(hit.page, label=md(search.describe(hit)), query_params=hit.query_params)
+
+
+def _search_submitted() -> None:
+    st.session_state["_search_go"] = True
+
+
 def sidebar_status() -> None:
     """Which store, how old the snapshot is, and whether an ingest is writing to it now."""
     with st.sidebar:
@@ -98,8 +136,12 @@ def _age(seconds: float) -> str:
 
 
 def ns_to_text(ns: int | float | None) -> str:
-    import pandas as pd
+    """Nanoseconds since the epoch as 'YYYY-MM-DD HH:MM:SS.mmm' (UTC); '-' for a missing value."""
+    import datetime as dt
+    import math
 
-    if ns is None or pd.isna(ns):
+    if ns is None or (isinstance(ns, float) and math.isnan(ns)):
         return "-"
-    return str(pd.Timestamp(int(ns), unit="ns", tz="UTC").strftime("%Y-%m-%d %H:%M:%S.%f")[:-3])
+    seconds, rest = divmod(int(ns), 10**9)
+    when = dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
+    return f"{when:%Y-%m-%d %H:%M:%S}.{rest // 10**6:03d}"

@@ -6,7 +6,7 @@ How the big stores are made: ingest runs at a few thousand spans/s on this 2-cor
 (bench/RESULTS.md, ## ingest), so a 10M-span store cannot come through the real pipeline in a
 session. Instead the real pipeline builds a seed (sample_traces/mixed -> ingest_paths -> analyze),
 and DuckDB replicates every row-per-span/request/finding table of that seed K times: ids get a
-`-k` suffix (span, trace, rid, finding ids and the id lists), times move by k x the seed's time
+`-k` suffix (span, trace, rid, finding and incident ids and the id lists), times move by k x the seed's time
 span, so copy k is the seed run again later. Per-instance tables (resources, skew_bounds, the
 per-version summaries) stay as they are. The result has the schema and the value distributions of
 a real store; it is larger in time, not denser.
@@ -37,15 +37,56 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 
 # Tables with one row per span / request / finding: replicated. The rest are copied once.
-REPLICATED = ("spans", "span_events", "span_links", "requests", "spec_steps", "kv_events", "aborts",
-              "request_stages", "feedback", "findings", "request_anomalies", "request_attributes",
-              "anomaly_linkage", "anomaly_leads", "spec_step_detector")
-ID_COLUMNS = {"trace_id", "span_id", "parent_span_id", "linked_trace_id", "linked_span_id", "rid",
-              "culprit_rid", "victim_rid", "finding_id", "bootstrap_room"}
-ID_LIST_COLUMNS = {"evidence_span_ids", "finding_ids"}
-TIME_COLUMNS = {"start_ns", "end_ns", "time_ns", "step_end_ns", "window_start_ns", "window_end_ns",
-                "window_end_raw_ns", "window_end_earliest_ns", "window_end_latest_ns", "first_abnormal_ns",
-                "fire_ns"}
+REPLICATED = (
+    "spans",
+    "span_events",
+    "span_links",
+    "requests",
+    "spec_steps",
+    "kv_events",
+    "aborts",
+    "request_stages",
+    "feedback",
+    "findings",
+    "request_anomalies",
+    "request_attributes",
+    "anomaly_linkage",
+    "anomaly_leads",
+    "spec_step_detector",
+    "incidents",
+    "finding_incidents",
+)
+ID_COLUMNS = {
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "linked_trace_id",
+    "linked_span_id",
+    "rid",
+    "culprit_rid",
+    "victim_rid",
+    "finding_id",
+    "bootstrap_room",
+    "incident_id",
+    "culprit_span_id",
+    "action_key",
+}
+ID_LIST_COLUMNS = {"evidence_span_ids", "finding_ids", "culprit_span_ids", "victim_rids"}
+TIME_COLUMNS = {
+    "start_ns",
+    "end_ns",
+    "time_ns",
+    "step_end_ns",
+    "window_start_ns",
+    "window_end_ns",
+    "window_end_raw_ns",
+    "window_end_earliest_ns",
+    "window_end_latest_ns",
+    "first_abnormal_ns",
+    "fire_ns",
+    "action_start_ns",
+    "action_end_ns",
+}
 PAGES = ["overview", "findings", "requests", "anomalies", "compare", "replay", "sql", "ingest"]
 
 
@@ -69,11 +110,18 @@ def replicate(seed: Path, target: Path, copies: int) -> float:
     con.execute("SET preserve_insertion_order = false")
     lo, hi = con.execute("SELECT min(start_ns), max(end_ns) FROM seed.spans").fetchone()
     period = int(hi - lo) + 1_000_000_000
-    tables = [r[0] for r in con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = 'seed' ORDER BY table_name").fetchall()]
+    tables = [
+        r[0]
+        for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = 'seed' ORDER BY table_name"
+        ).fetchall()
+    ]
     for table in tables:
-        cols = con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = 'seed' "
-                           "AND table_name = ? ORDER BY column_index", [table]).fetchall()
+        cols = con.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = 'seed' "
+            "AND table_name = ? ORDER BY column_index",
+            [table],
+        ).fetchall()
         con.execute(f"CREATE TABLE {table} AS SELECT * FROM seed.{table} LIMIT 0")
         if table not in REPLICATED:
             con.execute(f"INSERT INTO {table} SELECT * FROM seed.{table}")
@@ -128,7 +176,7 @@ def measure_pages(db: Path, repeat: int) -> dict[str, tuple[float, float, bool]]
 
     def render(page: str, click: str | None = None) -> tuple[float, bool]:
         at = AppTest.from_file(entry, default_timeout=600)
-        at.switch_page(f"pages/{page}.py")
+        at.switch_page(f"views/{page}.py")
         t = time.perf_counter()
         at.run()
         if click:
@@ -187,8 +235,10 @@ def main() -> None:
         print("building the seed store (sample_traces/mixed -> ingest -> analyze)", file=sys.stderr)
         build_seed(seed)
     seed_spans = duckdb.connect(str(seed), read_only=True).execute("SELECT count(*) FROM spans").fetchone()[0]
-    print(f"machine: {platform.machine()}, nproc {os.cpu_count()}, {platform.python_version()}, "
-          f"duckdb {duckdb.__version__}")
+    print(
+        f"machine: {platform.machine()}, nproc {os.cpu_count()}, {platform.python_version()}, "
+        f"duckdb {duckdb.__version__}"
+    )
     for target in args.spans or [1_000_000]:
         copies = max(1, round(target / seed_spans))
         db = OUT / f"app_store_{target}.duckdb"
@@ -200,24 +250,44 @@ def main() -> None:
         spans, requests, findings = con.execute(
             "SELECT (SELECT count(*) FROM spans), (SELECT count(*) FROM requests), (SELECT count(*) FROM findings)"
         ).fetchone()
-        rid = con.execute("SELECT rid FROM findings f JOIN requests r ON r.rid = f.victim_rid LIMIT 1").fetchone()[0]
+        rid = con.execute(
+            "SELECT rid FROM findings f JOIN requests r ON r.rid = f.victim_rid LIMIT 1"
+        ).fetchone()[0]
         con.close()
         size_gb = db.stat().st_size / 1e9
         # Each store in a fresh process so the caches and the snapshot start cold for it.
         if os.environ.get("KVTRACE_BENCH_CHILD") != str(db):
             env = {**os.environ, "KVTRACE_BENCH_CHILD": str(db)}
-            subprocess.run([sys.executable, __file__, "--spans", str(target), "--repeat", str(args.repeat),
-                            "--naive-max-spans", str(args.naive_max_spans)], check=True, env=env)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--spans",
+                    str(target),
+                    "--repeat",
+                    str(args.repeat),
+                    "--naive-max-spans",
+                    str(args.naive_max_spans),
+                ],
+                check=True,
+                env=env,
+            )
             continue
         snap, plain = measure_open(db, args.repeat)
         pages = measure_pages(db, args.repeat)
-        print(f"\n### {spans:,} spans, {requests:,} request roots, {findings:,} findings ({size_gb:.2f} GB file)\n")
-        print(f"open + first query: snapshot copy (ours) {snap:.2f} s vs plain read-only open {plain:.2f} s "
-              f"({snap / plain:.0f}x; the price of never blocking an ingest)\n")
+        print(
+            f"\n### {spans:,} spans, {requests:,} request roots, {findings:,} findings ({size_gb:.2f} GB file)\n"
+        )
+        print(
+            f"open + first query: snapshot copy (ours) {snap:.2f} s vs plain read-only open {plain:.2f} s "
+            f"({snap / plain:.0f}x; the price of never blocking an ingest)\n"
+        )
         print("| page | first render s (ours, cold cache) | cached re-render s | <= 2 s | ok |")
         print("| --- | --- | --- | --- | --- |")
         for page, (first, cached, ok) in pages.items():
-            print(f"| {page} | {first:.2f} | {cached:.2f} | {'yes' if first <= 2 else 'NO'} | {'yes' if ok else 'EXCEPTION'} |")
+            print(
+                f"| {page} | {first:.2f} | {cached:.2f} | {'yes' if first <= 2 else 'NO'} | {'yes' if ok else 'EXCEPTION'} |"
+            )
         if spans <= args.naive_max_spans:
             n_over = _median([naive_overview(db) for _ in range(args.repeat)])
             n_req = _median([naive_waterfall(db, rid) for _ in range(args.repeat)])

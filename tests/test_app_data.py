@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pytest
-from app_sample_store import ingested_only_store, mixed_store  # noqa: F401
 
 from kvtrace.app.data import findings, requests, sql_console
 from kvtrace.app.data.common import MissingTable
@@ -29,13 +29,13 @@ def test_execution_core_never_imports_streamlit_or_plotly() -> None:
 
 
 @pytest.fixture(scope="module")
-def store(mixed_store: Path) -> Store:  # noqa: F811
+def store(mixed_store: Path) -> Store:
     s = Store(mixed_store)
     yield s
     s.close()
 
 
-def test_timeline_of_an_abort_finding_tells_the_story(store: Store, mixed_store: Path) -> None:  # noqa: F811
+def test_timeline_of_an_abort_finding_tells_the_story(store: Store, mixed_store: Path) -> None:
     con = duckdb.connect(str(mixed_store), read_only=True)
     fid, culprit, victim, pages = con.execute(
         "SELECT finding_id, culprit_rid, victim_rid, pages FROM findings "
@@ -43,18 +43,18 @@ def test_timeline_of_an_abort_finding_tells_the_story(store: Store, mixed_store:
     con.close()
     tl = findings.timeline(store, fid)
     ev = tl.events
-    culprit_ops = set(ev.loc[ev["who"] == "culprit", "op"])
-    victim_ops = set(ev.loc[ev["who"] == "victim", "op"])
+    culprit_ops = set(ev.filter(pl.col("who") == "culprit")["op"])
+    victim_ops = set(ev.filter(pl.col("who") == "victim")["op"])
     assert {"transfer", "free", "abort"} <= culprit_ops
     assert "alloc" in victim_ops
-    assert set(ev.loc[ev["who"] == "culprit", "rid"]) == {culprit}
-    assert set(ev.loc[ev["who"] == "victim", "rid"]) == {victim}
+    assert set(ev.filter(pl.col("who") == "culprit")["rid"]) == {culprit}
+    assert set(ev.filter(pl.col("who") == "victim")["rid"]) == {victim}
     # Every drawn run stays within the focus band around the finding's pages.
     assert ev["page_lo"].min() >= min(pages) - findings.FOCUS_MARGIN
     assert ev["page_hi"].max() <= max(pages) + findings.FOCUS_MARGIN
     # The culprit's write ends after the victim's reuse on the corrected clock: that is the race.
-    write_end = ev.loc[(ev["who"] == "culprit") & (ev["op"] == "transfer"), "x1_ms"].max()
-    reuse = ev.loc[(ev["who"] == "victim") & (ev["op"] == "alloc"), "x0_ms"].min()
+    write_end = ev.filter((pl.col("who") == "culprit") & (pl.col("op") == "transfer"))["x1_ms"].max()
+    reuse = ev.filter((pl.col("who") == "victim") & (pl.col("op") == "alloc"))["x0_ms"].min()
     assert write_end > reuse
     assert tl.window_ms[0] == 0.0 and tl.window_ms[1] > 0
 
@@ -75,20 +75,20 @@ def test_every_analysis_example_reproduces_its_stored_result(store: Store) -> No
         assert not got.truncated
         want = store.frame(f"SELECT * FROM {name}")
         cols = list(want.columns)
-        key = [c for c in cols if want[c].map(lambda v: not hasattr(v, "__len__") or isinstance(v, str)).all()]
-        lhs = got.frame[cols].sort_values(key).reset_index(drop=True).astype(str)
-        rhs = want.sort_values(key).reset_index(drop=True).astype(str)
-        assert lhs.equals(rhs), name
+        key = [c for c, t in want.schema.items() if not t.is_nested()]
+        lhs = [tuple(map(str, r)) for r in got.frame.select(cols).sort(key, nulls_last=True).rows()]
+        rhs = [tuple(map(str, r)) for r in want.sort(key, nulls_last=True).rows()]
+        assert lhs == rhs, name
 
 
 def test_request_search_is_a_prefix_match(store: Store) -> None:
-    all_rids = store.frame("SELECT DISTINCT rid FROM requests ORDER BY rid")["rid"].tolist()
+    all_rids = store.frame("SELECT DISTINCT rid FROM requests ORDER BY rid")["rid"].to_list()
     prefix = all_rids[0][:3]
     found = requests.search(store, prefix.upper(), 500)
     assert sorted(found["rid"]) == [r for r in all_rids if r.startswith(prefix)]
-    assert requests.search(store, "zzzz-no-such", 10).empty
+    assert requests.search(store, "zzzz-no-such", 10).is_empty()
 
 
-def test_missing_results_raise_missing_table(ingested_only_store: Path) -> None:  # noqa: F811
+def test_missing_results_raise_missing_table(ingested_only_store: Path) -> None:
     with Store(ingested_only_store) as s, pytest.raises(MissingTable, match=r"run `kvtrace analyze --db "):
         findings.list_findings(s)

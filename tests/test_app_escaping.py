@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from app_hostile_store import (  # noqa: F401  (session fixture)
+from app_hostile_store import (
     CULPRIT_RID,
     HOST,
     INSTANCE,
     KVTRACE,
     VERSION,
     VICTIM_RID,
-    hostile_store,
 )
 from app_process import kvtrace_app
 from streamlit.testing.v1 import AppTest
@@ -35,8 +34,13 @@ from kvtrace.app.ui import DB_ENV
 
 ENTRY = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # Characters that open an inline Markdown construct (links and images, HTML and autolinks,
 # emphasis, math, strikethrough, entities): none may stand unescaped where a value was put.
 ACTIVE = set("[]<>*_$~&")
@@ -59,12 +63,12 @@ def _inline(source: str) -> tuple[str, str, set[str]]:
             continue
         if c == "`":
             run = len(re.match(r"`+", source[i:]).group())  # type: ignore[union-attr]
-            close = next((m for m in re.finditer(r"`+", source[i + run:]) if len(m.group()) == run), None)
+            close = next((m for m in re.finditer(r"`+", source[i + run :]) if len(m.group()) == run), None)
             if close is None:  # an unmatched run is literal backticks
                 plain.append("`" * run)
                 i += run
                 continue
-            content = source[i + run:i + run + close.start()]
+            content = source[i + run : i + run + close.start()]
             if len(content) > 1 and content[0] == content[-1] == " " and content.strip():
                 content = content[1:-1]
             code.append(content)
@@ -91,7 +95,7 @@ def _page(db: Path, page: str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     monkeypatch.setenv(DB_ENV, str(db))
     at = AppTest.from_file(str(ENTRY), default_timeout=60)
     at.run()
-    at.switch_page(f"pages/{page}.py").run()
+    at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -139,8 +143,10 @@ def test_escape_helpers_keep_text_literal() -> None:
 
 
 def _one(found: list[str], at: AppTest, what: str) -> str:
-    assert len(found) == 1, (f"{len(found)} elements with {what}; errors shown: "
-                             f"{[e.value for e in at.error]}, infos: {[i.value for i in at.info]}")
+    assert len(found) == 1, (
+        f"{len(found)} elements with {what}; errors shown: "
+        f"{[e.value for e in at.error]}, infos: {[i.value for i in at.info]}"
+    )
     return found[0]
 
 
@@ -156,7 +162,9 @@ def _check_findings(at: AppTest) -> None:
     caption = _one(_with(at.caption, "culprit"), at, "the culprit caption")
     _assert_text(caption, CULPRIT_RID)
     _assert_text(caption, INSTANCE)
-    _assert_text(_one([m.value for m in at.metric if m.label == "victim"], at, "the victim metric"), VICTIM_RID)
+    _assert_text(
+        _one([m.value for m in at.metric if m.label == "victim"], at, "the victim metric"), VICTIM_RID
+    )
 
 
 def _check_requests(at: AppTest) -> None:
@@ -178,16 +186,28 @@ def _check_replay(at: AppTest) -> None:
         _assert_text(caption, VICTIM_RID)
 
 
-CHECKS = {"overview": _check_overview, "findings": _check_findings, "requests": _check_requests,
-          "replay": _check_replay, "anomalies": None, "compare": None}
+CHECKS = {
+    "overview": _check_overview,
+    "findings": _check_findings,
+    "requests": _check_requests,
+    "replay": _check_replay,
+    "anomalies": None,
+    "compare": None,
+}
 # the values each page's figures carry (escaped as entities, which plotly shows as text)
-IN_FIGURES = {"overview": [VERSION], "findings": [CULPRIT_RID, HOST], "requests": [HOST, INSTANCE],
-              "replay": [], "anomalies": [], "compare": [VERSION]}
+IN_FIGURES = {
+    "overview": [VERSION],
+    "findings": [CULPRIT_RID, HOST],
+    "requests": [HOST, INSTANCE],
+    "replay": [],
+    "anomalies": [],
+    "compare": [VERSION],
+}
 
 
 @pytest.mark.parametrize("page", list(CHECKS))
 def test_page_shows_trace_values_as_text(
-    hostile_store: Path, monkeypatch: pytest.MonkeyPatch, page: str  # noqa: F811
+    hostile_store: Path, monkeypatch: pytest.MonkeyPatch, page: str
 ) -> None:
     at = _page(hostile_store, page, monkeypatch)
     check = CHECKS[page]
@@ -200,11 +220,35 @@ def test_page_shows_trace_values_as_text(
         assert any(plot_text(value) in s for s in seen), value
 
 
+def test_a_link_to_a_hostile_rid_opens_it_and_a_hostile_span_id_is_said_as_text(
+    hostile_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """?rid= with the whole markup rid opens that request (not "no request ..."), and a ?span= the
+    request does not have is said, both values shown literally."""
+    monkeypatch.setenv(DB_ENV, str(hostile_store))
+    bad_span = "<b>x</b>`![s](http://evil)"
+    at = AppTest.from_file(str(ENTRY), default_timeout=60)
+    at.query_params["rid"] = CULPRIT_RID
+    at.query_params["span"] = bad_span
+    at.run()
+    at.switch_page("views/requests.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not _with(at.warning, "no request"), [w.value for w in at.warning]
+    _assert_text(_one(_with(at.subheader, "Request"), at, "the request's subheader"), CULPRIT_RID)
+    warning = _one(_with(at.warning, "no span"), at, "the bad span's warning")
+    _assert_text(warning, bad_span)
+    _assert_text(warning, CULPRIT_RID)
+
+
 @pytest.mark.slow
-def test_report_markdown_and_charts_keep_values_as_text(hostile_store: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_report_markdown_and_charts_keep_values_as_text(hostile_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    subprocess.run([KVTRACE, "report", "--db", str(hostile_store), "--out", str(out)],
-                   check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [KVTRACE, "report", "--db", str(hostile_store), "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     summary = (out / "summary.md").read_text(encoding="utf-8")
     lines = summary.splitlines()
     assert not any(line.lstrip().startswith("# Heading") for line in lines), "a value injected a heading"
@@ -238,8 +282,9 @@ def test_report_markdown_and_charts_keep_values_as_text(hostile_store: Path, tmp
 
 # --- a real browser -------------------------------------------------------------------------------
 
+
 @pytest.fixture()
-def hostile_app(hostile_store: Path) -> Iterator[str]:  # noqa: F811
+def hostile_app(hostile_store: Path) -> Iterator[str]:
     with kvtrace_app(hostile_store) as (port, _):
         yield f"http://127.0.0.1:{port}"
 
@@ -257,8 +302,11 @@ def test_browser_renders_trace_values_as_text(hostile_app: str) -> None:
             page = browser.new_page(viewport={"width": 1400, "height": 2000})
             page.on("request", lambda r: requested.append(r.url))
             # (page, its title, a text that shows once the value is drawn, as text or as markup)
-            for path, title, landmark in (("", "Overview", "Heading"), ("findings", "Findings", "Heading"),
-                                          ("requests?rid=%3Cimg", "Requests", "Request ")):
+            for path, title, landmark in (
+                ("", "Overview", "Heading"),
+                ("findings", "Findings", "Heading"),
+                ("requests?rid=%3Cimg", "Requests", "Request "),
+            ):
                 page.goto(f"{hostile_app}/{path}", wait_until="domcontentloaded")
                 page.get_by_role("heading", name=title).first.wait_for(timeout=30_000)
                 page.get_by_text(landmark).first.wait_for(timeout=30_000)
@@ -274,13 +322,20 @@ def test_browser_renders_trace_values_as_text(hostile_app: str) -> None:
                 images = page.locator("img").evaluate_all("els => els.map(e => e.getAttribute('src'))")
                 assert not [s for s in images if s and ("127.0.0.1:9" in s or s == "x")], (where, images)
                 links = page.locator("a").evaluate_all("els => els.map(e => e.getAttribute('href'))")
-                assert not [h for h in links if h and "//evil" in h], (where, links)  # (anchors "#...-evil-..." are ours)
+                assert not [h for h in links if h and "//evil" in h], (
+                    where,
+                    links,
+                )  # (anchors "#...-evil-..." are ours)
                 headings = page.locator("h1, h2, h3, h4, h5, h6").all_inner_texts()
                 assert not [h for h in headings if h.strip() == "Heading"], (where, headings)
                 # plotly draws versions and hosts as text: no <b>/<i> tspans, no SVG links
                 assert page.locator(".js-plotly-plot a").count() == 0, where
-                assert page.locator(".js-plotly-plot tspan[style*='bold'], .js-plotly-plot tspan[style*='italic']"
-                                    ).count() == 0, where
+                assert (
+                    page.locator(
+                        ".js-plotly-plot tspan[style*='bold'], .js-plotly-plot tspan[style*='italic']"
+                    ).count()
+                    == 0
+                ), where
                 text = page.locator("body").inner_text()
                 if path == "requests?rid=%3Cimg":
                     assert f"Request {CULPRIT_RID}" in text, where
@@ -290,7 +345,9 @@ def test_browser_renders_trace_values_as_text(hostile_app: str) -> None:
                     assert one_line(VICTIM_RID) in text.replace(JOINER, ""), where
                     assert "\U0001f604" not in text and page.locator(".katex").count() == 0, where
                 if path == "":
-                    assert VERSION in page.locator(".js-plotly-plot").first.inner_text(), "the legend shows the version"
+                    assert VERSION in page.locator(".js-plotly-plot").first.inner_text(), (
+                        "the legend shows the version"
+                    )
         finally:
             browser.close()
     assert not [u for u in requested if "127.0.0.1:9" in u or "evil" in u], requested

@@ -15,7 +15,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-from app_sample_store import MIXED, count_spans, ingested_only_store, mixed_store  # noqa: F401
+from app_sample_store import MIXED, count_spans
 from streamlit.testing.v1 import AppTest
 
 from kvtrace.analytics.runner import compute
@@ -32,7 +32,7 @@ def _page(db: Path, page: str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     monkeypatch.setenv(DB_ENV, str(db))
     at = AppTest.from_file(str(ENTRY), default_timeout=60)
     at.run()
-    at.switch_page(f"pages/{page}.py").run()
+    at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -74,7 +74,7 @@ def _metrics(at: AppTest) -> dict[str, str]:
 
 
 @pytest.fixture()
-def mixed(mixed_store: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:  # noqa: F811
+def mixed(mixed_store: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv(DB_ENV, str(mixed_store))
     yield mixed_store
 
@@ -229,7 +229,7 @@ def test_sql_console_runs_examples_and_refuses_writes(mixed: Path, monkeypatch: 
 
 
 def test_ingest_page_uploads_and_shows_quarantine(
-    ingested_only_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    ingested_only_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "store.duckdb"
     shutil.copy(ingested_only_store, db)
@@ -254,7 +254,7 @@ def test_ingest_page_uploads_and_shows_quarantine(
 
 @pytest.mark.parametrize("page", ["findings", "anomalies", "compare"])
 def test_pages_ask_for_analyze_when_results_are_missing(
-    ingested_only_store: Path, monkeypatch: pytest.MonkeyPatch, page: str  # noqa: F811
+    ingested_only_store: Path, monkeypatch: pytest.MonkeyPatch, page: str
 ) -> None:
     at = _page(ingested_only_store, page, monkeypatch)
     assert at.info, "expected a 'run kvtrace analyze' message"
@@ -262,7 +262,7 @@ def test_pages_ask_for_analyze_when_results_are_missing(
 
 
 def test_overview_without_analysis_still_shows_the_ingest(
-    ingested_only_store: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    ingested_only_store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     at = _page(ingested_only_store, "overview", monkeypatch)
     assert _metrics(at)["requests"] == "3"
@@ -323,10 +323,10 @@ def test_links_carry_the_rid_and_the_finding(mixed: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv(DB_ENV, str(mixed))
     at = AppTest.from_file(str(ENTRY), default_timeout=60)
     at.query_params["rid"] = victim
-    at.switch_page("pages/requests.py").run()
+    at.switch_page("views/requests.py").run()
     assert not at.exception
     assert at.selectbox(key="requests_pick").value == victim
     at = AppTest.from_file(str(ENTRY), default_timeout=60)
     at.query_params["finding"] = fid
-    at.switch_page("pages/replay.py").run()
+    at.switch_page("views/replay.py").run()
     assert at.selectbox(key="replay_finding").value == fid

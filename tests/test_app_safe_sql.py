@@ -105,7 +105,7 @@ def test_store_is_unchanged_after_attacks(con: duckdb.DuckDBPyConnection, store_
 
 def test_select_and_explain_run(con: duckdb.DuckDBPyConnection) -> None:
     result = run_query(con, "SELECT rid, n FROM requests WHERE n < $k ORDER BY n", {"k": 3})
-    assert result.frame.to_dict("records") == [{"rid": "r0", "n": 0}, {"rid": "r1", "n": 1}, {"rid": "r2", "n": 2}]
+    assert result.frame.to_dicts() == [{"rid": "r0", "n": 0}, {"rid": "r1", "n": 1}, {"rid": "r2", "n": 2}]
     assert not result.truncated
     plan = run_query(con, "EXPLAIN SELECT count(*) FROM requests")
     assert list(plan.frame.columns) == ["explain_key", "explain_value"]
@@ -114,7 +114,7 @@ def test_select_and_explain_run(con: duckdb.DuckDBPyConnection) -> None:
 def test_row_cap_truncates_and_says_so(con: duckdb.DuckDBPyConnection) -> None:
     result = run_query(con, "SELECT * FROM range(1000000) t(i)", max_rows=7)
     assert result.truncated
-    assert result.frame["i"].tolist() == list(range(7))
+    assert result.frame["i"].to_list() == list(range(7))
     exact = run_query(con, "SELECT * FROM requests", max_rows=50)
     assert not exact.truncated and len(exact.frame) == 50
 
@@ -123,7 +123,7 @@ def test_timeout_interrupts_a_runaway_query(con: duckdb.DuckDBPyConnection) -> N
     with pytest.raises(QueryTimeout, match=r"interrupted after the 0.3 s limit"):
         run_query(con, "SELECT count(*) FROM range(1000000000000) a", timeout_s=0.3)
     # The connection still serves the next query.
-    assert run_query(con, "SELECT 42 AS x").frame["x"].tolist() == [42]
+    assert run_query(con, "SELECT 42 AS x").frame["x"].to_list() == [42]
 
 
 def test_syntax_error_is_one_line(con: duckdb.DuckDBPyConnection) -> None:

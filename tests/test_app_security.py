@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from app_process import kvtrace_app
-from app_sample_store import MIXED, ingested_only_store  # noqa: F401  (session fixture)
+from app_sample_store import MIXED
 from click.testing import CliRunner
 from streamlit.testing.v1 import AppTest
 
@@ -36,7 +36,7 @@ NO_EGRESS = {k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "htt
 
 
 @pytest.fixture(scope="module")
-def running_app(ingested_only_store: Path) -> Iterator[tuple[int, int]]:  # noqa: F811
+def running_app(ingested_only_store: Path) -> Iterator[tuple[int, int]]:
     """`kvtrace app` without --allow-ingest, from a shell that has the switch's variable set:
     (port, pid of the streamlit process, which `kvtrace app` exec'd into)."""
     env = {**os.environ, **NO_EGRESS, "NO_PROXY": "", "no_proxy": "", ALLOW_INGEST_ENV: "1"}
@@ -111,13 +111,13 @@ def _ingest_page(db: Path, monkeypatch: pytest.MonkeyPatch, allow: bool) -> AppT
         monkeypatch.delenv(ALLOW_INGEST_ENV, raising=False)
     at = AppTest.from_file(str(ENTRY), default_timeout=60)
     at.run()
-    at.switch_page("pages/ingest.py").run()
+    at.switch_page("views/ingest.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
 
 def test_ingest_page_is_read_only_without_the_flag(
-    ingested_only_store: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    ingested_only_store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ALLOW_INGEST_ENV, "1")  # as if inherited: app_environment drops it
     at = _ingest_page(ingested_only_store, monkeypatch, allow=False)
@@ -135,7 +135,7 @@ def _uploads_left(folder: Path) -> list[str]:
 
 
 def test_uploads_are_removed_after_ingest_and_after_a_failure(
-    ingested_only_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    ingested_only_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "store.duckdb"
     shutil.copy(ingested_only_store, db)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from app_process import kvtrace_app
-from app_sample_store import ROOT, mixed_store  # noqa: F401  (session fixture)
+from app_sample_store import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "bench" / "out" / "screenshots"
@@ -36,7 +36,7 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def app_url(mixed_store: Path) -> Iterator[str]:  # noqa: F811
+def app_url(mixed_store: Path) -> Iterator[str]:
     with kvtrace_app(mixed_store) as (port, _):
         yield f"http://127.0.0.1:{port}"
 

@@ -165,7 +165,7 @@ def test_the_app_says_what_it_could_not_see_and_the_refute_margin(stock_run: tup
     entry = str(ROOT / "app" / "streamlit_app.py")
     at = AppTest.from_file(entry, default_timeout=120)
     at.run()
-    at.switch_page("pages/overview.py").run()
+    at.switch_page("views/overview.py").run()
     assert not at.exception
     headline = at.markdown[0].value.replace("\\", "")
     assert "No race findings" not in headline
@@ -174,7 +174,7 @@ def test_the_app_says_what_it_could_not_see_and_the_refute_margin(stock_run: tup
     assert not coverage.set_index("evidence").at["page_kv_spans", "present"]
     at = AppTest.from_file(entry, default_timeout=120)
     at.run()
-    at.switch_page("pages/findings.py").run()
+    at.switch_page("views/findings.py").run()
     assert not at.exception
     clocks = [i.value.replace("\\", "") for i in at.info if "Clocks:" in i.value]
     assert clocks and "holds unless the clock of decode-" in clocks[0]

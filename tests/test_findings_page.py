@@ -14,7 +14,6 @@ from pathlib import Path
 import duckdb
 import pytest
 from app_process import kvtrace_app
-from app_sample_store import mixed_store  # noqa: F401  (session fixture)
 from click.testing import CliRunner
 from streamlit.testing.v1 import AppTest
 
@@ -33,7 +32,7 @@ def _open(db: Path, page: str, monkeypatch: pytest.MonkeyPatch, **params: str) -
     at = AppTest.from_file(str(ENTRY), default_timeout=60)
     for key, value in params.items():
         at.query_params[key] = value
-    at.switch_page(f"pages/{page}.py").run()
+    at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -53,7 +52,7 @@ def _df(at: AppTest, *columns: str):  # type: ignore[no-untyped-def]
 
 
 def test_incidents_are_listed_and_a_finding_is_one_click_down(
-        mixed_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        mixed_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = _open(mixed_store, "findings", monkeypatch)
     listed = _df(at, "incident_id", "n_findings")
     stored = dict(_rows(mixed_store, "SELECT incident_id, n_findings FROM incidents"))
@@ -85,7 +84,7 @@ def test_incidents_are_listed_and_a_finding_is_one_click_down(
 
 
 def test_a_deep_link_opens_its_finding_and_incident_and_a_bad_id_says_so(
-        mixed_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        mixed_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     [(finding, incident)] = _rows(mixed_store, """
         SELECT f.finding_id, i.incident_id FROM findings f JOIN finding_incidents i USING (finding_id)
         WHERE f.kind = 'read_before_load' ORDER BY f.window_start_ns, f.finding_id LIMIT 1""")
@@ -107,7 +106,7 @@ def test_a_deep_link_opens_its_finding_and_incident_and_a_bad_id_says_so(
 
 
 def test_the_clock_correction_caption_shows_on_the_corrected_clock_only(
-        mixed_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        mixed_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     [(finding,)] = _rows(mixed_store, "SELECT finding_id FROM findings WHERE kind = 'abort_before_write_complete' "
                                       "AND culprit_clock_host IS NOT NULL ORDER BY finding_id LIMIT 1")
     at = _open(mixed_store, "findings", monkeypatch, finding=finding)
@@ -123,7 +122,7 @@ def test_the_clock_correction_caption_shows_on_the_corrected_clock_only(
     assert len(shifted()) == 1
 
 
-def test_compare_legend_is_in_the_order_a_then_b(mixed_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_compare_legend_is_in_the_order_a_then_b(mixed_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = _open(mixed_store, "compare", monkeypatch)
     a, b = at.selectbox(key="compare_a").value, at.selectbox(key="compare_b").value
     assert a != b
@@ -152,7 +151,7 @@ def test_app_help_says_when_the_app_writes() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no Chromium at /usr/bin/chromium")
 def test_the_ingest_page_takes_a_real_per_instance_file(
-        mixed_store: Path, tmp_path: Path) -> None:  # noqa: F811
+        mixed_store: Path, tmp_path: Path) -> None:
     """Streamlit refuses uploads over 200 MB unless told otherwise; a per-instance trace file is
     1-2 GB. The uploader of `kvtrace app --allow-ingest`, in a browser, states the limit it enforces."""
     from playwright.sync_api import sync_playwright

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 
 import duckdb
-import pandas as pd
+import polars as pl
 
 from kvtrace.analytics.registry import default_registry
 from kvtrace.analytics.summary import Summary, summarise
@@ -26,9 +26,9 @@ class Verdict:
     """The report's verdict sentence (analytics.summary) and the per-version rates behind it."""
 
     headline: str
-    rates: pd.DataFrame
+    rates: pl.DataFrame
     findings_by_kind: dict[str, int]
-    coverage: pd.DataFrame   # evidence, what it is, records, present, how to get it
+    coverage: pl.DataFrame   # evidence, what it is, records, present, how to get it
 
 
 def verdict(store: Store) -> Verdict:
@@ -36,13 +36,17 @@ def verdict(store: Store) -> Verdict:
     for table in _SUMMARY_INPUTS:
         require(store, table)
     summary = store.call(_summarise_stored)
-    rates = pd.DataFrame(
+    rates = pl.DataFrame(
         [(r.version, r.requests, r.anomalies, round(r.per_10k, 2)) for r in summary.rates],
-        columns=["service_version", "requests", "anomalies", "per_10k"],
+        schema={"service_version": pl.String, "requests": pl.Int64, "anomalies": pl.Int64, "per_10k": pl.Float64},
+        orient="row",
     )
-    coverage = pd.DataFrame(
-        [(e.key, e.label, e.n, e.present and not e.n_missing, e.how_to_get) for e in summary.coverage.evidence.values()],
-        columns=["evidence", "what", "records", "present", "how to get it"],
+    coverage = pl.DataFrame(
+        [(e.key, e.label, e.n, bool(e.present and not e.n_missing), e.how_to_get)
+         for e in summary.coverage.evidence.values()],
+        schema={"evidence": pl.String, "what": pl.String, "records": pl.Int64, "present": pl.Boolean,
+                "how to get it": pl.String},
+        orient="row",
     )
     return Verdict(headline=summary.verdict, rates=rates, findings_by_kind=dict(summary.findings_by_kind),
                    coverage=coverage)
@@ -63,21 +67,22 @@ def bucket_seconds(span_s: float, target_buckets: int = 30) -> int:
     return next((b for b in NICE_BUCKETS_S if b >= want), NICE_BUCKETS_S[-1])
 
 
-def anomaly_rate(store: Store, target_buckets: int = 30) -> pd.DataFrame:
+def anomaly_rate(store: Store, target_buckets: int = 30) -> pl.DataFrame:
     """Anomaly rate per 10,000 finished requests per time bucket and version (from `request_anomalies`).
 
-    The bucket width is a round number of seconds chosen from the data's time span.
+    The bucket width is a round number of seconds chosen from the data's time span (column bucket_s).
     """
     require(store, "request_anomalies")
     span_ns = store.scalar("SELECT max(start_ns) - min(start_ns) FROM request_anomalies")
-    seconds = bucket_seconds(0.0 if span_ns is None or pd.isna(span_ns) else float(span_ns) / 1e9, target_buckets)
-    frame = store.frame(
+    seconds = bucket_seconds(0.0 if span_ns is None else float(span_ns) / 1e9, target_buckets)
+    return store.frame(
         """
         SELECT to_timestamp((start_ns // ($s::BIGINT * 1000000000)) * $s::BIGINT) AS bucket,
                coalesce(service_version, '(none)') AS service_version,
                count(*) AS requests,
                count(*) FILTER (WHERE anomaly IN ('garbled', 'repetition')) AS anomalies,
-               1e4 * count(*) FILTER (WHERE anomaly IN ('garbled', 'repetition')) / count(*) AS per_10k
+               1e4 * count(*) FILTER (WHERE anomaly IN ('garbled', 'repetition')) / count(*) AS per_10k,
+               $s::BIGINT AS bucket_s
         FROM request_anomalies
         WHERE start_ns IS NOT NULL
         GROUP BY ALL
@@ -85,8 +90,6 @@ def anomaly_rate(store: Store, target_buckets: int = 30) -> pd.DataFrame:
         """,
         {"s": seconds},
     )
-    frame.attrs["bucket_s"] = seconds
-    return frame
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ def detector_thresholds(store: Store) -> Thresholds:
     source = "defaults of spec_step_detector.sql"
     if store.has_table("analysis_runs"):
         last = store.scalar("SELECT params FROM analysis_runs ORDER BY run_at DESC LIMIT 1")
-        if last is not None and not pd.isna(last):
+        if last is not None:
             overrides = json.loads(last) if isinstance(last, str) else dict(last)
             params.update({k: v for k, v in overrides.items() if k in params})
             source = "as the last `kvtrace analyze` ran it"

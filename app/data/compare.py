@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import polars as pl
 
 from kvtrace.app.data.common import require
 from kvtrace.app.store import Store
@@ -26,7 +26,7 @@ def versions(store: Store) -> list[str]:
     return [str(v) for v in frame["service_version"]]
 
 
-def side_by_side(store: Store, a: str, b: str) -> pd.DataFrame:
+def side_by_side(store: Store, a: str, b: str) -> pl.DataFrame:
     """One row per context bucket: each metric for A and B, and B's throughput relative to A."""
     require(store, "version_comparison")
     frame = store.frame(
@@ -45,10 +45,11 @@ def side_by_side(store: Store, a: str, b: str) -> pd.DataFrame:
         {"a": a, "b": b},
     )
     order = {k: i for i, k in enumerate(BUCKET_ORDER)}
-    return frame.sort_values("context_bucket", key=lambda s: s.map(lambda v: order.get(v, 99))).reset_index(drop=True)
+    rank = pl.col("context_bucket").replace_strict(order, default=99, return_dtype=pl.Int64)
+    return frame.sort(rank, maintain_order=True)
 
 
-def long_form(store: Store, a: str, b: str) -> pd.DataFrame:
+def long_form(store: Store, a: str, b: str) -> pl.DataFrame:
     """Rows (service_version, context_bucket, metric, value) for the two versions, for charts: A's first."""
     require(store, "version_comparison")
     frame = store.frame(

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 
 from kvtrace.app.data.common import INGEST_HINT, require
 from kvtrace.app.store import Store
@@ -17,7 +17,7 @@ from kvtrace.ingest import IngestSummary, ingest_paths
 QUARANTINE_ROWS = 500
 
 
-def files(store: Store) -> pd.DataFrame:
+def files(store: Store) -> pl.DataFrame:
     require(store, "ingested_files", INGEST_HINT)
     return store.frame(
         """
@@ -27,7 +27,7 @@ def files(store: Store) -> pd.DataFrame:
     )
 
 
-def quarantine(store: Store) -> pd.DataFrame:
+def quarantine(store: Store) -> pl.DataFrame:
     """The latest quarantined records with a readable preview of their bytes."""
     require(store, "quarantine", INGEST_HINT)
     return store.frame(
@@ -40,7 +40,7 @@ def quarantine(store: Store) -> pd.DataFrame:
     )
 
 
-def quarantine_by_reason(store: Store) -> pd.DataFrame:
+def quarantine_by_reason(store: Store) -> pl.DataFrame:
     require(store, "quarantine", INGEST_HINT)
     return store.frame(
         "SELECT reason, count(*) AS records, count(DISTINCT source) AS files FROM quarantine GROUP BY reason ORDER BY records DESC"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pandas as pd
+import polars as pl
 
 from kvtrace.app.data.common import INGEST_HINT, require
 from kvtrace.app.store import Store
@@ -51,18 +51,18 @@ def ingest_summary(store: Store) -> IngestSummary:
                (SELECT min(start_ns) FROM spans) AS first_ns,
                (SELECT max(end_ns) FROM spans) AS last_ns
         """
-    ).iloc[0]
+    ).row(0, named=True)
     return IngestSummary(
         **{k: int(row[k]) for k in ("spans", "requests", "instances", "hosts", "kv_events", "aborts")},
         feedback_reports=int(row["feedback_reports"]),
         files=int(row["files"]),
         quarantined=int(row["quarantined"]),
-        first_ns=None if pd.isna(row["first_ns"]) else int(row["first_ns"]),
-        last_ns=None if pd.isna(row["last_ns"]) else int(row["last_ns"]),
+        first_ns=None if row["first_ns"] is None else int(row["first_ns"]),
+        last_ns=None if row["last_ns"] is None else int(row["last_ns"]),
     )
 
 
-def versions(store: Store) -> pd.DataFrame:
+def versions(store: Store) -> pl.DataFrame:
     """One row per deployed service version: its instances, requests and time span."""
     require(store, "requests", INGEST_HINT)
     return store.frame(
@@ -80,7 +80,7 @@ def versions(store: Store) -> pd.DataFrame:
     )
 
 
-def instances(store: Store) -> pd.DataFrame:
+def instances(store: Store) -> pl.DataFrame:
     """Serving instances by role and host, with their span counts."""
     require(store, "spans", INGEST_HINT)
     return store.frame(

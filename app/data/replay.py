@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
+import polars as pl
 
 from kvtrace.app.data.common import require
 from kvtrace.app.store import Store
@@ -20,6 +20,10 @@ from kvtrace.replay.plan import Plan
 
 MODES = ("as-recorded", "fixed")
 STORE_HINT = "kvtrace replay run PLAN --device cuda --db {db} (on the GPU host)"
+CELL_SCHEMA = {"mode": pl.String, "hazard": pl.String, "kv_pool": pl.String, "page": pl.Int64, "layer": pl.Int64}
+HEATMAP_SCHEMA = {"row": pl.String, "page": pl.Int64, "value": pl.Int64}
+LAYER_ROWS = "layer"  # the heatmap's row title: of a CPU replay's cells
+STORED_ROWS = "stored run"  # of stored runs' damaged pages
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,7 @@ class CpuReplay:
     n_ops: int
     num_layers: int
     verdicts: dict[str, dict[str, Any]]  # mode -> verdict summary
-    cells: pd.DataFrame  # mode, hazard, kv_pool, page, layer: one row per damaged (page, layer)
+    cells: pl.DataFrame  # mode, hazard, kv_pool, page, layer: one row per damaged (page, layer)
 
 
 def cpu_replay(store: Store, finding_id: str) -> CpuReplay:
@@ -48,19 +52,20 @@ def cpu_replay(store: Store, finding_id: str) -> CpuReplay:
                   "layer": w["layer"]} for w in verdict.late_writes]
         rows += [{"mode": mode, "hazard": "stale read", "kv_pool": r["kv_pool"], "page": r["page"],
                   "layer": r["layer"]} for r in verdict.stale_reads]
-    cells = pd.DataFrame(rows, columns=["mode", "hazard", "kv_pool", "page", "layer"])
+    cells = pl.from_dicts(rows, schema=CELL_SCHEMA)
     return CpuReplay(finding_id, len(plan.ops), plan.num_layers, verdicts, cells)
 
 
-def heatmap_cells(replay: CpuReplay, mode: str) -> pd.DataFrame:
-    """(row = layer, page, value = hazards) for the chart; empty when the mode shows no damage."""
-    cells = replay.cells[replay.cells["mode"] == mode]
-    frame = cells.groupby(["layer", "page"]).size().reset_index(name="value").rename(columns={"layer": "row"})
-    frame.attrs["row_title"] = "layer"
-    return frame
+def heatmap_cells(replay: CpuReplay, mode: str) -> pl.DataFrame:
+    """(row = layer, page, value = hazards) for the chart (rows titled LAYER_ROWS); empty when the
+    mode shows no damage."""
+    return (replay.cells.filter(pl.col("mode") == mode)
+            .group_by("layer", "page").len(name="value")
+            .select(pl.col("layer").alias("row"), "page", pl.col("value").cast(pl.Int64))
+            .sort("row", "page"))
 
 
-def stored_runs(store: Store, finding_id: str | None = None) -> pd.DataFrame:
+def stored_runs(store: Store, finding_id: str | None = None) -> pl.DataFrame:
     """Replay runs stored by `kvtrace replay run --db` (GPU or CPU), newest first; one finding's if given."""
     require(store, "replay_runs", STORE_HINT)
     return store.frame(
@@ -77,12 +82,11 @@ def stored_runs(store: Store, finding_id: str | None = None) -> pd.DataFrame:
     )
 
 
-def stored_heatmap_cells(runs: pd.DataFrame) -> pd.DataFrame:
-    """(row = run label, page, value = 1) for each damaged page of each stored run."""
+def stored_heatmap_cells(runs: pl.DataFrame) -> pl.DataFrame:
+    """(row = run label, page, value = 1) for each damaged page of each stored run (rows titled
+    STORED_ROWS)."""
     rows = []
-    for r in runs.itertuples(index=False):
-        label = f"{r.device} · {r.mode} · {str(r.recorded_at)[:19]}"
-        rows += [{"row": label, "page": int(p), "value": 1} for p in (r.damaged_pages if r.damaged_pages is not None else [])]
-    frame = pd.DataFrame(rows, columns=["row", "page", "value"])
-    frame.attrs["row_title"] = "stored run"
-    return frame
+    for r in runs.iter_rows(named=True):
+        label = f"{r['device']} · {r['mode']} · {str(r['recorded_at'])[:19]}"
+        rows += [{"row": label, "page": int(p), "value": 1} for p in (r["damaged_pages"] or [])]
+    return pl.from_dicts(rows, schema=HEATMAP_SCHEMA)

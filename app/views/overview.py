@@ -39,11 +39,11 @@ with section():
 st.subheader("Anomaly rate per 10,000 requests, by version")
 with section():
     rates = cached(analysis.anomaly_rate, 30)
-    if rates.empty:
+    if rates.is_empty():
         st.info("no labelled requests yet")
     else:
         st.plotly_chart(charts.rate_over_time(rates), key="overview_rate_chart")
-        st.caption(f"buckets of {rates.attrs.get('bucket_s', '?')} s, by request start; small buckets are noisy")
+        st.caption(f"buckets of {rates['bucket_s'][0]} s, by request start; small buckets are noisy")
 
 st.subheader("Versions")
 with section():

@@ -19,11 +19,16 @@ with section():
     choice = st.selectbox("examples", titles, index=0, key="sql_example")
     example = examples[titles.index(choice)]
     st.caption(example.description)
-    if st.session_state.get("sql_loaded") != choice:
+    linked = st.query_params.get("sql")  # a query's URL (?sql=...): loaded into the box once
+    if linked and st.session_state.get("_sql_linked") != linked:
+        st.session_state["_sql_linked"] = st.session_state["sql_query"] = linked
+        st.session_state["sql_loaded"] = choice
+    elif st.session_state.get("sql_loaded") != choice:
         st.session_state["sql_query"] = example.sql
         st.session_state["sql_loaded"] = choice
     sql = st.text_area("query", key="sql_query", height=220)
     if st.button("Run", key="sql_run", type="primary"):
+        st.session_state["_sql_linked"] = st.query_params["sql"] = sql  # the query's URL; a link never runs it
         try:
             result = sql_console.run_console(store(), sql)
         except QueryError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import plotly.express as px
+import polars as pl
 import streamlit as st
 
 from kvtrace.app.charts import plain_labels
@@ -25,7 +26,7 @@ with section():
                      column_config={"throughput_gain": st.column_config.NumberColumn(format="percent")})
         long = cached(compare.long_form, a, b)
         metric = st.selectbox("metric", compare.METRICS, index=0, key="compare_metric")
-        chosen = plain_labels(long[long["metric"] == metric])
+        chosen = plain_labels(long.filter(pl.col("metric") == metric))
         # the legend and the bars in the order A, B (plotly would take the order the rows come in)
         fig = px.bar(chosen, x="context_bucket", y="value", color="service_version", barmode="group",
                      category_orders={"context_bucket": [plot_text(bucket) for bucket in compare.BUCKET_ORDER],

@@ -41,7 +41,7 @@ with section():
 st.subheader("Quarantine")
 with section():
     by_reason = cached(ingest_files.quarantine_by_reason)
-    if by_reason.empty:
+    if by_reason.is_empty():
         st.success("no quarantined records")
     else:
         st.dataframe(by_reason, hide_index=True, key="ingest_quarantine_reasons")

@@ -15,7 +15,7 @@ st.caption("The CPU executor predicts what the recorded order does to the KV pag
 
 with section():
     table = cached(findings.list_findings)
-    if table.empty:
+    if table.is_empty():
         st.info("no findings to replay")
     else:
         ids = list(table["finding_id"])
@@ -36,11 +36,11 @@ with section():
                 col.caption(f"late writes {v['n_late_writes']}, stale reads {v['n_stale_reads']}, "
                             f"foreign pages {v['n_foreign_pages']}; victim {md_code(v['victim_rid'])}")
             cells = replay.heatmap_cells(result, "as-recorded")
-            if cells.empty:
+            if cells.is_empty():
                 st.success("as recorded, the replay damages no page")
             else:
                 st.markdown("**Corrupted pages, as recorded** (hazards per page and layer)")
-                st.plotly_chart(charts.page_heatmap(cells, result.num_layers), key="replay_heatmap")
+                st.plotly_chart(charts.page_heatmap(cells, result.num_layers, replay.LAYER_ROWS), key="replay_heatmap")
             with st.expander("verdicts"):
                 st.json(result.verdicts)
 
@@ -49,13 +49,13 @@ with section():
     finding = st.session_state.get("replay_finding")
     only_this = st.toggle("only the chosen finding", value=True, key="replay_only_finding")
     runs = cached(replay.stored_runs, finding if only_this else None)
-    if runs.empty:
+    if runs.is_empty():
         st.info("no stored runs" + (f" for finding {md(finding)}" if only_this and finding else ""))
     else:
         st.dataframe(runs, hide_index=True, key="replay_stored_runs")
         damaged = replay.stored_heatmap_cells(runs)
-        if damaged.empty:
+        if damaged.is_empty():
             st.success("no stored run damaged a page")
         else:
             st.markdown("**Damaged pages per stored run**")
-            st.plotly_chart(charts.page_heatmap(damaged), key="replay_stored_heatmap")
+            st.plotly_chart(charts.page_heatmap(damaged, row_title=replay.STORED_ROWS), key="replay_stored_heatmap")
