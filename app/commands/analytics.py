@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +17,9 @@ from kvtrace.analytics.registry import default_registry
 from kvtrace.app.options import db_option, store_wait
 from kvtrace.app.safe_sql import DEFAULT_TIMEOUT_S, QueryError, QueryRefused, process_started_at, run_isolated
 from kvtrace.ingest.store import StoreError
+
+if TYPE_CHECKING:
+    from kvtrace.analytics.spark.runner import SparkAnalytics
 
 
 def _fail(exc: AnalyticsError | StoreError) -> click.ClickException:
@@ -214,7 +218,7 @@ def report_command(db: str, out_dir: Path, labels: Path | None, recompute: bool,
 
 
 def _spark_engine(lake: str | None, master: str | None, remote: str | None, windows: int,
-                  names: list[str] | None):  # type: ignore[no-untyped-def]
+                  names: list[str] | None) -> SparkAnalytics:
     """The analyses `names` (None: all) computed on Spark over `lake` (--engine spark)."""
     if not lake:
         raise click.ClickException("--engine spark needs --lake DIR (see `kvtrace export --lake`)")
