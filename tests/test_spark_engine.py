@@ -32,7 +32,7 @@ if shutil.which("java") is None:
 
 from kvtrace.analytics import runner
 from kvtrace.analytics.registry import load_registry
-from kvtrace.analytics.spark.runner import SparkAnalytics, spark_session
+from kvtrace.analytics.spark.runner import SparkAnalytics
 from kvtrace.analytics.spark.transpile import Transpiler, load_macros
 from kvtrace.app.cli import main
 from kvtrace.ingest.export import export_lake
@@ -56,9 +56,8 @@ KEEP = [
     "confidence",
 ]
 DAY_NS = 86_400 * 10**9
-# analyses the transpiler cannot carry over yet (sqlglot does not parse DuckDB's simplified UNPIVOT
-# statement followed by UNION ALL); the report shows them empty, saying so
-KNOWN_GAPS = {"attribute_attribution"}
+# analyses the transpiler cannot carry over yet (none today); the report shows such ones empty, saying so
+KNOWN_GAPS: set[str] = set()
 TIMES = ("start_ns", "end_ns", "time_ns", "step_end_ns")
 # suffixed per part: hosts and instances (clock bounds, host maps) and ids (two simulator runs can
 # draw the same rid, room or span id)

@@ -13,17 +13,16 @@ WITH labelled AS (
     FROM request_attributes WHERE anomaly IN ('garbled', 'repetition', 'ok')
 ),
 long_form AS (
-    UNPIVOT (
+    SELECT rid, anomalous, attribute, value
+    FROM (
         SELECT rid, anomalous, context_bucket, concurrency_bucket,
                coalesce(instance_id, 'unknown') AS instance, prefill_instance,
                coalesce(service_version, 'unknown') AS version, transfer_backend,
                CASE WHEN had_hicache_load THEN 'yes' ELSE 'no' END AS hicache_load,
                transfer_bucket AS transfer_duration, pages_bucket AS pages
         FROM labelled
-    )
-    ON context_bucket, concurrency_bucket, instance, prefill_instance, version, transfer_backend,
-       hicache_load, transfer_duration, pages
-    INTO NAME attribute VALUE value
+    ) UNPIVOT (value FOR attribute IN (context_bucket, concurrency_bucket, instance, prefill_instance, version,
+                                       transfer_backend, hicache_load, transfer_duration, pages))
     UNION ALL
     -- the resource and span attributes, less those the columns above already are
     SELECT rid, anomalous, attribute, value
