@@ -24,8 +24,11 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# two workers (pytest-xdist); the spark tests share one worker and one SparkSession (tests/conftest.py)
+PYTEST_WORKERS ?= 2
+
 pytest: venv
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint typecheck pytest
 

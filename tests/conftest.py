@@ -25,6 +25,17 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`), every `spark` test goes
+    to one worker, so one JVM and one SparkSession serve them all, as in a serial run, and they are
+    collected first."""
+    for item in items:
+        if item.get_closest_marker("spark") is not None:
+            item.add_marker(pytest.mark.xdist_group("spark"))
+    # the longest group first, so it does not start last and hold the run up alone
+    items.sort(key=lambda item: item.get_closest_marker("spark") is None)
+
+
 # One local Spark session serves every `spark` test (JVM start-up and warm-up are paid once); tiny
 # inputs, so one shuffle partition, no adaptive re-planning, no UI, and a JVM that compiles with C1
 # only (tiny queries never pay back C2's compile time on a 2-core box: about half the wall time).

@@ -9,6 +9,7 @@ it installs without downloading.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -19,7 +20,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.slow
+# one worker builds the wheel and the venv once for every test here (pytest-xdist, --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("packaging")]
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 600, env: dict[str, str] | None = None) -> str:
@@ -28,10 +30,29 @@ def _run(cmd: list[str], cwd: Path, timeout: float = 600, env: dict[str, str] | 
     return proc.stdout
 
 
+def _source_copy(dst: Path) -> Path:
+    """The files git would commit (tracked, and untracked ones not ignored), links kept as links: the
+    wheel is built from what a clean clone holds, and never in the checkout's own build/ folder, which
+    another build (a second test worker, `setup.py build_ext --inplace`) may be using."""
+    listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        src, out = ROOT / name, dst / name
+        if not src.exists() and not src.is_symlink():  # deleted in the working tree, not yet committed
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            os.symlink(os.readlink(src), out)
+        else:
+            shutil.copy2(src, out)
+    return dst
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)], cwd=out)
+    src = _source_copy(tmp_path_factory.mktemp("source") / "kvtrace")
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(src)], cwd=out)
     wheels = list(out.glob("kvtrace-*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
