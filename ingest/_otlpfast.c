@@ -2146,8 +2146,52 @@ static int json_lines(Out *o, const uint8_t *p, size_t n) {
 
 /* ------------------------------------------------------------------------------ Python */
 
+/* A column buffer handed to Python without a copy: the Buf's own memory, freed with the object.
+   Python reads it through the buffer protocol only (np.frombuffer, pa.py_buffer), as it read the
+   bytes objects this replaced; copying every column into a bytes object was a second pass over
+   all of a chunk's output (about a kilobyte a span), each page of it faulted in afresh. */
+typedef struct {
+    PyObject_HEAD
+    char *p;
+    Py_ssize_t len;
+} Owned;
+
+static int owned_getbuffer(PyObject *self, Py_buffer *view, int flags) {
+    Owned *o = (Owned *)self;
+    return PyBuffer_FillInfo(view, self, o->p, o->len, 1, flags);
+}
+
+static void owned_dealloc(PyObject *self) {
+    free(((Owned *)self)->p);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static Py_ssize_t owned_length(PyObject *self) { return ((Owned *)self)->len; }
+
+static PyBufferProcs owned_as_buffer = {owned_getbuffer, NULL};
+static PySequenceMethods owned_as_sequence = {.sq_length = owned_length};
+
+static PyTypeObject OwnedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "_otlpfast.Column",
+    .tp_basicsize = sizeof(Owned),
+    .tp_dealloc = owned_dealloc,
+    .tp_as_buffer = &owned_as_buffer,
+    .tp_as_sequence = &owned_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A read-only column buffer of the decoder's output (the buffer protocol).",
+};
+
 static PyObject *bytes_of(Buf *b) {
-    return PyBytes_FromStringAndSize(b->len ? b->p : "", (Py_ssize_t)b->len);
+    if (!b->len) return PyBytes_FromStringAndSize("", 0);
+    Owned *o = PyObject_New(Owned, &OwnedType);
+    if (!o) return NULL;
+    char *p = b->len < b->cap ? realloc(b->p, b->len) : b->p;  /* give back the doubling's slack */
+    o->p = p ? p : b->p;
+    o->len = (Py_ssize_t)b->len;
+    b->p = NULL;  /* now the object's: out_free leaves it */
+    b->len = b->cap = 0;
+    return (PyObject *)o;
 }
 
 static PyObject *strcol_tuple(StrCol *c) {
@@ -2256,6 +2300,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_otlpfast",
                                     "OTLP protobuf traces and JSON lines -> staging column buffers (C).", -1, methods};
 
 PyMODINIT_FUNC PyInit__otlpfast(void) {
+    if (PyType_Ready(&OwnedType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m && PyModule_AddIntConstant(m, "MAX_ATTRIBUTE_DEPTH", MAX_ATTRIBUTE_DEPTH) < 0) {
         Py_DECREF(m);
