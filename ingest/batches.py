@@ -26,8 +26,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kvtrace.ingest.columnar import StagingTables, decode_json_lines
-from kvtrace.ingest.decode import StagingBatch, add_json_traces, add_proto_resource_spans_bytes
+from kvtrace.ingest.columnar import decode_json_lines
+from kvtrace.ingest.decode import StagedRows, StagedTables, add_json_traces, add_proto_resource_spans_bytes
 from kvtrace.ingest.jsonfast import decode_json_chunk_located
 from kvtrace.ingest.merge import Deriver, Staged
 from kvtrace.ingest.parallel import decode_workers, ordered
@@ -57,7 +57,7 @@ CHUNK_BYTES_PER_SPAN = 1024
 PROTO_BYTES_PER_SPAN = 512
 
 
-def _decode_record(batch: StagingBatch, rec: Record) -> None:
+def _decode_record(batch: StagedRows, rec: Record) -> None:
     if rec.kind == "bad":
         batch.quarantine_record(rec.pos, rec.reason, rec.data, raw_bytes=rec.size)
     elif rec.kind == "json":
@@ -159,13 +159,13 @@ def _staged_proto(records: Iterable[Record], batch_spans: int, columnar: bool) -
 DECODE_AHEAD = 2
 
 
-def _batches(records: Iterable[Record], batch_spans: int) -> Iterator[StagingBatch]:
-    batch = StagingBatch()
+def _batches(records: Iterable[Record], batch_spans: int) -> Iterator[StagedRows]:
+    batch = StagedRows()
     for rec in records:
         _decode_record(batch, rec)
         if batch.n_spans >= batch_spans:
             yield batch
-            batch = StagingBatch()
+            batch = StagedRows()
     if batch.n_spans or batch.n_quarantined:
         yield batch
 
@@ -509,7 +509,7 @@ def _decode_run(
             + _decode_run(run[mid:], kind, batch_spans, columnar, max_record_bytes))
 
 
-def _located(tables: StagingTables, span_files: np.ndarray) -> Staged:
+def _located(tables: StagedTables, span_files: np.ndarray) -> Staged:
     staged = Staged.from_columnar(tables)
     staged.span_files = span_files
     staged.quarantine_files = np.zeros(0, dtype=np.int64)

@@ -38,6 +38,7 @@ from kvtrace.ingest.decode import (
     SPAN_SCHEMA,
     Resource,
     Scope,
+    StagedTables,
     json_resource,
     json_scope,
 )
@@ -154,10 +155,9 @@ OTLP_JSON_SCHEMA = pa.schema(
     ]
 )
 
-StagingTables = tuple[pa.Table, pa.Table, pa.Table]
 
 
-def decode_json_lines(chunk: bytes, use_threads: bool = True, native: bool = True) -> StagingTables | None:
+def decode_json_lines(chunk: bytes, use_threads: bool = True, native: bool = True) -> StagedTables | None:
     """Spans, events and links staging tables of a chunk of whole OTLP JSON lines, identical to
     what decode.add_json_traces gives line by line; None when the chunk needs that decoder.
     The C parser (ingest/jsonfast.py) is tried first (unless `native` is False); what it
@@ -208,7 +208,7 @@ def _enum_numbers(chunk: bytes) -> bytes:
 # ------------------------------------------------------------------------------- flattening
 
 
-def _staging(table: pa.Table) -> StagingTables:
+def _staging(table: pa.Table) -> StagedTables:
     rs_list = table.column("resourceSpans").combine_chunks()
     rs = rs_list.flatten()
     ss_list = pc.struct_field(rs, "scopeSpans")

@@ -1,6 +1,6 @@
 """OTLP trace records -> flat, column-wise staging batches (one row per span).
 
-Two decoders feed one `StagingBatch`:
+Two decoders feed one `StagedRows`:
 - `add_json_traces`: a parsed OTLP JSON object (`TracesData` / `ExportTraceServiceRequest`, which
   share one JSON shape), tolerant of the quirks real exporters produce: hex ids in either case,
   64-bit trace ids, base64 ids (the protobuf JSON mapping), nanoseconds as strings or numbers,
@@ -164,8 +164,15 @@ class Position:
     byte_offset: int | None = None
 
 
+# The staging contract, in one place: a batch is `merge.Staged` (Arrow tables of SPAN_SCHEMA,
+# EVENT_SCHEMA, LINK_SCHEMA, QUARANTINE_SCHEMA). The fast decoders (C: protofast, jsonfast;
+# pyarrow: columnar) return the first three as `StagedTables`; the validating decoder builds
+# them row by row in `StagedRows`.
+StagedTables = tuple[pa.Table, pa.Table, pa.Table]
+
+
 @dataclass
-class StagingBatch:
+class StagedRows:
     """Column-wise rows of decoded spans, their events and links, and quarantined records."""
 
     spans: dict[str, list[Any]] = field(default_factory=lambda: {n: [] for n in SPAN_SCHEMA.names})
@@ -626,7 +633,7 @@ def _dumps(d: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------------- JSON path
 
 
-def add_json_traces(batch: StagingBatch, obj: object, pos: Position, raw: bytes) -> None:
+def add_json_traces(batch: StagedRows, obj: object, pos: Position, raw: bytes) -> None:
     """Decode one parsed OTLP JSON traces object into `batch`; malformed parts are quarantined.
 
     A bad span quarantines only that span; a bad resource or scope quarantines each span of its
@@ -707,7 +714,7 @@ def _json_scope_spans(ss: object) -> tuple[object, list[Any]]:
     return scope, spans
 
 
-def _add_json_span(batch: StagingBatch, span: object, res: Resource, scope: Scope) -> None:
+def _add_json_span(batch: StagedRows, span: object, res: Resource, scope: Scope) -> None:
     if not isinstance(span, dict):
         raise RecordError("span is not an object")
     trace_id = normalise_trace_id(_get(span, "traceId", "trace_id"))
@@ -792,7 +799,7 @@ def _json_links(items: object) -> list[_Link]:
 # ------------------------------------------------------------------------------- protobuf path
 
 
-def add_proto_resource_spans(batch: StagingBatch, rs: trace_pb2.ResourceSpans, pos: Position) -> None:
+def add_proto_resource_spans(batch: StagedRows, rs: trace_pb2.ResourceSpans, pos: Position) -> None:
     """Decode one protobuf ResourceSpans into `batch`; malformed spans are quarantined (a bad
     resource or scope: each span of it, with that reason)."""
     res: Resource | None = None
@@ -819,7 +826,7 @@ def add_proto_resource_spans(batch: StagingBatch, rs: trace_pb2.ResourceSpans, p
                 batch.quarantine_record(pos, reason, span.SerializeToString(), span.span_id.hex() or None)
 
 
-def add_proto_resource_spans_bytes(batch: StagingBatch, data: bytes, pos: Position) -> None:
+def add_proto_resource_spans_bytes(batch: StagedRows, data: bytes, pos: Position) -> None:
     """Decode one ResourceSpans frame into `batch`. When upb refuses the frame (e.g. invalid
     UTF-8 in one span's string), each span is parsed alone: only the spans upb refuses are
     quarantined (a refused resource or scope: each span of it), the rest are stored."""
@@ -840,7 +847,7 @@ def add_proto_resource_spans_bytes(batch: StagingBatch, data: bytes, pos: Positi
 
 
 def _add_proto_salvaged(
-    batch: StagingBatch, pos: Position, head: bytes, scopes: list[tuple[bytes, list[bytes]]]
+    batch: StagedRows, pos: Position, head: bytes, scopes: list[tuple[bytes, list[bytes]]]
 ) -> None:
     """The spans of a ResourceSpans frame upb refused as a whole, each parsed alone."""
     from kvtrace.ingest.nesting import parse_cut, span_utf8_error, wire_span_id
@@ -878,7 +885,7 @@ def _add_proto_salvaged(
                 batch.quarantine_record(pos, str(exc), data, wire_span_id(data))
 
 
-def _add_proto_span(batch: StagingBatch, span: trace_pb2.Span, res: Resource, scope: Scope) -> None:
+def _add_proto_span(batch: StagedRows, span: trace_pb2.Span, res: Resource, scope: Scope) -> None:
     if not span.trace_id:
         raise RecordError("trace id is missing")
     if not span.span_id:
@@ -924,7 +931,7 @@ def _add_proto_span(batch: StagingBatch, span: trace_pb2.Span, res: Resource, sc
 
 
 def _append_span(
-    batch: StagingBatch,
+    batch: StagedRows,
     trace_id: str,
     span_id: str,
     parent: str | None,
@@ -952,7 +959,7 @@ def _append_span(
 
 
 def _append_event(
-    batch: StagingBatch, trace_id: str, span_id: str, seq: int, name: str | None, t: int | None,
+    batch: StagedRows, trace_id: str, span_id: str, seq: int, name: str | None, t: int | None,
     attrs: dict[str, Any], dropped: int,
 ) -> None:
     e = batch.events
@@ -967,7 +974,7 @@ def _append_event(
 
 
 def _append_link(
-    batch: StagingBatch, trace_id: str, span_id: str, seq: int, l_trace: str | None, l_span: str | None,
+    batch: StagedRows, trace_id: str, span_id: str, seq: int, l_trace: str | None, l_span: str | None,
     attrs: dict[str, Any], trace_state: str | None, flags: int, dropped: int,
 ) -> None:
     lk = batch.links

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from kvtrace.ingest.decode import Resource, Scope, json_resource, json_scope
+from kvtrace.ingest.decode import Resource, Scope, StagedTables, json_resource, json_scope
 from kvtrace.ingest.errors import RecordError
-from kvtrace.ingest.protofast import StagingTables, _events, _links, _spans
+from kvtrace.ingest.protofast import _events, _links, _spans
 
 _otlpfast: Any
 try:  # the C extension, typed as Any (it has no stub)
@@ -38,14 +38,14 @@ def available() -> bool:
     return _otlpfast is not None and hasattr(_otlpfast, "decode_json")
 
 
-def decode_json_chunk(chunk: bytes) -> StagingTables | None:
+def decode_json_chunk(chunk: bytes) -> StagedTables | None:
     """Spans, events and links staging tables of a chunk of whole OTLP JSON lines, identical to
     what the validating decoder gives line by line; None when another path must decide."""
     got = decode_json_chunk_located(chunk)
     return None if got is None else got[0]
 
 
-def decode_json_chunk_located(chunk: bytes) -> tuple[StagingTables, np.ndarray] | None:
+def decode_json_chunk_located(chunk: bytes) -> tuple[StagedTables, np.ndarray] | None:
     """decode_json_chunk, and for each span the offset in `chunk` of its resourceSpans entry (so
     that a chunk made of several files' lines tells which file each span came from)."""
     if not available():

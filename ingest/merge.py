@@ -28,8 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kvtrace.ingest.columnar import StagingTables
-from kvtrace.ingest.decode import QUARANTINE_SCHEMA, StagingBatch
+from kvtrace.ingest.decode import QUARANTINE_SCHEMA, StagedRows, StagedTables
 from kvtrace.ingest.identity import with_instance_fallback
 
 DUCKDB_MEMORY_LIMIT = "512MB"
@@ -98,11 +97,11 @@ class Staged:
         self.spans = with_instance_fallback(self.spans)  # before anything reads instance_id
 
     @classmethod
-    def from_batch(cls, batch: StagingBatch) -> Staged:
+    def from_batch(cls, batch: StagedRows) -> Staged:
         return cls(*batch.tables())
 
     @classmethod
-    def from_columnar(cls, tables: StagingTables) -> Staged:
+    def from_columnar(cls, tables: StagedTables) -> Staged:
         return cls(*tables, QUARANTINE_SCHEMA.empty_table())
 
     def prepare(self, deriver: Deriver) -> Staged:

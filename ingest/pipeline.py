@@ -43,7 +43,7 @@ from kvtrace.ingest.batches import GROUP_FILES, _decoded_files, _FileEnd, _FileS
 from kvtrace.ingest.batches import _decode_record as _decode_record
 from kvtrace.ingest.batches import _staged_proto as _staged_proto
 from kvtrace.ingest.columnar import decode_json_lines
-from kvtrace.ingest.decode import Position, StagingBatch, add_json_traces, add_proto_resource_spans
+from kvtrace.ingest.decode import Position, StagedRows, add_json_traces, add_proto_resource_spans
 from kvtrace.ingest.errors import IngestError, PayloadError
 from kvtrace.ingest.merge import (
     DUCKDB_MEMORY_LIMIT,
@@ -483,7 +483,7 @@ def _decode_payload(data: bytes, fmt: str, source: str) -> Staged:
         tables = decode_traces(data)
         if tables is not None:
             return Staged.from_columnar(tables)
-    batch = StagingBatch()
+    batch = StagedRows()
     pos = Position(None, 0)
     if fmt == "json":
         try:

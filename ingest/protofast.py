@@ -34,6 +34,7 @@ from kvtrace.ingest.decode import (
     SPAN_SCHEMA,
     Resource,
     Scope,
+    StagedTables,
     proto_resource,
     proto_scope,
 )
@@ -45,7 +46,6 @@ try:  # the C extension, typed as Any (it has no stub)
 except ImportError:  # pragma: no cover - exercised only where the extension could not be built
     _otlpfast = None
 
-StagingTables = tuple[pa.Table, pa.Table, pa.Table]
 _STRING = pa.string()
 
 
@@ -79,14 +79,14 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def decode_traces(data: bytes) -> StagingTables | None:
+def decode_traces(data: bytes) -> StagedTables | None:
     """Spans, events and links staging tables of one TracesData / ExportTraceServiceRequest
     message, identical to what the validating decoder gives; None when that decoder must run."""
     got = decode_traces_located(data)
     return None if got is None else got[0]
 
 
-def decode_traces_located(data: bytes) -> tuple[StagingTables, np.ndarray] | None:
+def decode_traces_located(data: bytes) -> tuple[StagedTables, np.ndarray] | None:
     """decode_traces, and for each span the index of its ResourceSpans in the message (frame_resource_spans
     frames give one ResourceSpans each, so this tells which frame, and which file, a span came from)."""
     if _otlpfast is None:
@@ -253,4 +253,4 @@ def _span_ids(cols: dict[str, Any], spans_n: int, span_seq: pa.Array) -> tuple[p
     return trace_id, span_id
 
 
-__all__ = ["StagingTables", "available", "decode_traces", "decode_traces_located", "frame_resource_spans", "json_double"]
+__all__ = ["available", "decode_traces", "decode_traces_located", "frame_resource_spans", "json_double"]

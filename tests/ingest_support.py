@@ -10,7 +10,7 @@ import orjson
 import pyarrow as pa
 
 from kvtrace.ingest import ingest_paths, open_store
-from kvtrace.ingest.decode import StagingBatch
+from kvtrace.ingest.decode import StagedRows
 from kvtrace.ingest.pipeline import _decode_record
 from kvtrace.ingest.sources import LineChunk
 
@@ -69,7 +69,7 @@ TRACE = "5b8efff798038103d269b633813fc60c"
 
 
 def validating(chunk: bytes) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:
-    batch = StagingBatch()
+    batch = StagedRows()
     for rec in LineChunk(chunk, 1, 0).records():
         _decode_record(batch, rec)
     return batch.tables()

@@ -45,7 +45,7 @@ from opentelemetry.trace import (
 from kvtrace.app.cli import main
 from kvtrace.ingest import jsonfast, protofast
 from kvtrace.ingest.columnar import decode_json_lines
-from kvtrace.ingest.decode import Position, StagingBatch, add_json_traces, add_proto_resource_spans
+from kvtrace.ingest.decode import Position, StagedRows, add_json_traces, add_proto_resource_spans
 from kvtrace.ingest.pipeline import ingest_paths
 
 T0 = 1_764_000_000_000_000_000
@@ -218,7 +218,7 @@ def test_plain_spans_take_every_fast_path(plain_request: ExportTraceServiceReque
     give the validating decoder's staging tables."""
     files = encodings(plain_request)
     line = files["traces.jsonl"]
-    batch = StagingBatch()
+    batch = StagedRows()
     add_json_traces(batch, orjson.loads(line), Position(1, 0), line)
     want = [t.to_pylist() for t in batch.tables()[:3]]
     for name, tables in {
@@ -498,9 +498,9 @@ def test_every_path_stages_the_same_rows_for_any_field_values(request: trace_pb2
     input, stage the same spans, events and links; nothing is quarantined."""
     pb = request.SerializeToString()
     line = orjson.dumps(otlp_json(request, "hex")) + b"\n"
-    from_json = StagingBatch()
+    from_json = StagedRows()
     add_json_traces(from_json, orjson.loads(line), Position(1, 0), line)
-    from_proto = StagingBatch()
+    from_proto = StagedRows()
     for rs in request.resource_spans:
         add_proto_resource_spans(from_proto, rs, Position(None, 0))
     want = [t.to_pylist() for t in from_proto.tables()[:3]]

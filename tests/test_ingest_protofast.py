@@ -23,7 +23,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from kvtrace.ingest import protofast
-from kvtrace.ingest.decode import Position, StagingBatch, add_proto_resource_spans
+from kvtrace.ingest.decode import Position, StagedRows, add_proto_resource_spans
 from kvtrace.ingest.errors import PayloadError
 from kvtrace.ingest.pipeline import ingest_payload
 from kvtrace.ingest.store import open_store
@@ -32,7 +32,7 @@ TRACE = bytes.fromhex("5b8efff798038103d269b633813fc60c")
 
 
 def validating(data: bytes) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:
-    batch = StagingBatch()
+    batch = StagedRows()
     for rs in ExportTraceServiceRequest.FromString(data).resource_spans:
         add_proto_resource_spans(batch, rs, Position(None, 0))
     return batch.tables()
