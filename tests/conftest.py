@@ -38,8 +38,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # One local Spark session serves every `spark` test (JVM start-up and warm-up are paid once); tiny
 # inputs, so one shuffle partition, no adaptive re-planning, no UI, and a JVM that compiles with C1
-# only (tiny queries never pay back C2's compile time on a 2-core box: about half the wall time).
+# only (tiny queries never pay back C2's compile time on a 2-core box: about half the wall time), and
+# no whole-stage code generation (compiling each stage's Java costs more than running it interpreted
+# over a few hundred rows: 70 -> 59 s for the findings chain of pr35049 on a loaded box).
 SPARK_TEST_CONF = {
+    "spark.sql.codegen.wholeStage": "false",
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "1",
