@@ -114,8 +114,10 @@ def _selected(page: Any, label: str) -> str:
 
 
 def _pick(page: Any, label: str, index: int) -> str:
-    """Choose option `index` of selectbox `label` as a user does; returns the option's text."""
-    page.get_by_role("combobox", name=label, exact=True).first.click()
+    """Choose option `index` of selectbox `label` as a user does; returns the option's text. The page
+    renders progressively: on a loaded box (a second test worker, a JVM) the box can come well after
+    the heading."""
+    page.get_by_role("combobox", name=label, exact=True).first.click(timeout=90_000)
     option = page.get_by_role("option").nth(index)
     text = str(option.inner_text())
     option.click()
