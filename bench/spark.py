@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/spark.py --spans 1000000 --spans 10000000 [--windows 1 --windows 4 --windows 16]
                                     [--repeat 1] [--work /tmp/kvtrace-bench]
+    .venv/bin/python bench/spark.py --store STORE [--store STORE2 ...]   # any store (a quick check)
 
 Stores are the ones bench/analytics.py builds (--work/store_N.duckdb: the simulator's 1M-span
 fastpath input, and for 10M ten disjoint copies of it), each exported once to a lake
@@ -32,14 +33,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import psutil
+
+PROGRESS_S = 30.0
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _bench_analytics():  # type: ignore[no-untyped-def]
+def _bench_analytics() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_analytics", ROOT / "bench" / "analytics.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -47,15 +51,63 @@ def _bench_analytics():  # type: ignore[no-untyped-def]
     return module
 
 
-def lake_for(n_spans: int, work: Path) -> tuple[Path, Path]:
-    from kvtrace.ingest.export import export_lake
+def _wait_for_builder(paths: list[Path]) -> None:
+    """Wait while another process writes one of `paths` (a file or folder changed in the last 2 min):
+    a store or lake another bench run is building must not be built twice at once."""
+    while True:
+        newest = max(
+            (
+                f.stat().st_mtime
+                for p in paths
+                if p.exists()
+                for f in [p, *(p.rglob("*") if p.is_dir() else [])]
+            ),
+            default=0.0,
+        )
+        if time.time() - newest > 120:
+            return
+        print(
+            f"  waiting: another process is writing {', '.join(str(p) for p in paths if p.exists())}",
+            flush=True,
+        )
+        time.sleep(30)
 
-    db = _bench_analytics().store(n_spans, work)
+
+def lake_for(n_spans: int, work: Path) -> tuple[Path, Path]:
+    from kvtrace.ingest.export import LAKE_TABLES, export_lake
+
     lake = work / f"spark-lake-{n_spans}"
+    _wait_for_builder(
+        [work / f"store_{n_spans}.partial.duckdb", work / f"store_{n_spans}.partial.duckdb.wal"]
+    )
+    db = _bench_analytics().store(n_spans, work)
+    _wait_for_builder([lake / f".{table}.writing" for table in LAKE_TABLES])
     if not (lake / "_kvtrace_lake.json").exists():
         print(f"  exporting {db} -> {lake}", flush=True)
         export_lake(db, lake)
     return db, lake
+
+
+def lake_of_store(db: Path, work: Path) -> tuple[Path, Path]:
+    """Any store (--store), exported once to work/spark-lake-<its name>."""
+    from kvtrace.ingest.export import export_lake
+
+    lake = work / f"spark-lake-{db.stem}"
+    if not (lake / "_kvtrace_lake.json").exists():
+        print(f"  exporting {db} -> {lake}", flush=True)
+        export_lake(db, lake)
+    return db, lake
+
+
+def span_count(db: Path) -> int:
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        row = con.execute("SELECT count(*) FROM spans").fetchone()
+        return int(row[0]) if row else 0
+    finally:
+        con.close()
 
 
 def child_duckdb(db: Path, out: Path) -> None:
@@ -89,18 +141,23 @@ def child_spark(lake: Path, windows: int, memory: str, out: Path) -> None:
     engine.compute(["findings"], windows=windows)
     seconds = time.perf_counter() - t
     rows = engine.table("findings").to_pylist()
-    out.write_text(json.dumps({"seconds": seconds, "session_s": started, "findings": rows}, default=str))
+    steps: dict[str, float] = {}  # seconds per analysis, over its windows
+    for run in engine.executed:
+        steps[run.name] = steps.get(run.name, 0.0) + run.seconds
+    out.write_text(
+        json.dumps({"seconds": seconds, "session_s": started, "steps": steps, "findings": rows}, default=str)
+    )
     spark.stop()
 
 
-def measured(cmd: list[str], out: Path, limit: float) -> dict[str, object] | None:
-    """Run a child; its result, with the peak RSS of its process tree (the JVM included)."""
+def measured(cmd: list[str], out: Path, limit: float, log: Path, label: str) -> dict[str, object] | None:
+    """Run a child (its stderr to `log`); its result, with the peak RSS of its process tree and of the
+    JVM in it. A line every --progress seconds says it is still running, and how big the JVM is."""
     out.unlink(missing_ok=True)
-    peak = 0
-    t0 = time.perf_counter()
-    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+    peak = jvm_peak = 0
+    t0 = last = time.perf_counter()
+    with open(log, "ab") as err, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err) as proc:
         ps = psutil.Process(proc.pid)
-        jvm_peak = 0
         while proc.poll() is None:
             try:
                 tree = [ps, *ps.children(recursive=True)]
@@ -109,14 +166,24 @@ def measured(cmd: list[str], out: Path, limit: float) -> dict[str, object] | Non
             except psutil.Error:
                 rss = jvm = 0
             peak, jvm_peak = max(peak, rss), max(jvm_peak, jvm)
-            if time.perf_counter() - t0 > limit:
+            now = time.perf_counter()
+            if now - t0 > limit:
                 proc.kill()
-                return None
+                print(f"    {label}: stopped after {limit:.0f} s", flush=True)
+                return {"stopped_s": limit, "peak_rss": peak, "jvm_rss": jvm_peak}
+            if now - last >= PROGRESS_S:
+                last = now
+                print(
+                    f"    {label}: running {now - t0:.0f} s, JVM {jvm / 2**20:,.0f} MB (peak {jvm_peak / 2**20:,.0f}), "
+                    f"load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
             time.sleep(0.25)
     if proc.returncode != 0 or not out.exists():
+        print(f"    {label}: exit {proc.returncode}, see {log}", flush=True)
         return None
     got: dict[str, object] = json.loads(out.read_text())
-    got["peak_rss"], got["jvm_rss"] = peak, jvm_peak
+    got["peak_rss"], got["jvm_rss"], got["wall_s"] = peak, jvm_peak, time.perf_counter() - t0
     return got
 
 
@@ -124,6 +191,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--spans", action="append", type=int, default=[], help="1000000, 10000000 (built if missing)"
+    )
+    ap.add_argument(
+        "--store", action="append", type=Path, default=[], help="any store instead of --spans (a quick check)"
     )
     ap.add_argument(
         "--windows", action="append", type=int, default=[], help="window counts for Spark (default 1, 4, 16)"
@@ -147,13 +217,17 @@ def main() -> None:
         child_spark(args.lake, args.w, args.spark_memory, args.out)
         return
 
-    sizes = args.spans or [1_000_000, 10_000_000]
     windows = args.windows or [1, 4, 16]
     args.work.mkdir(parents=True, exist_ok=True)
+    stores = [lake_of_store(db, args.work) for db in args.store]
+    sizes = [span_count(db) for db, _ in stores] if stores else args.spans or [1_000_000, 10_000_000]
     out = args.work / f"spark-bench-{os.getpid()}.json"
+    log = args.work / "spark-bench.log"  # the children's stderr (Spark's errors), appended
+    print(f"children's stderr: {log}", flush=True)
     results: dict[tuple[int, str], list[dict[str, object]]] = {}
-    for n in sizes:
-        db, lake = lake_for(n, args.work)
+    stopped: dict[tuple[int, str], list[dict[str, object]]] = {}  # runs stopped at --limit
+    for i, n in enumerate(sizes):
+        db, lake = stores[i] if stores else lake_for(n, args.work)
         methods = [
             ("duckdb", [sys.executable, __file__, "--child", "duckdb", "--db", str(db), "--out", str(out)])
         ]
@@ -180,13 +254,32 @@ def main() -> None:
         reference: list[object] | None = None
         for r in range(args.repeat):
             for name, cmd in methods:  # interleaved: every method once per round
-                got = measured(cmd, out, args.limit)
+                got = measured(cmd, out, args.limit, log, f"{n:,} spans {name}")
                 print(
                     f"  {n:>11,} spans  round {r + 1}  {name:<12} "
-                    + ("stopped/failed" if got is None else f"{float(got['seconds']):.2f} s"),
+                    + (
+                        "failed"
+                        if got is None
+                        else f"> {float(got['stopped_s']):.0f} s (stopped)"  # type: ignore[arg-type]
+                        if "stopped_s" in got
+                        else f"{float(got['seconds']):.2f} s"  # type: ignore[arg-type]
+                    ),
                     flush=True,
                 )
+                if got is not None and "steps" in got:
+                    steps = got["steps"]
+                    print(
+                        f"    session {float(got['session_s']):.1f} s, JVM peak {int(got['jvm_rss']) / 2**20:,.0f} MB, "  # type: ignore[arg-type,call-overload]
+                        f"load {os.getloadavg()[0]:.1f}; per step: "
+                        + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()),  # type: ignore[attr-defined]
+                        flush=True,
+                    )
                 if got is None:
+                    continue
+                if (
+                    "stopped_s" in got
+                ):  # no findings to check; its time is a lower bound, its memory a peak so far
+                    stopped.setdefault((n, name), []).append(got)
                     continue
                 rows = got.pop("findings")
                 if reference is None:
@@ -199,7 +292,8 @@ def main() -> None:
 
     def med(n: int, name: str, key: str) -> float | None:
         runs = results.get((n, name))
-        return statistics.median(float(r[key]) for r in runs) if runs else None  # type: ignore[arg-type]
+        values = [float(r[key]) for r in runs or [] if key in r]  # type: ignore[arg-type]
+        return statistics.median(values) if values else None
 
     print("\nrace analyses (skew bounds -> findings), medians; Spark local[2] without its session start")
     print(
@@ -210,7 +304,16 @@ def main() -> None:
         for name in ["duckdb", *[f"spark W={w}" for w in windows]]:
             s = med(n, name, "seconds")
             if s is None:
-                print(f"{n:>12,} {name:<12} {'-':>9}")
+                cut = stopped.get((n, name))
+                jvm_cut = max(int(r["jvm_rss"]) for r in cut) if cut else 0  # type: ignore[call-overload]
+                print(
+                    f"{n:>12,} {name:<12} "
+                    + (
+                        f"{'> ' + format(args.limit, '.0f'):>9} {'(stopped)':>10} {'':>10} {jvm_cut / 2**20:>12,.0f}"
+                        if cut
+                        else f"{'-':>9}"
+                    )
+                )
                 continue
             ratio = f"{s / base:.1f}x" if base else "-"
             sess = med(n, name, "session_s")
@@ -227,6 +330,10 @@ def main() -> None:
             a, b = med(lo, name, "seconds"), med(hi, name, "seconds")
             if a and b:
                 print(f"  {name:<12} {b / a:.1f}x the time")
+            elif a and (hi, name) in stopped:
+                print(
+                    f"  {name:<12} > {args.limit / a:.1f}x the time (stopped at --limit {args.limit:.0f} s)"
+                )
         flat = med(lo, "spark W=1", "jvm_rss")
         if flat:
             for w in windows:
