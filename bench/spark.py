@@ -51,52 +51,24 @@ def _bench_analytics() -> ModuleType:
     return module
 
 
-def _wait_for_builder(paths: list[Path]) -> None:
-    """Wait while another process writes one of `paths` (a file or folder changed in the last 2 min):
-    a store or lake another bench run is building must not be built twice at once."""
-    while True:
-        newest = max(
-            (
-                f.stat().st_mtime
-                for p in paths
-                if p.exists()
-                for f in [p, *(p.rglob("*") if p.is_dir() else [])]
-            ),
-            default=0.0,
-        )
-        if time.time() - newest > 120:
-            return
-        print(
-            f"  waiting: another process is writing {', '.join(str(p) for p in paths if p.exists())}",
-            flush=True,
-        )
-        time.sleep(30)
+def _exported(db: Path, lake: Path) -> tuple[Path, Path]:
+    """`db` exported to `lake` once (a lake with its manifest is kept)."""
+    from kvtrace.ingest.export import export_lake
+
+    if not (lake / "_kvtrace_lake.json").exists():
+        print(f"  exporting {db} -> {lake}", flush=True)
+        export_lake(db, lake)
+    return db, lake
 
 
 def lake_for(n_spans: int, work: Path) -> tuple[Path, Path]:
-    from kvtrace.ingest.export import LAKE_TABLES, export_lake
-
-    lake = work / f"spark-lake-{n_spans}"
-    _wait_for_builder(
-        [work / f"store_{n_spans}.partial.duckdb", work / f"store_{n_spans}.partial.duckdb.wal"]
-    )
-    db = _bench_analytics().store(n_spans, work)
-    _wait_for_builder([lake / f".{table}.writing" for table in LAKE_TABLES])
-    if not (lake / "_kvtrace_lake.json").exists():
-        print(f"  exporting {db} -> {lake}", flush=True)
-        export_lake(db, lake)
-    return db, lake
+    """bench/analytics.py's store of `n_spans` (built when missing) and its lake."""
+    return _exported(_bench_analytics().store(n_spans, work), work / f"spark-lake-{n_spans}")
 
 
 def lake_of_store(db: Path, work: Path) -> tuple[Path, Path]:
-    """Any store (--store), exported once to work/spark-lake-<its name>."""
-    from kvtrace.ingest.export import export_lake
-
-    lake = work / f"spark-lake-{db.stem}"
-    if not (lake / "_kvtrace_lake.json").exists():
-        print(f"  exporting {db} -> {lake}", flush=True)
-        export_lake(db, lake)
-    return db, lake
+    """Any store (--store) and its lake, work/spark-lake-<its name>."""
+    return _exported(db, work / f"spark-lake-{db.stem}")
 
 
 def span_count(db: Path) -> int:
