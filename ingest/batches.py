@@ -78,7 +78,7 @@ _Decode = Callable[[], list[Staged]]
 
 def _validated(records: Iterable[Record], batch_spans: int) -> list[Staged]:
     """Records through the validating decoder (which quarantines bad ones), batch_spans a batch."""
-    return [Staged.from_batch(b) for b in _batches(records, batch_spans)]
+    return [Staged.from_rows(b) for b in _batches(records, batch_spans)]
 
 
 def _chunk(unit: LineChunk, batch_spans: int, columnar: bool) -> list[Staged]:

@@ -97,7 +97,7 @@ class Staged:
         self.spans = with_instance_fallback(self.spans)  # before anything reads instance_id
 
     @classmethod
-    def from_batch(cls, batch: StagedRows) -> Staged:
+    def from_rows(cls, batch: StagedRows) -> Staged:
         return cls(*batch.tables())
 
     @classmethod

@@ -502,7 +502,7 @@ def _decode_payload(data: bytes, fmt: str, source: str) -> Staged:
             add_proto_resource_spans(batch, rs, pos)
     else:
         raise PayloadError(f"{source}: unknown payload format {fmt!r}")
-    return Staged.from_batch(batch)
+    return Staged.from_rows(batch)
 
 
 __all__ = [
