@@ -1,7 +1,7 @@
 """Build of the one C extension (ingest/_otlpfast.c: the OTLP protobuf and JSON lines decoders);
 everything else is in pyproject.toml. `optional=True`: without a C compiler the install still
-succeeds and ingest takes the pyarrow path for JSON lines and the validating decoder for the rest
-(same results, slower)."""
+succeeds and ingest takes the validating decoder (ingest/decode.py) for everything (same
+results, slower)."""
 
 from setuptools import Extension, setup
 

@@ -4,13 +4,14 @@ The feeder thread reads and frames the files (sources.py) and makes one decode j
 chunk of whole JSON lines (~batch_spans KB), a group of protobuf ResourceSpans frames, a run of
 other records, or a group of small files read whole (at most one chunk each: one C decoder call
 for thousands of files, each span tagged with its file). A job runs the whole fallback chain of
-its unit: the C parser (jsonfast.py / protofast.py, _otlpfast.c), then for JSON lines the
-pyarrow path (columnar.py), then the validating decoder (decode.py), which quarantines bad
-records; no Python per span on the fast paths. Then, still in the worker, Staged.prepare derives
-the batch's span-local rows (merge.Deriver). Records are bounded (sources.MAX_RECORD_BYTES): a
-longer JSON line or protobuf frame is quarantined unread. The results come back in the jobs'
-order as _Items: a file's start, its batches (with the raw position reached, for progress), its
-end with the note its batches call for; or a _Group of small files."""
+its unit: the C decoder (jsonfast.py / protofast.py over _otlpfast.c), then, for what it declines
+(for every unit where the extension is not built), the validating decoder (decode.py), which
+quarantines bad records; no Python per span on the fast path. Then, still in the worker,
+Staged.prepare derives the batch's span-local rows (merge.Deriver). Records are bounded
+(sources.MAX_RECORD_BYTES): a longer JSON line or protobuf frame is quarantined unread. The
+results come back in the jobs' order as _Items: a file's start, its batches (with the raw
+position reached, for progress), its end with the note its batches call for; or a _Group of
+small files."""
 
 from __future__ import annotations
 
@@ -26,9 +27,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kvtrace.ingest.columnar import decode_json_lines
 from kvtrace.ingest.decode import StagedRows, StagedTables, add_json_traces, add_proto_resource_spans_bytes
-from kvtrace.ingest.jsonfast import decode_json_chunk_located
+from kvtrace.ingest.jsonfast import decode_json_chunk, decode_json_chunk_located
 from kvtrace.ingest.merge import Deriver, Staged
 from kvtrace.ingest.parallel import decode_workers, ordered
 from kvtrace.ingest.protofast import decode_traces, decode_traces_located, frame_resource_spans
@@ -82,9 +82,9 @@ def _validated(records: Iterable[Record], batch_spans: int) -> list[Staged]:
 
 
 def _chunk(unit: LineChunk, batch_spans: int, columnar: bool) -> list[Staged]:
-    """A chunk of JSON lines through the columnar fast path, or, when it declines, through the
-    validating decoder (which quarantines bad lines as always)."""
-    tables = decode_json_lines(unit.data) if columnar else None
+    """A chunk of JSON lines through the C fast path, or, when it declines (or is not built),
+    through the validating decoder (which quarantines bad lines as always)."""
+    tables = decode_json_chunk(unit.data) if columnar else None
     if tables is not None:
         return [Staged.from_columnar(tables)]
     return _validated(unit.records(), batch_spans)

@@ -165,9 +165,8 @@ class Position:
 
 
 # The staging contract, in one place: a batch is `merge.Staged` (Arrow tables of SPAN_SCHEMA,
-# EVENT_SCHEMA, LINK_SCHEMA, QUARANTINE_SCHEMA). The fast decoders (C: protofast, jsonfast;
-# pyarrow: columnar) return the first three as `StagedTables`; the validating decoder builds
-# them row by row in `StagedRows`.
+# EVENT_SCHEMA, LINK_SCHEMA, QUARANTINE_SCHEMA). The C decoders (protofast, jsonfast) return
+# the first three as `StagedTables`; the validating decoder builds them row by row in `StagedRows`.
 StagedTables = tuple[pa.Table, pa.Table, pa.Table]
 
 

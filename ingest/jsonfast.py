@@ -8,10 +8,11 @@ validating decoder's dict. Only resources and scope names (a handful per line) a
 through the validating decoder's own code, from the raw JSON text the C side points at. The C
 side declines (None) whatever it does not reproduce byte for byte (see the comment above
 `decode_json` there: invalid JSON, JSON null, snake_case keys, duplicate keys, numeric
-nanoseconds, non-hex ids, values the validating decoder would quarantine, ...); the caller then
-takes the next path (ingest/columnar.py, then the validating decoder). `tests/test_ingest_jsonfast.py`
-checks that both give identical tables, on SDK and simulator output, every value shape, random
-values and corrupted chunks.
+nanoseconds, non-hex ids, values the validating decoder would quarantine, ...); the caller
+(batches.py) then runs the validating decoder on the chunk, as it does on every chunk where the
+extension is not built. `tests/test_ingest_jsonfast.py` checks that both give identical tables, on
+SDK and simulator output, every value shape, random values and corrupted chunks, and that a
+sample trace stages the very same rows without the extension.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 A file's way, module by module:
   sources.py    bytes -> records and chunks of whole JSON lines (decompression, framing, bounds)
-  batches.py    -> staged Arrow batches, one row per span (decode.py, jsonfast.py, protofast.py,
-                columnar.py: the decoders and their fallback), each with the normalised rows that
-                follow from its spans alone (merge.Deriver), decoded on the parallel workers of
-                parallel.py and handed on in file order
+  batches.py    -> staged Arrow batches, one row per span (jsonfast.py, protofast.py: the C
+                decoders, then decode.py: the validating decoder, for what they decline), each
+                with the normalised rows that follow from its spans alone (merge.Deriver),
+                decoded on the parallel workers of parallel.py and handed on in file order
   merge.py      -> the store: dedup, raw rows, derived rows, and the normalisation that needs
                 other spans (the SQL files of ingest/sql/)
   pipeline.py   (this module) the driver: which files to read (the ledger), transactions of
@@ -42,9 +42,9 @@ from tqdm import tqdm
 from kvtrace.ingest.batches import GROUP_FILES, _decoded_files, _FileEnd, _FileStart, _Group
 from kvtrace.ingest.batches import _decode_record as _decode_record
 from kvtrace.ingest.batches import _staged_proto as _staged_proto
-from kvtrace.ingest.columnar import decode_json_lines
 from kvtrace.ingest.decode import Position, StagedRows, add_json_traces, add_proto_resource_spans
 from kvtrace.ingest.errors import IngestError, PayloadError
+from kvtrace.ingest.jsonfast import decode_json_chunk
 from kvtrace.ingest.merge import (
     DUCKDB_MEMORY_LIMIT,
     BatchResult,
@@ -473,10 +473,10 @@ def ingest_payload(
 
 
 def _decode_payload(data: bytes, fmt: str, source: str) -> Staged:
-    """One payload's staged tables: JSON on one line through the columnar fast path, protobuf
-    through the C fast path, when they take it, else through the validating decoder."""
+    """One payload's staged tables: JSON on one line or protobuf through the C fast path, when
+    it takes it, else through the validating decoder."""
     if fmt == "json" and b"\n" not in data.rstrip():
-        tables = decode_json_lines(data)
+        tables = decode_json_chunk(data)
         if tables is not None:
             return Staged.from_columnar(tables)
     if fmt == "protobuf":

@@ -97,6 +97,17 @@ def export_request(n: int, *, bad_ids: int = 0) -> ExportTraceServiceRequest:
 PROTO = {"Content-Type": "application/x-protobuf", **AUTH}
 
 
+def with_invalid_utf8(request: ExportTraceServiceRequest, text: str) -> bytes:
+    """`request` as the SDK's exporter sends it, with the one occurrence of `text` on the wire (a
+    string field: a span's name, a resource attribute) made invalid UTF-8, its length unchanged:
+    its last byte becomes 0xff. upb then refuses the whole request."""
+    data = request.SerializeToString()
+    raw = text.encode()
+    assert data.count(raw) == 1, f"{text!r} occurs {data.count(raw)} times on the wire"
+    end = data.index(raw) + len(raw)
+    return data[: end - 1] + b"\xff" + data[end:]
+
+
 Key = tuple[str, str, str]  # (trace_id, span_id, name)
 
 

@@ -44,7 +44,6 @@ from opentelemetry.trace import (
 
 from kvtrace.app.cli import main
 from kvtrace.ingest import jsonfast, protofast
-from kvtrace.ingest.columnar import decode_json_lines
 from kvtrace.ingest.decode import Position, StagedRows, add_json_traces, add_proto_resource_spans
 from kvtrace.ingest.pipeline import ingest_paths
 
@@ -213,9 +212,9 @@ def test_json_and_protobuf_store_identical_rows(
 
 
 def test_plain_spans_take_every_fast_path(plain_request: ExportTraceServiceRequest) -> None:
-    """The comparison above covers the fast decoders: the C ones (protobuf, JSON lines) and the
-    pyarrow one take the SDK's spans with every field set (only typed values leave them), and
-    give the validating decoder's staging tables."""
+    """The comparison above covers the fast decoders: the C ones (protobuf, JSON lines) take the
+    SDK's spans with every field set (only typed values leave them), and give the validating
+    decoder's staging tables."""
     files = encodings(plain_request)
     line = files["traces.jsonl"]
     batch = StagedRows()
@@ -224,7 +223,6 @@ def test_plain_spans_take_every_fast_path(plain_request: ExportTraceServiceReque
     for name, tables in {
         "C protobuf": protofast.decode_traces(files["traces.pb"]),
         "C JSON lines": jsonfast.decode_json_chunk(line),
-        "pyarrow JSON lines": decode_json_lines(line, native=False),
     }.items():
         assert tables is not None, f"{name} declined"
         assert [t.to_pylist() for t in tables] == want, name

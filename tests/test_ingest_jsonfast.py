@@ -1,7 +1,9 @@
 """The C parser for OTLP JSON lines (ingest/jsonfast.py over ingest/_otlpfast.c) stores exactly what
 the validating decoder (orjson + decode.add_json_traces, line by line) stores: identical staging
-tables chunk by chunk; it declines (None) whatever it cannot reproduce, and no byte string
-crashes it."""
+tables chunk by chunk, identical store tables file by file; it declines (None) whatever it cannot
+reproduce, which the validating decoder then takes, and no byte string crashes it. Without the
+extension (no C compiler at install) every chunk takes the validating decoder, with the same
+staging tables."""
 
 from __future__ import annotations
 
@@ -16,9 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ingest_otlp_builders import json_lines, pd_request_spans
-from ingest_support import TRACE, kv, line, span, validating
+from ingest_support import TRACE, assert_fast_and_validating_paths_agree, kv, line, span, validating
 
-from kvtrace.ingest import jsonfast
+from kvtrace.ingest import jsonfast, protofast
+from kvtrace.ingest.batches import _decoded_files, _FileStart, _Group
+from kvtrace.ingest.sources import SourceFile
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_traces" / "mixed"
 
 
 def assert_same_staging(chunk: bytes) -> None:
@@ -61,11 +67,10 @@ DOUBLES = [0.25, 1.0, -0.0, 0.0, 1e-5, 1.5e-5, 1e-6, 1e-7, 123456.789, 1e15, 1e1
 
 
 def test_every_value_shape() -> None:
-    """test_ingest_columnar's value shapes (upper-case and 64-bit ids, enum names, missing optional
-    fields, escapes, unicode, doubles of every magnitude, mixed and empty arrays, empty AnyValues,
-    events, links, int rids), plus what only this parser takes: bytes, kvlists, nested arrays,
-    non-canonical number text, escapes in names, a key after its value, unknown members,
-    whitespace, CRLF, several resources and scopes a line."""
+    """Upper-case and 64-bit ids, enum names, missing optional fields, escapes, unicode, doubles of
+    every magnitude, mixed and empty arrays, empty AnyValues, events, links, int rids, bytes,
+    kvlists, nested arrays, non-canonical number text, escapes in names, a key after its value,
+    unknown members, whitespace, CRLF, several resources and scopes a line."""
     attributes = [
         kv("rid", {"intValue": "0042"}),
         kv("s", {"stringValue": 'quote " backslash \\ newline \n tab \t bell \x07 nul \x00 del \x7f / é 漢 😀 \u2028'}),
@@ -133,8 +138,8 @@ def test_every_value_shape() -> None:
     assert_same_staging(b"\n\n")
 
 
-def test_attribute_values_the_pyarrow_path_declined() -> None:
-    """bytes, kvlist and nested arrays: the C parser writes them exactly (columnar.py declined)."""
+def test_bytes_kvlist_and_nested_array_values_alone() -> None:
+    """bytes, an empty kvlist and an array of an empty array, each a span's only attribute."""
     for value in ({"bytesValue": "AQID"}, {"kvlistValue": {"values": []}},
                   {"arrayValue": {"values": [{"arrayValue": {}}]}}):
         assert_same_staging(line(span("aae19b7ec3c1b175", [kv("k", value)])))
@@ -311,3 +316,60 @@ def test_doubles_written_as_orjson_writes_them() -> None:
     for text in (b"1.50", b"1E2", b"1e+2", b"0.00001", b"0.000001", b"-0.0", b"10.0", b"1234567890123456.7"):
         chunk += line(span("aae19b7ec3c1b176", [kv("d", {"doubleValue": 1.25})])).replace(b"1.25", text)
     assert_same_staging(chunk)
+
+
+def test_fast_and_validating_ingest_store_identical_tables(tmp_path: Path) -> None:
+    """Whole store tables (raw and normalised) after ingesting the same files with and without the
+    fast path, including a file whose middle chunk it must decline (a bad line, which is
+    quarantined by the validating decoder either way)."""
+    good = json_lines(pd_request_spans(), per_line=2).splitlines(keepends=True)
+    other = json_lines(pd_request_spans(seed=2, rid="0f0e0d0c0b0a0908"), per_line=1).splitlines(keepends=True)
+    (tmp_path / "a.jsonl").write_bytes(b"".join(good))
+    (tmp_path / "b.jsonl").write_bytes(b"".join(other[:5]) + b'{"resourceSpans": [\n' + b"".join(other[5:]))
+    assert_fast_and_validating_paths_agree([tmp_path / "a.jsonl", tmp_path / "b.jsonl"], tmp_path, 28, 1)
+
+
+def staged_sample(batch_spans: int) -> dict[str, list[tuple[Any, ...]]]:
+    """sample_traces/mixed through ingest's decode entry (batches._decoded_files: the C decoder,
+    then the validating decoder), every staged row in order with the file it came from. The
+    batch boundaries differ between the two decoders (the validating one cuts at batch_spans
+    spans), so the per-batch numbering (spans' seq, events' and links' span_seq) is left out."""
+    files = sorted(SAMPLE.glob("*.otlp.jsonl"))
+    todo = [SourceFile(str(f), str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    rows: dict[str, list[tuple[Any, ...]]] = {"spans": [], "events": [], "links": [], "quarantine": []}
+    index = -1
+    for item in _decoded_files(todo, batch_spans, columnar=True, workers=1):
+        if isinstance(item, _FileStart):
+            index = item.index
+        staged = item.staged if isinstance(item, _Group) else item[0] if isinstance(item, tuple) else None
+        if staged is None:
+            continue
+        n_spans, n_quarantined = staged.spans.num_rows, staged.quarantine.num_rows
+        span_files = staged.span_files if staged.span_files is not None else [index] * n_spans
+        quarantine_files = staged.quarantine_files if staged.quarantine_files is not None else [index] * n_quarantined
+        for name, table, owners in (("spans", staged.spans, span_files), ("events", staged.events, None),
+                                    ("links", staged.links, None), ("quarantine", staged.quarantine, quarantine_files)):
+            kept = table.drop_columns([c for c in ("seq", "span_seq") if name != "quarantine" and c in table.schema.names])
+            values = kept.to_pylist()
+            rows[name].extend((int(owners[i]) if owners is not None else None, *v.values()) for i, v in enumerate(values))
+    return rows
+
+
+@pytest.mark.parametrize("batch_spans", [pytest.param(1000, id="streamed-and-alone"), pytest.param(2000, id="grouped")])
+def test_without_the_extension_the_validating_decoder_stages_the_same(
+    batch_spans: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine without a C compiler installs kvtrace without ingest._otlpfast: the decode entry
+    then hands every chunk to the validating decoder, which stages the very rows the C decoder
+    stages. batch_spans 1000 streams prefill-0 (1.6 MB) in chunks and reads the others alone;
+    2000 reads them whole, two files to a C decoder call."""
+    assert all(jsonfast.decode_json_chunk(f.read_bytes()) is not None for f in SAMPLE.glob("*.otlp.jsonl"))
+    with_c = staged_sample(batch_spans)
+    monkeypatch.setattr(jsonfast, "_otlpfast", None)
+    monkeypatch.setattr(protofast, "_otlpfast", None)
+    assert not jsonfast.available() and not protofast.available()
+    without = staged_sample(batch_spans)
+    assert (len(with_c["spans"]), len(with_c["links"]), len(with_c["quarantine"])) == (4839, 576, 0)
+    assert len({owner for owner, *_ in with_c["spans"]}) == 4
+    for name in with_c:
+        assert without[name] == with_c[name], name

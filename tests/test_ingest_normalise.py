@@ -181,7 +181,7 @@ def test_a_batch_the_deriver_cannot_hold_is_normalised_on_the_store(tmp_path: Pa
     """When the Deriver's private DuckDB fails on a batch (here: 1 MB of memory for a span with
     200,000 page ids), the merge runs the same SQL on the store's connection: nothing is lost and
     the tables match those of a batch the Deriver took."""
-    from kvtrace.ingest.columnar import decode_json_lines
+    from kvtrace.ingest.jsonfast import decode_json_chunk
     from kvtrace.ingest.pipeline import Deriver, Staged, merge_staged
 
     spans = pd_request_spans()
@@ -192,7 +192,7 @@ def test_a_batch_the_deriver_cannot_hold_is_normalised_on_the_store(tmp_path: Pa
         b'{"key":"kv.page_ids","value":{"arrayValue":{"values":[' + pages + b",", 1)
     stores = {}
     for name, deriver in (("starved", Deriver(memory_limit="1MB")), ("normal", Deriver())):
-        tables = decode_json_lines(big)
+        tables = decode_json_chunk(big)
         assert tables is not None
         staged = Staged.from_columnar(tables).prepare(deriver)
         assert (staged.derived is None) == (name == "starved")

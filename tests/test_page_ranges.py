@@ -237,11 +237,11 @@ def test_malformed_ranges_keep_the_span_and_say_why_and_spare_the_batch(tmp_path
 def test_a_range_of_2_31_pages_is_not_expanded(tmp_path: Path) -> None:
     """The decode worker's Deriver takes a batch of absurd ranges within 64 MB and in well under
     a second each (expanded, one would need 8 GiB): it does not have to hand the batch to the store."""
-    from kvtrace.ingest.columnar import decode_json_lines
+    from kvtrace.ingest.jsonfast import decode_json_chunk
     from kvtrace.ingest.pipeline import Deriver, Staged
 
     cases = {f"absurd-{i}": {"kv.page_ranges": [0, 2**31 - 1, 5, 4_000_000]} for i in range(20)}
-    tables = decode_json_lines(json_lines(kv_spans(cases), per_line=100))
+    tables = decode_json_chunk(json_lines(kv_spans(cases), per_line=100))
     assert tables is not None
     deriver = Deriver(memory_limit="64MB")
     try:

@@ -13,12 +13,14 @@ from pathlib import Path
 import grpc
 import orjson
 import pytest
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from receiver_support import AUTH, PROTO, Servers, export_request, run_servers
+from receiver_support import AUTH, PROTO, Servers, export_request, make_spans, run_servers, with_invalid_utf8
 
 from kvtrace.ingest.receiver.front import Limits
 
@@ -99,6 +101,50 @@ def test_invalid_span_ids_get_a_partial_success_and_are_not_spooled(servers: Ser
     assert [[s.name for s in r.resource_spans[0].scope_spans[0].spans] for r in spooled] == [
         ["s0", "s1", "s2"], ["s0", "s1", "s2"]
     ]
+
+
+def test_a_span_upb_refuses_is_rejected_alone_and_the_others_are_spooled(servers: Servers) -> None:
+    """A real SDK request with invalid UTF-8 in one span's name, which upb refuses as a whole: over
+    HTTP and gRPC, that span is rejected with its position and reason, and the request without it
+    is spooled. The id rules still hold for the rest (a span with a zero trace id is added)."""
+    request = encode_spans(make_spans(6, "x"))
+    spans = request.resource_spans[0].scope_spans[0].spans
+    spans.add(trace_id=bytes(16), span_id=(9).to_bytes(8, "big"), name="zero")
+    bad = [s.name for s in spans].index("decode Req x000001")
+    body = with_invalid_utf8(request, "decode Req x000001")
+    with pytest.raises(DecodeError, match="UTF-8"):
+        ExportTraceServiceRequest.FromString(body)
+    reason = (f"2 span(s) rejected: resource_spans[0].scope_spans[0].spans[{bad}] (span id {spans[bad].span_id.hex()}): "
+              "undecodable protobuf Span: invalid UTF-8 in its name; "
+              "resource_spans[0].scope_spans[0].spans[6] 'zero': trace id is all zeros")
+    status, _, http_body = servers.post(body, PROTO)
+    assert status == 200
+    for response in (ExportTraceServiceResponse.FromString(http_body),
+                     ExportTraceServiceResponse.FromString(servers.grpc_export(body))):
+        assert (response.partial_success.rejected_spans, response.partial_success.error_message) == (2, reason)
+    del spans[6]
+    del spans[bad]
+    assert [ExportTraceServiceRequest.FromString(p) for p in servers.spooled()] == [request, request]
+    stats = servers.front.snapshot()
+    assert (stats.accepted_spans, stats.rejected_spans, stats.refused) == (10, 4, {})
+
+
+def test_a_resource_upb_refuses_rejects_its_spans_and_broken_framing_is_400(servers: Servers) -> None:
+    """Invalid UTF-8 in the resource (service.instance.id) costs every span of it, each reported;
+    nothing is spooled. A request cut in the middle, whose framing does not hold, is still 400."""
+    request = encode_spans(make_spans(4, "y"))
+    body = with_invalid_utf8(request, "decode-0")
+    status, _, http_body = servers.post(body, PROTO)
+    assert status == 200
+    partial = ExportTraceServiceResponse.FromString(http_body).partial_success
+    assert partial.rejected_spans == 4
+    assert partial.error_message.startswith("4 span(s) rejected: resource_spans[0].scope_spans[0].spans[0] (span id ")
+    assert "resource: undecodable protobuf ResourceSpans: " in partial.error_message
+    assert partial.error_message.endswith("; and 1 more")
+    status, _, http_body = servers.post(request.SerializeToString()[:-7], PROTO)
+    assert status == 400
+    assert "undecodable OTLP protobuf" in status_pb2.Status.FromString(http_body).message
+    assert servers.spooled() == []
 
 
 def test_json_partial_success_is_answered_in_json(servers: Servers) -> None:

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from receiver_support import Key, keys, make_spans, start_serve, stored
+from receiver_support import Key, keys, make_spans, start_serve, stored, with_invalid_utf8
 
 from kvtrace.ingest.receiver import Receiver, ReceiverConfig
 
@@ -71,6 +73,27 @@ def test_otlp_json_over_http_is_stored(receiver: Receiver) -> None:
     assert stored(receiver.config.db_path) == (
         {("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174", "json-span")}, 1
     )
+
+
+def test_a_span_upb_refuses_costs_only_itself(receiver: Receiver) -> None:
+    """A real SDK batch in which one span's name is invalid UTF-8 (upb refuses the request as a
+    whole): the exporter is told that span is rejected, and every other span is stored."""
+    spans = make_spans(8, "u")
+    bad = next(s for s in spans if s.name == "decode Req u000002")
+    body = with_invalid_utf8(encode_spans(spans), bad.name)
+    conn = http.client.HTTPConnection("127.0.0.1", receiver.http_port, timeout=10)
+    conn.request("POST", "/v1/traces", body=body, headers={"Content-Type": "application/x-protobuf"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    partial = ExportTraceServiceResponse.FromString(resp.read()).partial_success
+    conn.close()
+    assert partial.rejected_spans == 1
+    assert partial.error_message.endswith(
+        f"(span id {bad.context.span_id:016x}): undecodable protobuf Span: invalid UTF-8 in its name")
+    assert receiver.stop(drain_timeout_s=10)
+    assert stored(receiver.config.db_path) == (keys([s for s in spans if s is not bad]), 7)
+    status = receiver.status()
+    assert (status["accepted_spans"], status["rejected_spans"], status["store_stored_spans"]) == (7, 1, 7)
 
 
 def test_refused_requests_leave_the_store_untouched_and_readers_get_in(tmp_path: Path) -> None:
