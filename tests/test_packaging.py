@@ -20,7 +20,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# one worker builds the wheel and the venv once for every test here (pytest-xdist, --dist loadgroup)
+# one worker builds the wheel and the venv once for every test here (pytest-xdist, --dist loadgroup);
+# session scope: a module-scoped fixture is built again each time a worker comes back to this module
+# after a test of another one (that cost two venv installs a run)
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("packaging")]
 
 
@@ -48,7 +50,7 @@ def _source_copy(dst: Path) -> Path:
     return dst
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     src = _source_copy(tmp_path_factory.mktemp("source") / "kvtrace")
@@ -58,7 +60,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return wheels[0]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with the wheel installed, no extras; returns its bin/ folder."""
     env_dir = tmp_path_factory.mktemp("venv") / "v"

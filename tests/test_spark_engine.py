@@ -223,36 +223,47 @@ def test_every_analysis_is_equal_on_spark_and_duckdb(spark, lake: dict[str, Any]
     # what ran on Spark is the SQL transpiled from the files now, one statement per analysis
     fresh = Transpiler(load_macros(engine.registry.macros_sql), engine.transpiler.resolve_columns)
     for run in engine.executed:
-        assert run.sql == fresh.spark_sql(engine.registry.get(run.name)).sql
+        made = fresh.spark_sql(engine.registry.get(run.name))
+        assert (run.sql, run.steps) == (made.sql, made.steps)
     assert "UNION ALL BY NAME" not in engine.sql_of("findings")
     engine.close()
 
 
 def test_windows_cut_through_findings_lose_and_double_none(spark, lake: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
     found = lake["duck"]["findings"]
+    # one cut, on the anchor (the reuse) of a finding whose transfer and release lie before it: the
+    # later window owns the finding and must read rows from before the cut to compute it, and the
+    # earlier window, which reads past the cut, must not keep it too
     write = next(
         f
         for f in found
         if f["kind"] == "abort_before_write_complete" and f["window_end_ns"] > f["window_start_ns"] + 2
     )
-    read = next(f for f in found if f["kind"] == "read_before_load")
-    cuts = [
-        (write["window_start_ns"] + write["window_end_ns"]) // 2,  # inside a window of unsafe time
-        read["window_start_ns"],  # on an anchor: the later window owns it
-    ]
-    # a lake of just the parts the cut findings are in (the same days and suffixes as in the big one)
-    names = {str(f["instance"]).rsplit("~", 1)[1] for f in (write, read)}
+    cut = write["window_start_ns"]
+    # a lake of just the part the cut finding is in (the same day and suffixes as in the big one)
+    name = str(write["instance"]).rsplit("~", 1)[1]
     small = lake["tmp"] / "cut.duckdb"
-    _combine(lake["parts"], small, only=names)
+    _combine(lake["parts"], small, only={name})
     export_lake(small, lake["tmp"] / "cut-lake")
-    expected = [f for f in found if str(f["instance"]).rsplit("~", 1)[1] in names]
+    expected = [f for f in found if str(f["instance"]).rsplit("~", 1)[1] == name]
     engine = SparkAnalytics(spark, lake["tmp"] / "cut-lake")
-    engine.compute(["findings"], boundaries=cuts)
-    assert len(engine.windows) == 3
+    engine.compute(["findings"], boundaries=[cut])
+    assert [(w.core_start, w.core_end) for w in engine.windows] == [(None, cut), (cut, None)]
     assert engine.windows[0].overlap_ns > write["window_end_ns"] - write["window_start_ns"]
     got = engine.table("findings").to_pylist()
     assert len({r["finding_id"] for r in got}) == len(got)
-    assert got == expected and write in got and read in got
+    assert got == expected and write in got
+    # the finding rests on rows from both sides of the cut: its culprit transfer started before it
+    evidence = set(write["evidence_span_ids"])
+    con = duckdb.connect(str(small), read_only=True)
+    try:
+        before = con.execute(
+            "SELECT count(*) FROM kv_events WHERE span_id IN (SELECT unnest(?)) AND start_ns < ?",
+            [sorted(evidence), cut],
+        ).fetchone()
+    finally:
+        con.close()
+    assert before is not None and before[0] >= 1
     engine.close()
 
 
@@ -315,3 +326,20 @@ def test_a_spark_macro_body_replaces_the_duckdb_one_in_every_analysis(tmp_path: 
     spark_macros.write_text("CREATE MACRO no_such_macro(a) AS a;\n")
     with pytest.raises(AnalysisDefinitionError, match="overrides no macro"):
         load_macros(registry.macros_sql, spark_macros)
+
+
+def test_a_cte_spark_would_plan_twice_is_computed_once() -> None:
+    """Spark inlines a CTE into each reader: one that does work and is read twice (skew_bounds'
+    `transfers`, a union of three sources) becomes a step of its own, a view the statement reads;
+    one marked NOT MATERIALIZED (early_releases' `frees`, a scan) stays inline."""
+    registry = load_registry(check_sql=False)
+    transpiler = Transpiler(load_macros(registry.macros_sql))
+    made = transpiler.spark_sql(registry.get("skew_bounds"))
+    views = dict(made.steps)
+    assert "skew_bounds__transfers" in views and "UNION ALL" in views["skew_bounds__transfers"].upper()
+    assert made.sql.count("skew_bounds__transfers") == 2 and "transfers AS (" not in made.sql
+    shard = transpiler.spark_sql(registry.get("skew_bounds"), tables={"kv_events": "kv_events__w1"}, prefix="sb__w1")
+    assert [v for v, _ in shard.steps] == ["sb__w1__transfers", "sb__w1__stage_ends"]
+    assert "kv_events__w1" in dict(shard.steps)["sb__w1__transfers"]
+    early = transpiler.spark_sql(registry.get("early_releases"))
+    assert not any(v.endswith("__frees") for v, _ in early.steps) and "frees AS (" in early.sql

@@ -72,6 +72,7 @@ class Executed:
     sql: str
     seconds: float
     window: int | None = None
+    steps: list[tuple[str, str]] = field(default_factory=list)  # (view, SQL) run before `sql`
 
 
 @dataclass
@@ -137,8 +138,12 @@ class SparkAnalytics:
     ) -> DataFrame:
         analysis = self.registry.get(name)
         started = time.perf_counter()
-        sql = self.transpiler.spark_sql(analysis, self.params, tables).sql  # AnalysisDefinitionError
+        made = self.transpiler.spark_sql(analysis, self.params, tables, prefix=view)  # AnalysisDefinitionError
+        sql = made.sql
         try:
+            for step_view, step_sql in made.steps:  # the CTEs computed once (transpile._split_ctes)
+                self.spark.sql(step_sql).localCheckpoint(eager=True).createOrReplaceTempView(step_view)
+                self._views.append(step_view)
             frame = self.spark.sql(sql)
             if keep is not None:
                 frame = frame.where(keep)
@@ -151,7 +156,7 @@ class SparkAnalytics:
             ) from exc
         frame.createOrReplaceTempView(view)
         self._views.append(view)
-        self.executed.append(Executed(name, sql, time.perf_counter() - started, window))
+        self.executed.append(Executed(name, sql, time.perf_counter() - started, window, made.steps))
         return frame
 
     def compute(

@@ -10,7 +10,9 @@ Spark's dialect. What sqlglot does not carry over is fixed here, once, on the sy
   (Spark's collect_list keeps no order);
 - `list_has_any(a, b)` -> `arrays_overlap`, `list_intersect` -> `array_intersect`,
   `quantile_cont(x, q)` -> `percentile(x, q)`;
-- `AS [NOT] MATERIALIZED` CTE hints dropped (DuckDB planner hints; Spark inlines or reuses itself);
+- a CTE Spark would plan more than once (it inlines every deterministic CTE into each reader)
+  becomes a step of its own, computed once into a view the statement reads, as DuckDB computes
+  it once (`_split_ctes`; DuckDB's `AS [NOT] MATERIALIZED` hints decide where they are given);
 - `UNION [ALL] BY NAME` -> a positional union whose branches select the union of the columns by
   name (NULL where a branch lacks one), the columns read from Spark's analysis of each branch.
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -288,10 +290,12 @@ def _functions(node: exp.Expr) -> exp.Expr:
 
 @dataclass
 class SparkSQL:
-    """The Spark SQL made from one analysis (what the Spark runner executes, verbatim)."""
+    """The Spark SQL made from one analysis (what the Spark runner executes, verbatim): `steps`
+    first, each (view, SQL) made a view in order, then `sql`, which reads them."""
 
     name: str
     sql: str
+    steps: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Transpiler:
@@ -315,7 +319,8 @@ class Transpiler:
             ) from exc
         tree = _inline(tree, self.macros, where)
         _one_based_indexes(tree)
-        for cte in tree.find_all(exp.CTE):  # DuckDB's [NOT] MATERIALIZED hints: Spark plans CTEs itself
+        for cte in tree.find_all(exp.CTE):  # DuckDB's [NOT] MATERIALIZED hints: read by _split_ctes
+            cte.meta["materialized"] = cte.args.get("materialized")
             cte.set("materialized", None)
         tree = tree.transform(_unpivot).transform(_json_maps)
         _zip_unnests(tree)
@@ -332,13 +337,17 @@ class Transpiler:
         analysis: Analysis,
         params: Mapping[str, ParamValue] | None = None,
         tables: Mapping[str, str] | None = None,
+        prefix: str | None = None,
     ) -> SparkSQL:
-        """Spark SQL for `analysis`; `tables` renames the tables it reads (for a shard's views)."""
+        """Spark SQL for `analysis`; `tables` renames the tables it reads (for a shard's views).
+        The CTEs worth computing once (_split_ctes) become steps, views named `prefix__cte`
+        (prefix: the analysis' name by default)."""
         tree = self.tree(analysis, params)
         if tables:
             tree = _rename_tables(tree, tables)
         tree = self._unions_by_name(tree, str(analysis.path))
-        return SparkSQL(analysis.name, tree.sql(dialect="spark"))
+        tree, steps = _split_ctes(tree, prefix or analysis.name)
+        return SparkSQL(analysis.name, tree.sql(dialect="spark"), steps)
 
     def _unions_by_name(self, tree: exp.Expr, where: str) -> exp.Expr:
         if not any(u.args.get("by_name") for u in tree.find_all(exp.Union)):
@@ -416,8 +425,73 @@ class Transpiler:
         return union
 
 
-def _rename_tables(tree: exp.Expr, tables: Mapping[str, str]) -> exp.Expr:
-    ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
+def _references(node: exp.Expr, name: str) -> int:
+    return sum(1 for t in node.find_all(exp.Table) if not t.db and t.name.lower() == name)
+
+
+def _does_work(query: exp.Expr) -> bool:
+    """Whether a CTE joins, groups, windows, dedups or unions (else it is a scan Spark prunes into
+    each reader for less than a copy costs)."""
+    return any(
+        query.find(kind) is not None for kind in (exp.Join, exp.Group, exp.Window, exp.Distinct, exp.Union)
+    )
+
+
+def _split_ctes(tree: exp.Expr, prefix: str) -> tuple[exp.Expr, list[tuple[str, str]]]:
+    """The CTEs Spark would plan more than once, made steps of their own.
+
+    Spark inlines every deterministic CTE into each place that reads it, so a CTE read by two
+    others that are each read twice is planned, scanned and joined four times (one analysis
+    became a plan of 25 file scans and 45 broadcasts). DuckDB computes such a CTE once; here a
+    CTE that does work (_does_work) and would be inlined twice or more, counting the inlining of
+    its readers, is computed once as a view of its own (`prefix__name`, checkpointed by the
+    runner) and read from there. `AS NOT MATERIALIZED` keeps a CTE inline, `AS MATERIALIZED`
+    makes it a step. Meaning is unchanged: a deterministic query gives the same rows either way."""
+    with_ = tree.args.get(_WITH)
+    if with_ is None:
+        return tree, []
+    ctes: list[exp.CTE] = list(with_.expressions)
+    names = [c.alias_or_name.lower() for c in ctes]
+    body = tree.copy()
+    body.set(_WITH, None)
+    # times each CTE is planned: from the last to the first, a reader that is a step counts once
+    planned: dict[str, int] = {}
+    step: set[str] = set()
+    for i in range(len(ctes) - 1, -1, -1):
+        name = names[i]
+        count = _references(body, name) + sum(
+            _references(ctes[j].this, name) * (1 if names[j] in step else planned[names[j]])
+            for j in range(i + 1, len(ctes))
+        )
+        planned[name] = count
+        hint = ctes[i].meta.get("materialized")
+        if hint is True or (hint is not False and count >= 2 and _does_work(ctes[i].this)):
+            step.add(name)
+    if not step:
+        return tree, []
+    views = {name: f"{prefix}__{name}" for name in names if name in step}
+    inline = [c for c, n in zip(ctes, names, strict=True) if n not in step]
+
+    def query(select: exp.Expr) -> exp.Expr:
+        """`select` reading the steps' views, with the inline CTEs it needs (transitively)."""
+        select = _rename_tables(select, views, keep_ctes=False)
+        need: list[exp.CTE] = []
+        for cte in reversed(inline):
+            name = cte.alias_or_name.lower()
+            if _references(select, name) or any(_references(n.this, name) for n in need):
+                need.insert(0, cte)
+        need = [exp.CTE(this=_rename_tables(c.this, views, keep_ctes=False), alias=c.args["alias"].copy())
+                for c in need]
+        if need:
+            select.set(_WITH, exp.With(expressions=need))
+        return select
+
+    steps = [(views[n], query(c.this.copy()).sql(dialect="spark")) for c, n in zip(ctes, names, strict=True) if n in step]
+    return query(body), steps
+
+
+def _rename_tables(tree: exp.Expr, tables: Mapping[str, str], keep_ctes: bool = True) -> exp.Expr:
+    ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)} if keep_ctes else set()
 
     def rename(node: exp.Expr) -> exp.Expr:
         if (
