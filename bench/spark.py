@@ -12,13 +12,14 @@ W=1, spark W=..., duckdb, ...; each in its own process on a fresh connection / s
 - duckdb: `runner.compute(con, ["findings"])` on the store;
 - spark W: a local[2] session over the lake, `SparkAnalytics.compute(["findings"], windows=W)`;
   the time without the session start, and the session start apart; the peak resident memory of the
-  JVM (in local mode the driver is the executor: its RSS is what one executor holds, heap capped by
-  --spark-memory).
+  JVM (in local mode the driver is the executor; its RSS follows the heap cap, --spark-memory), and
+  from Spark's event log the largest execution memory one task held (hash tables, sorts,
+  aggregation buffers) and the peak heap in use.
 
 The findings of every Spark run must equal DuckDB's (same ids, pages, windows, confidence) or the
 bench fails. Printed: medians, Spark/DuckDB ratio, growth 1M -> 10M per method, and the peak JVM
 memory per window count, from which the window count that keeps executor memory flat at 10M is read
-(the smallest W whose 10M peak is within 25% of the 1M W=1 peak). The machine may be busy: numbers
+(the smallest W whose 10M task execution-memory peak is within 25% of the 1M W=1 peak). The machine may be busy: numbers
 measured on a shared box are indicative.
 """
 
@@ -28,6 +29,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -96,6 +98,9 @@ def child_duckdb(db: Path, out: Path) -> None:
 def child_spark(lake: Path, windows: int, memory: str, out: Path) -> None:
     from kvtrace.analytics.spark.runner import SparkAnalytics, spark_session
 
+    events = out.with_suffix(".events")
+    shutil.rmtree(events, ignore_errors=True)
+    events.mkdir(parents=True)
     t0 = time.perf_counter()
     spark = spark_session(
         "local[2]",
@@ -104,6 +109,11 @@ def child_spark(lake: Path, windows: int, memory: str, out: Path) -> None:
             "spark.ui.showConsoleProgress": "false",
             "spark.driver.memory": memory,
             "spark.sql.shuffle.partitions": "8",
+            # Spark's own memory figures, read back from its event log after the run
+            "spark.eventLog.enabled": "true",
+            "spark.eventLog.dir": events.as_uri(),
+            "spark.eventLog.compress": "false",
+            "spark.eventLog.logStageExecutorMetrics": "true",
         },
     )
     spark.sparkContext.setLogLevel("ERROR")
@@ -116,10 +126,32 @@ def child_spark(lake: Path, windows: int, memory: str, out: Path) -> None:
     steps: dict[str, float] = {}  # seconds per analysis, over its windows
     for run in engine.executed:
         steps[run.name] = steps.get(run.name, 0.0) + run.seconds
-    out.write_text(
-        json.dumps({"seconds": seconds, "session_s": started, "steps": steps, "findings": rows}, default=str)
-    )
     spark.stop()
+    memory_figures = spark_memory(events)
+    shutil.rmtree(events, ignore_errors=True)
+    out.write_text(
+        json.dumps(
+            {"seconds": seconds, "session_s": started, "steps": steps, "findings": rows, **memory_figures},
+            default=str,
+        )
+    )
+
+
+def spark_memory(events: Path) -> dict[str, int]:
+    """From a Spark event log: the largest execution memory one task held (joins' hash tables,
+    sorts, aggregation buffers: what grows with the data a task gets; an executor of c cores holds
+    about c times it) and the executor's peak JVM heap in use."""
+    task_peak = heap_peak = 0
+    for log in (f for f in events.rglob("*") if f.is_file() and not f.name.startswith("appstatus")):
+        with open(log, encoding="utf-8") as lines:
+            for line in lines:
+                if '"SparkListenerTaskEnd"' in line:
+                    metrics = json.loads(line).get("Task Metrics") or {}
+                    task_peak = max(task_peak, int(metrics.get("Peak Execution Memory", 0)))
+                elif '"Executor Metrics"' in line:
+                    event = json.loads(line)
+                    heap_peak = max(heap_peak, int((event.get("Executor Metrics") or {}).get("JVMHeapMemory", 0)))
+    return {"task_exec_peak": task_peak, "jvm_heap_peak": heap_peak}
 
 
 def measured(cmd: list[str], out: Path, limit: float, log: Path, label: str) -> dict[str, object] | None:
@@ -242,6 +274,8 @@ def main() -> None:
                     steps = got["steps"]
                     print(
                         f"    session {float(got['session_s']):.1f} s, JVM peak {int(got['jvm_rss']) / 2**20:,.0f} MB, "  # type: ignore[arg-type,call-overload]
+                        f"task execution memory peak {int(got['task_exec_peak']) / 2**20:,.0f} MB, "  # type: ignore[call-overload]
+                        f"heap peak {int(got['jvm_heap_peak']) / 2**20:,.0f} MB, "  # type: ignore[call-overload]
                         f"load {os.getloadavg()[0]:.1f}; per step: "
                         + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()),  # type: ignore[attr-defined]
                         flush=True,
@@ -269,7 +303,8 @@ def main() -> None:
 
     print("\nrace analyses (skew bounds -> findings), medians; Spark local[2] without its session start")
     print(
-        f"{'spans':>12} {'method':<12} {'seconds':>9} {'vs duckdb':>10} {'session s':>10} {'peak JVM MB':>12} {'findings':>9}"
+        f"{'spans':>12} {'method':<12} {'seconds':>9} {'vs duckdb':>10} {'session s':>10} {'peak JVM MB':>12} "
+        f"{'task MB':>8} {'heap MB':>8} {'findings':>9}"
     )
     for n in sizes:
         base = med(n, "duckdb", "seconds")
@@ -290,10 +325,12 @@ def main() -> None:
             ratio = f"{s / base:.1f}x" if base else "-"
             sess = med(n, name, "session_s")
             jvm = med(n, name, "jvm_rss")
+            task, heap = med(n, name, "task_exec_peak"), med(n, name, "jvm_heap_peak")
             count = results[(n, name)][0]["n_findings"]
             print(
                 f"{n:>12,} {name:<12} {s:>9.2f} {ratio:>10} {'' if sess is None else f'{sess:.1f}':>10} "
-                f"{'' if not jvm else f'{jvm / 2**20:,.0f}':>12} {count:>9}"
+                f"{'' if not jvm else f'{jvm / 2**20:,.0f}':>12} {'' if task is None else f'{task / 2**20:,.0f}':>8} "
+                f"{'' if heap is None else f'{heap / 2**20:,.0f}':>8} {count:>9}"
             )
     if len(sizes) >= 2:
         lo, hi = sizes[0], sizes[-1]
@@ -306,18 +343,20 @@ def main() -> None:
                 print(
                     f"  {name:<12} > {args.limit / a:.1f}x the time (stopped at --limit {args.limit:.0f} s)"
                 )
-        flat = med(lo, "spark W=1", "jvm_rss")
+        # executor memory: the largest execution memory one task held (Spark's event log); the JVM's
+        # resident size follows its heap cap, not the data
+        flat = med(lo, "spark W=1", "task_exec_peak")
         if flat:
             for w in windows:
-                peak = med(hi, f"spark W={w}", "jvm_rss")
+                peak = med(hi, f"spark W={w}", "task_exec_peak")
                 if peak and peak <= flat * 1.25:
                     print(
-                        f"  executor memory flat at {hi:,} spans from {w} windows "
-                        f"({peak / 2**20:,.0f} MB vs {flat / 2**20:,.0f} MB at {lo:,}, W=1)"
+                        f"  executor memory flat at {hi:,} spans from {w} windows: a task's execution memory "
+                        f"peaks at {peak / 2**20:,.0f} MB vs {flat / 2**20:,.0f} MB at {lo:,} spans, W=1"
                     )
                     break
             else:
-                print("  no window count tried kept the executor's peak within 25% of the small run's")
+                print("  no window count that finished kept a task's peak execution memory within 25% of the small run's")
 
 
 if __name__ == "__main__":
