@@ -25,10 +25,13 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`), every `spark` test goes
     to one worker, so one JVM and one SparkSession serve them all, as in a serial run, and they are
-    collected first."""
+    collected first. First among the hooks: xdist's own hook reads the group marks to name the
+    groups, and ran before this one (the spark tests were spread over every worker, each building
+    the test lake and starting its own JVM)."""
     for item in items:
         if item.get_closest_marker("spark") is not None:
             item.add_marker(pytest.mark.xdist_group("spark"))
