@@ -65,7 +65,9 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with the wheel installed, no extras; returns its bin/ folder."""
     env_dir = tmp_path_factory.mktemp("venv") / "v"
     venv.create(env_dir, with_pip=True)
-    _run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)], cwd=env_dir)
+    # --no-compile: no bytecode for the dependencies' tens of thousands of files (Python compiles
+    # what it imports); the install is otherwise the one a user runs
+    _run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-compile", str(wheel)], cwd=env_dir)
     return env_dir / "bin"
 
 

@@ -22,12 +22,11 @@ abort_spans AS (
     FROM aborts WHERE rid IS NOT NULL
     GROUP BY ALL
 ),
--- the transfers' keys and times (the view planned in place, not copied: its other columns are
--- read at the end for the early pairs only)
-windows AS NOT MATERIALIZED (
-    SELECT span_id, trace_id, rid, bootstrap_room, instance_id, tp_rank, kv_pool, page_lo, page_hi, decode_host,
-           end_earliest_ns, end_latest_ns, skew_bounded
-    FROM transfer_windows
+-- the transfers with their times on the decode clock, computed once (the view joins hosts and
+-- clock bounds: read twice, it was computed twice), without their page lists (the costly payload:
+-- read from kv_events at the end, for the early pairs only)
+windows AS MATERIALIZED (
+    SELECT * EXCLUDE (page_ids) FROM transfer_windows
 ),
 -- the frees of requests that have a request.abort (an abort counts as a release only without them)
 aborted_frees AS (
@@ -75,15 +74,16 @@ early AS (
       AND NOT (coalesce(r.free_mode, '') = 'deferred'
                AND NOT coalesce(r.skew_bounded AND r.release_ns < r.end_earliest_ns, false))
 )
-SELECT t.span_id, t.trace_id, t.rid, t.bootstrap_room, t.instance_id, t.tp_rank, t.kv_pool, t.page_ids,
+SELECT t.span_id, t.trace_id, t.rid, t.bootstrap_room, t.instance_id, t.tp_rank, t.kv_pool, p.page_ids,
        t.page_lo, t.page_hi, t.prefill_host, t.decode_host, t.service_version, t.status_code, t.start_raw_ns,
        t.end_raw_ns, t.offset_lo_ns, t.offset_hi_ns, t.offset_est_ns, t.start_est_ns, t.end_est_ns,
        t.end_earliest_ns, t.end_latest_ns, t.skew_bounded, e.release_span_id, e.release_ns,
-       CASE WHEN e.free_seen THEN sorted_intersection(t.page_ids, f.page_ids) ELSE t.page_ids END AS released_pages,
+       CASE WHEN e.free_seen THEN sorted_intersection(p.page_ids, f.page_ids) ELSE p.page_ids END AS released_pages,
        e.free_seen, e.free_mode, e.free_reason, coalesce(a.abort_span_ids, []) AS abort_span_ids
 FROM early e
-JOIN transfer_windows t ON t.span_id = e.span_id AND t.trace_id = e.trace_id
+JOIN windows t ON t.span_id = e.span_id AND t.trace_id = e.trace_id
+JOIN kv_events p ON p.op = 'transfer' AND p.span_id = e.span_id AND p.trace_id = e.trace_id
 LEFT JOIN kv_events f
   ON f.op = 'free' AND f.span_id = e.release_span_id AND f.trace_id = e.release_trace_id
 LEFT JOIN abort_spans a ON a.rid = e.rid AND a.instance_id = e.instance_id
-WHERE NOT e.free_seen OR pages_intersect(t.page_ids, f.page_ids)
+WHERE NOT e.free_seen OR pages_intersect(p.page_ids, f.page_ids)
