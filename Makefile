@@ -24,10 +24,8 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-# three workers (pytest-xdist) on two cores: a test waiting on a server, a browser or a timeout leaves
-# a core to the others (measured: 629 s with two, 609 s with three); the spark tests run in two
-# groups, each on one worker with one SparkSession (tests/conftest.py)
-PYTEST_WORKERS ?= 3
+# two workers (pytest-xdist); the spark tests share one worker and one SparkSession (tests/conftest.py)
+PYTEST_WORKERS ?= 2
 
 pytest: venv
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup

@@ -27,24 +27,16 @@ if os.environ.get("CI"):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test`, `--dist loadgroup`) the `spark` tests run in two groups, each
-    on one worker with one JVM and one SparkSession: the windowed and command tests (marked
-    `xdist_group("spark-windows")` in their module) beside the rest, the equivalence test's one
-    full chain; together they were the run's longest path. The spark groups are collected first,
-    then the packaging group, so that the long units do not start last. First among the hooks:
-    xdist's own hook reads the group marks to name the groups (run after it, this hook's marks
-    were not seen and every worker built its own spark lake and JVM)."""
+    """Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`), every `spark` test goes
+    to one worker, so one JVM and one SparkSession serve them all, as in a serial run, and they are
+    collected first. First among the hooks: xdist's own hook reads the group marks to name the
+    groups, and ran before this one (the spark tests were spread over every worker, each building
+    the test lake and starting its own JVM)."""
     for item in items:
-        if item.get_closest_marker("spark") is not None and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group("spark"))
-
-    def rank(item: pytest.Item) -> int:
         if item.get_closest_marker("spark") is not None:
-            return 0
-        group = item.get_closest_marker("xdist_group")
-        return 1 if group is not None else 2
-
-    items.sort(key=rank)
+            item.add_marker(pytest.mark.xdist_group("spark"))
+    # the longest group first, so it does not start last and hold the run up alone
+    items.sort(key=lambda item: item.get_closest_marker("spark") is None)
 
 
 # One local Spark session serves every `spark` test (JVM start-up and warm-up are paid once); tiny

@@ -229,7 +229,6 @@ def test_every_analysis_is_equal_on_spark_and_duckdb(spark, lake: dict[str, Any]
     engine.close()
 
 
-@pytest.mark.xdist_group("spark-windows")  # a second worker and JVM (tests/conftest.py)
 def test_windows_cut_through_findings_lose_and_double_none(spark, lake: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
     found = lake["duck"]["findings"]
     # one cut, on the anchor (the reuse) of a finding whose transfer and release lie before it: the
@@ -297,7 +296,6 @@ def test_an_edit_to_a_sql_file_reaches_both_engines(spark, lake: dict[str, Any],
     engine.close()
 
 
-@pytest.mark.xdist_group("spark-windows")  # a second worker and JVM (tests/conftest.py)
 def test_findings_command_on_spark_writes_what_duckdb_writes(spark, lake: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
     db = next(p[1] for p in lake["parts"] if p[0] == "pr35049")
     small = lake["tmp"] / "pr35049-lake"
