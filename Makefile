@@ -24,8 +24,11 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-# two workers (pytest-xdist); the spark tests share one worker and one SparkSession (tests/conftest.py)
-PYTEST_WORKERS ?= 2
+# three workers (pytest-xdist) on two cores: a test waiting on a server, a browser or a timeout leaves
+# a core to the others (this box: 629 s with two, 609 s with three); the spark tests share one worker
+# and one SparkSession (tests/conftest.py; two spark groups on two workers took 666 s: one more test
+# lake and JVM on a run that is CPU-bound)
+PYTEST_WORKERS ?= 3
 
 pytest: venv
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
