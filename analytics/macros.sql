@@ -21,7 +21,8 @@ CREATE OR REPLACE TEMP MACRO pages_intersect(a, b) AS
 CREATE OR REPLACE TEMP MACRO page_set_overlap(a_lo, a_hi, a, b_lo, b_hi, b) AS
     CASE WHEN a_lo <= b_hi AND b_lo <= a_hi THEN list_has_any(a, b) ELSE false END;
 CREATE OR REPLACE TEMP MACRO sorted_intersection(a, b) AS
-    list_sort(list_intersect(a, b));
+    CASE WHEN len(a) * len(b) <= 4096 THEN list_sort(list_distinct(list_filter(a, lambda x: list_contains(b, x))))
+         ELSE list_sort(list_intersect(a, b)) END;
 CREATE OR REPLACE TEMP MACRO to_decode_clock(t, offset_ns) AS
     t - offset_ns;
 CREATE OR REPLACE TEMP MACRO duration_words(ns) AS

@@ -22,12 +22,6 @@ abort_spans AS (
     FROM aborts WHERE rid IS NOT NULL
     GROUP BY ALL
 ),
--- the transfers with their times on the decode clock, computed once (the view joins hosts and
--- clock bounds: read twice, it was computed twice), without their page lists (the costly payload:
--- read from kv_events at the end, for the early pairs only)
-windows AS MATERIALIZED (
-    SELECT * EXCLUDE (page_ids) FROM transfer_windows
-),
 -- the frees of requests that have a request.abort (an abort counts as a release only without them)
 aborted_frees AS (
     SELECT f.rid, f.instance_id, f.tp_rank, f.kv_pool
@@ -38,7 +32,7 @@ freed_early AS (
     SELECT t.span_id, t.trace_id, t.rid, t.instance_id, t.bootstrap_room, t.decode_host, t.end_earliest_ns,
            t.skew_bounded, f.span_id AS release_span_id, f.trace_id AS release_trace_id, f.start_ns AS release_ns,
            true AS free_seen, f.free_mode, f.free_reason
-    FROM windows t
+    FROM transfer_windows t
     JOIN frees f
       ON f.rid = t.rid AND f.instance_id = t.instance_id AND f.tp_rank = t.tp_rank AND f.kv_pool = t.kv_pool
     WHERE f.start_ns < coalesce(t.end_latest_ns, 9223372036854775807)
@@ -49,7 +43,7 @@ aborted_without_free AS (
            t.skew_bounded, a.abort_span_ids[1] AS release_span_id, CAST(NULL AS VARCHAR) AS release_trace_id,
            a.abort_ns AS release_ns, false AS free_seen, CAST(NULL AS VARCHAR) AS free_mode,
            'aborted' AS free_reason
-    FROM windows t
+    FROM transfer_windows t
     JOIN abort_spans a ON a.rid = t.rid AND a.instance_id = t.instance_id
     WHERE a.abort_ns < coalesce(t.end_latest_ns, 9223372036854775807)
       AND NOT EXISTS (
@@ -57,7 +51,7 @@ aborted_without_free AS (
           WHERE f.rid = t.rid AND f.instance_id = t.instance_id AND f.tp_rank = t.tp_rank AND f.kv_pool = t.kv_pool
       )
 ),
-releases AS (
+releases AS MATERIALIZED (
     SELECT * FROM freed_early
     UNION ALL
     SELECT * FROM aborted_without_free
@@ -65,9 +59,10 @@ releases AS (
 transferred AS (
     SELECT bootstrap_room, host_name, max(end_ns) AS transferred_ns
     FROM request_stages WHERE name = 'decode_transferred' AND bootstrap_room IS NOT NULL
+      AND bootstrap_room IN (SELECT bootstrap_room FROM releases)
     GROUP BY ALL
 ),
-early AS (
+early AS MATERIALIZED (
     SELECT r.* FROM releases r
     LEFT JOIN transferred d ON d.bootstrap_room = r.bootstrap_room AND d.host_name = r.decode_host
     WHERE NOT coalesce(d.transferred_ns <= r.release_ns, false)
@@ -81,9 +76,12 @@ SELECT t.span_id, t.trace_id, t.rid, t.bootstrap_room, t.instance_id, t.tp_rank,
        CASE WHEN e.free_seen THEN sorted_intersection(p.page_ids, f.page_ids) ELSE p.page_ids END AS released_pages,
        e.free_seen, e.free_mode, e.free_reason, coalesce(a.abort_span_ids, []) AS abort_span_ids
 FROM early e
-JOIN windows t ON t.span_id = e.span_id AND t.trace_id = e.trace_id
-JOIN kv_events p ON p.op = 'transfer' AND p.span_id = e.span_id AND p.trace_id = e.trace_id
-LEFT JOIN kv_events f
-  ON f.op = 'free' AND f.span_id = e.release_span_id AND f.trace_id = e.release_trace_id
+JOIN transfer_windows t ON t.span_id = e.span_id AND t.trace_id = e.trace_id
+JOIN (SELECT span_id, trace_id, page_ids FROM kv_events
+      WHERE op = 'transfer' AND span_id IN (SELECT span_id FROM early)) p
+  ON p.span_id = e.span_id AND p.trace_id = e.trace_id
+LEFT JOIN (SELECT span_id, trace_id, page_ids FROM kv_events
+           WHERE op = 'free' AND span_id IN (SELECT release_span_id FROM early)) f
+  ON f.span_id = e.release_span_id AND f.trace_id = e.release_trace_id
 LEFT JOIN abort_spans a ON a.rid = e.rid AND a.instance_id = e.instance_id
 WHERE NOT e.free_seen OR pages_intersect(p.page_ids, f.page_ids)

@@ -134,7 +134,7 @@ write_while_read AS (
       AND page_set_overlap(l.page_lo, l.page_hi, l.page_ids, e.page_lo, e.page_hi, e.page_ids)
 ),
 -- (c) a decode step reading a request's pages before the transfer into them completed
-read_before_transfer_keys AS (
+read_before_transfer_keys AS MATERIALIZED (
     SELECT t.span_id, t.trace_id, t.instance_id, t.tp_rank, t.kv_pool, t.rid AS culprit_rid, r.rid AS victim_rid,
            min(r.start_ns) AS window_start_ns, any_value(t.end_est_ns) AS window_end_ns,
            list_concat([t.span_id], list(r.span_id ORDER BY r.start_ns)) AS evidence_span_ids,
@@ -153,7 +153,9 @@ read_before_transfer AS (
            k.culprit_rid, k.victim_rid, k.window_start_ns, k.window_end_ns, k.evidence_span_ids,
            k.service_version, k.all_certain
     FROM read_before_transfer_keys k
-    JOIN kv_events p ON p.op = 'transfer' AND p.span_id = k.span_id AND p.trace_id = k.trace_id
+    JOIN (SELECT span_id, trace_id, page_ids FROM kv_events
+          WHERE op = 'transfer' AND span_id IN (SELECT span_id FROM read_before_transfer_keys)) p
+      ON p.span_id = k.span_id AND p.trace_id = k.trace_id
 ),
 hazards AS (
     SELECT *, 'certain' AS confidence FROM load_after_release

@@ -2,13 +2,13 @@
 -- description: Every kv.transfer (prefill -> decode RDMA/TCP write) with its times moved onto the
 --   destination decode host's clock, and the range of write ends the skew bounds allow.
 -- returns: one row per transfer span: span_id, trace_id, rid, bootstrap_room, instance_id, tp_rank,
---   kv_pool, page_ids, page_lo, page_hi, prefill_host, decode_host, service_version, status_code,
+--   kv_pool, page_lo, page_hi, prefill_host, decode_host, service_version, status_code,
 --   start_raw_ns, end_raw_ns (prefill clock), offset_lo_ns, offset_hi_ns, offset_est_ns,
 --   start_est_ns, end_est_ns (decode clock, best estimate), end_earliest_ns, end_latest_ns (decode
 --   clock over every allowed offset; NULL = unbounded on that side), skew_bounded (both bounds known).
---   A view: its readers (early_releases, page_hazard) join it at once to a few frees or reads.
+--   Without the page lists (the costly payload: its readers, early_releases and page_hazard, join
+--   them from kv_events for the few transfers they find). A table: computed once for both readers.
 -- requires: skew_bounds
--- materialise: view
 WITH instance_hosts AS (
     SELECT instance_id, any_value(host_name) AS host_name
     FROM (
@@ -21,7 +21,7 @@ WITH instance_hosts AS (
 ),
 transfers AS (
     SELECT t.span_id, t.trace_id, t.rid, t.bootstrap_room, t.instance_id, t.tp_rank, t.kv_pool,
-           t.page_ids, t.page_lo, t.page_hi, t.clock_host AS prefill_host, h.host_name AS decode_host,
+           t.page_lo, t.page_hi, t.clock_host AS prefill_host, h.host_name AS decode_host,
            t.service_version, t.status_code, t.start_ns, t.end_ns
     FROM kv_events t
     LEFT JOIN instance_hosts h ON h.instance_id = t.instance_id
@@ -36,7 +36,7 @@ offsets AS (
     LEFT JOIN skew_bounds b ON b.prefill_host = t.prefill_host AND b.decode_host = t.decode_host
 )
 SELECT
-    span_id, trace_id, rid, bootstrap_room, instance_id, tp_rank, kv_pool, page_ids, page_lo, page_hi,
+    span_id, trace_id, rid, bootstrap_room, instance_id, tp_rank, kv_pool, page_lo, page_hi,
     prefill_host, decode_host, service_version, status_code,
     start_ns AS start_raw_ns,
     end_ns AS end_raw_ns,
