@@ -133,6 +133,32 @@ def test_json_and_protobuf_store_the_same_rows(ingested: tuple[Path, IngestSumma
         assert got[table] == want[table], table
 
 
+def test_every_stored_json_value_is_valid_json(ingested: tuple[Path, IngestSummary, Path]) -> None:
+    """The attribute text reaches the store typed as JSON without a second parse (merge.as_json),
+    so what our decoders write must be valid JSON, and the same JSON from either path: every
+    value of every JSON column of both stores parses (strictly, by orjson) and DuckDB's
+    json_valid agrees."""
+    db, _, reference_db = ingested
+    checked = 0
+    for path in (db, reference_db):
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            columns = con.execute(
+                "SELECT table_name, column_name FROM duckdb_columns() WHERE data_type = 'JSON'"
+            ).fetchall()
+            assert {t for t, _ in columns} >= {"spans", "span_events", "span_links"}
+            for table, column in columns:
+                for (text, valid) in con.execute(
+                    f'SELECT "{column}"::VARCHAR, json_valid("{column}") FROM {table} WHERE "{column}" IS NOT NULL'
+                ).fetchall():
+                    orjson.loads(text)
+                    assert valid, (table, column, text)
+                    checked += 1
+        finally:
+            con.close()
+    assert checked > 100
+
+
 def test_every_field_round_trips(ingested: tuple[Path, IngestSummary, Path]) -> None:
     """Every field opentelemetry-proto reads from the files is in the store with its value:
     ids, names, kinds, times, status, trace state, flags, dropped counts, typed attributes,
