@@ -125,9 +125,14 @@ def test_each_span_points_at_its_resource_stored_once(pd_store: Path) -> None:
 
 
 @pytest.mark.parametrize("batch_spans", [1, 3, 1000])
-def test_children_before_parents_across_files(tmp_path: Path, pd_store: Path, batch_spans: int) -> None:
+@pytest.mark.parametrize("parents_first", [False, True], ids=["children-first", "parents-first"])
+def test_children_before_parents_across_files(
+    tmp_path: Path, pd_store: Path, batch_spans: int, parents_first: bool
+) -> None:
     """Reads and stage slices in an early file, their forward and roots in later files and
-    batches: once all are ingested, every table equals the one-file store."""
+    batches (a read waits for its parent: read_targets_pending.sql), or the other way round (a
+    read finds its parent stored: read_parents_stored.sql): once all are ingested, every table
+    equals the one-file store."""
     spans = pd_request_spans()
     parents = {"forward", "scheduler", f"decode Req {RID[:8]}", f"prefill Req {RID[:8]}"}
     children = [s for s in spans if s.name not in parents]
@@ -135,10 +140,12 @@ def test_children_before_parents_across_files(tmp_path: Path, pd_store: Path, ba
     (tmp_path / "1-children.jsonl").write_bytes(json_lines(children, per_line=2))
     (tmp_path / "2-parents.jsonl").write_bytes(json_lines(later[::-1], per_line=1))
     db = tmp_path / "split.duckdb"
-    ingest_paths([tmp_path / "1-children.jsonl"], db, progress=False, batch_spans=batch_spans)
-    assert query(db, "SELECT count(*) FROM kv_events WHERE op = 'read'") == [(0,)]
-    assert query(db, "SELECT count(*) FROM request_stages WHERE rid IS NULL") == [(2,)]
-    ingest_paths([tmp_path / "2-parents.jsonl"], db, progress=False, batch_spans=batch_spans)
+    first, second = ("2-parents.jsonl", "1-children.jsonl") if parents_first else ("1-children.jsonl", "2-parents.jsonl")
+    ingest_paths([tmp_path / first], db, progress=False, batch_spans=batch_spans)
+    if not parents_first:
+        assert query(db, "SELECT count(*) FROM kv_events WHERE op = 'read'") == [(0,)]
+        assert query(db, "SELECT count(*) FROM request_stages WHERE rid IS NULL") == [(2,)]
+    ingest_paths([tmp_path / second], db, progress=False, batch_spans=batch_spans)
     assert snapshot(db) == snapshot(pd_store)
     assert query(db, "SELECT count(*) FROM ingest_pending") == [(0,)]
 

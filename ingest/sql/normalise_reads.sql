@@ -5,30 +5,21 @@
 -- Reads: read_targets, read_parents, read_pending_now. Writes: kv_events (inserts), ingest_pending
 -- (resolved 'read' rows deleted, targets still without a parent added).
 INSERT INTO kv_events BY NAME
-WITH t AS (
-    -- one JSON parse per span for all paths; v[i]->>'$' is what attributes->>path gives
-    SELECT *, json_extract(attributes, ['$.tp_rank', '$."kv.pool"', '$."forward.layer_read_offsets_ns"']) AS v
-    FROM read_targets
-),
-f AS (
-    SELECT trace_id, span_id,
-           json_extract(attributes, ['$."forward.rids"', '$."forward.batch_id"', '$."forward.mode"']) AS v
-    FROM read_parents
-)
+-- (the attributes were parsed span by span: local_read_targets.sql, local_forwards.sql)
 SELECT
     t.trace_id, t.span_id, t.parent_span_id, 'read' AS op,
-    unnest(TRY_CAST(f.v[1] AS VARCHAR[])) AS rid,
+    unnest(f.rids) AS rid,
     t.instance_id,
-    TRY_CAST(t.v[1]->>'$' AS INTEGER) AS tp_rank,
-    t.v[2]->>'$' AS kv_pool,
+    t.tp_rank,
+    t.kv_pool,
     []::INTEGER[] AS page_ids, NULL AS page_lo, NULL AS page_hi, NULL AS n_pages,
     t.start_ns, t.end_ns, t.host_name AS clock_host, t.instance_id AS emit_instance_id,
     t.service_version, t.status_code,
-    TRY_CAST(t.v[3] AS BIGINT[]) AS layer_offsets_ns,
-    f.v[2]->>'$' AS forward_batch_id,
-    f.v[3]->>'$' AS forward_mode
-FROM t
-JOIN f ON f.trace_id = t.trace_id AND f.span_id = t.parent_span_id;
+    t.layer_offsets_ns,
+    f.forward_batch_id,
+    f.forward_mode
+FROM read_targets AS t
+JOIN read_parents AS f ON f.trace_id = t.trace_id AND f.span_id = t.parent_span_id;
 
 DELETE FROM ingest_pending AS p
 WHERE p.kind = 'read'

@@ -3,7 +3,7 @@
 -- read_parents (read_parents_stored.sql adds stored parents) and read_orphans (targets whose
 -- parent is not in this batch).
 CREATE OR REPLACE TEMP TABLE read_parents AS
-SELECT n.trace_id, n.span_id, n.attributes
+SELECT n.trace_id, n.span_id, n.rids, n.forward_batch_id, n.forward_mode
 FROM batch_forwards AS n
 SEMI JOIN read_targets AS t ON t.trace_id = n.trace_id AND t.parent_span_id = n.span_id;
 
