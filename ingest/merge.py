@@ -149,13 +149,14 @@ JSON_COLUMNS = ("attributes", "scope_attributes")
 
 
 def as_json(table: pa.Table) -> pa.Table:
-    """`table` with its JSON_COLUMNS typed as JSON (zero copy)."""
+    """`table` with its JSON_COLUMNS typed as JSON (zero copy: each chunk keeps its buffers)."""
+    json_type = pa.json_(pa.string())
     for name in JSON_COLUMNS:
         pos = table.schema.get_field_index(name)
         if pos < 0 or table.schema.field(pos).type != pa.string():
             continue
-        text = table.column(pos).combine_chunks()
-        table = table.set_column(pos, name, pa.ExtensionArray.from_storage(pa.json_(pa.string()), text))
+        chunks = [pa.ExtensionArray.from_storage(json_type, c) for c in table.column(pos).chunks]
+        table = table.set_column(pos, name, pa.chunked_array(chunks, json_type))
     return table
 
 
