@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kvtrace.ingest import kvfast
 from kvtrace.ingest.decode import QUARANTINE_SCHEMA, StagedRows, StagedTables
 from kvtrace.ingest.identity import with_instance_fallback
 
@@ -160,17 +161,17 @@ def as_json(table: pa.Table) -> pa.Table:
     return table
 
 
-def derive_rows(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
+def derive_rows(con: duckdb.DuckDBPyConnection, given: dict[str, pa.Table] | None = None) -> dict[str, pa.Table]:
     """The span-local SQL run on `con`, whose view new_spans holds the batch's spans: the
     batch_<name> projections of LOCAL_TABLES (each left registered on `con` under that name for
-    the files after it; the caller unregisters them) and the rows of each DERIVED_TABLES table,
-    as Arrow tables by those names."""
+    the files after it; the caller unregisters them) and the rows of each DERIVED_TABLES table
+    (those in `given` already derived another way), as Arrow tables by those names."""
     out: dict[str, pa.Table] = {}
     for name in LOCAL_TABLES:
         out[f"batch_{name}"] = rows = con.sql(_sql(f"local_{name}")).to_arrow_table()
         con.register(f"batch_{name}", rows)
     for table in DERIVED_TABLES:
-        out[table] = con.sql(_sql(f"derive_{table}")).to_arrow_table()
+        out[table] = given[table] if given and table in given else con.sql(_sql(f"derive_{table}")).to_arrow_table()
     return out
 
 
@@ -179,9 +180,10 @@ class Deriver:
     alloc/free/transfer/load, aborts, feedback) and the batch projections the store's
     normalisation reads (LOCAL_TABLES), by the very SQL files the store runs for live payloads
     (derive_rows), in a private in-memory DuckDB: so this work runs in the decode workers, beside
-    the store's merge. Each query goes straight to Arrow. The rows of a span seen twice in the
-    batch come from its first occurrence, as the merge keeps it; the merge stores the rows of the
-    spans it adds."""
+    the store's merge. Each query goes straight to Arrow. kv_events rows come from ingest/kvfast.py
+    (C, the same rows; the spans it declines through derive_kv_events.sql) when no span is twice in
+    the batch. The rows of a span seen twice in the batch come from its first occurrence, as the
+    merge keeps it; the merge stores the rows of the spans it adds."""
 
     def __init__(self, memory_limit: str = DERIVER_MEMORY_LIMIT) -> None:
         # No spilling (an in-memory DuckDB would spill into ./.tmp, wherever the user stands):
@@ -197,14 +199,30 @@ class Deriver:
         con.register("stage_spans", spans)
         try:
             doubles = _scalar(con, "SELECT count(*) - count(DISTINCT (trace_id, span_id)) FROM stage_spans")
+            given = {} if doubles else self._kv_events(spans)
             con.execute(
                 "CREATE OR REPLACE TEMP VIEW new_spans AS SELECT * EXCLUDE (res_idx) FROM stage_spans"
                 + (" QUALIFY row_number() OVER (PARTITION BY trace_id, span_id ORDER BY seq) = 1" if doubles else "")
             )
-            return derive_rows(con)
+            return derive_rows(con, given)
         finally:
-            for name in ("stage_spans", *(f"batch_{n}" for n in LOCAL_TABLES)):
+            for name in ("stage_spans", "kv_declined", *(f"batch_{n}" for n in LOCAL_TABLES)):
                 _unregister(con, name)
+
+    def _kv_events(self, spans: pa.Table) -> dict[str, pa.Table]:
+        """{"kv_events": rows} by ingest/kvfast.py (C), the spans it declines through
+        derive_kv_events.sql; {} where the extension is not built (derive_rows runs the SQL)."""
+        got = kvfast.kv_events(spans)
+        if got is None:
+            return {}
+        rows, declined = got
+        if declined.num_rows:
+            con = self.con
+            con.register("kv_declined", declined)
+            con.execute("CREATE OR REPLACE TEMP VIEW new_spans AS SELECT * EXCLUDE (res_idx) FROM kv_declined")
+            by_sql = con.sql(_sql("derive_kv_events")).to_arrow_table().cast(kvfast.KV_SCHEMA)
+            rows = pa.concat_tables([rows, by_sql])
+        return {"kv_events": rows}
 
     def close(self) -> None:
         self.con.close()
