@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import importlib
 import io
 import os
 from collections.abc import Generator, Iterable, Iterator
@@ -45,6 +46,16 @@ from kvtrace.ingest.framing import (
     fixed32_messages,
     is_compressed,
 )
+
+
+def _newline_counter() -> Any:
+    try:  # the C extension's count (bytes.count scans a byte at a time: ~0.5 CPU-s per GB)
+        return importlib.import_module("kvtrace.ingest._otlpfast").count_newlines
+    except (ImportError, AttributeError):  # pragma: no cover - where the extension is not built
+        return lambda data: data.count(b"\n")
+
+
+_count_newlines = _newline_counter()
 
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_FRAME = 1 << 30  # a larger length prefix is corruption, not data
@@ -545,7 +556,7 @@ def _line_chunks(
         rest = more[cut:]
         parts, size, tail = ([rest], len(rest), len(rest)) if rest else ([], 0, 0)
         yield from _split_long(chunk, line_no, offset, limit)
-        line_no += chunk.count(b"\n")
+        line_no += _count_newlines(chunk)
         offset += len(chunk)
 
 
