@@ -310,7 +310,7 @@ static int reads(int k, int op) {
 }
 
 typedef struct {
-    Buf tmp_ids, tmp_ranges, tmp_runs; /* scratch, reused span to span */
+    Buf tmp_ids, tmp_ranges, tmp_runs, tmp_sort; /* scratch, reused span to span */
     Buf layers_tmp;
     /* output */
     Buf declined, pages_off, pages, lo, hi, n_pages, layers_off, layers, layers_valid;
@@ -320,7 +320,7 @@ typedef struct {
 } Out;
 
 static void out_free(Out *o) {
-    Buf *bufs[] = {&o->tmp_ids, &o->tmp_ranges, &o->tmp_runs, &o->layers_tmp, &o->declined, &o->pages_off,
+    Buf *bufs[] = {&o->tmp_ids, &o->tmp_ranges, &o->tmp_runs, &o->tmp_sort, &o->layers_tmp, &o->declined, &o->pages_off,
                    &o->pages, &o->lo, &o->hi, &o->n_pages, &o->layers_off, &o->layers, &o->layers_valid};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) buf_free(bufs[i]);
     intcol_free(&o->tp);
@@ -331,16 +331,14 @@ static void out_free(Out *o) {
     for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) strcol_free(strs[i]);
 }
 
-static int cmp_i32(const void *a, const void *b) {
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
-}
-
-static void sort_i32(int32_t *v, size_t n) {
+/* Sort page ids ascending: a run already in order is left as it is (most are), a short one by
+ * insertion, a long one by an LSD radix sort of its four bytes (a byte equal in every id is
+ * skipped: page ids below 2^16 take two passes), with `tmp` as the second buffer. */
+static int sort_i32(int32_t *v, size_t n, Buf *tmp) {
     size_t i = 1;
     while (i < n && v[i - 1] <= v[i]) i++;
-    if (i >= n) return; /* already in order */
-    if (n <= 24) {
+    if (i >= n) return 0;
+    if (n <= 48) {
         for (; i < n; i++) {
             int32_t x = v[i];
             size_t k = i;
@@ -350,9 +348,40 @@ static void sort_i32(int32_t *v, size_t n) {
             }
             v[k] = x;
         }
-        return;
+        return 0;
     }
-    qsort(v, n, sizeof *v, cmp_i32);
+    tmp->len = 0;
+    if (buf_grow(tmp, n * sizeof(uint32_t))) return NOMEM;
+    uint32_t *a = (uint32_t *)(void *)v, *b = (uint32_t *)(void *)tmp->p;
+    size_t count[4][256];
+    memset(count, 0, sizeof count);
+    for (i = 0; i < n; i++) {
+        uint32_t x = a[i] ^ 0x80000000u; /* signed order as unsigned */
+        a[i] = x;
+        count[0][x & 0xff]++;
+        count[1][(x >> 8) & 0xff]++;
+        count[2][(x >> 16) & 0xff]++;
+        count[3][x >> 24]++;
+    }
+    for (int pass = 0; pass < 4; pass++) {
+        int shift = 8 * pass;
+        size_t *c = count[pass];
+        if (c[(a[0] >> shift) & 0xff] == n) continue; /* this byte is the same in every id */
+        size_t sum = 0;
+        for (int d = 0; d < 256; d++) {
+            size_t k = c[d];
+            c[d] = sum;
+            sum += k;
+        }
+        for (i = 0; i < n; i++) b[c[(a[i] >> shift) & 0xff]++] = a[i];
+        uint32_t *t = a;
+        a = b;
+        b = t;
+    }
+    if (a != (uint32_t *)(void *)v) memcpy(v, a, n * sizeof *a);
+    uint32_t *out = (uint32_t *)(void *)v;
+    for (i = 0; i < n; i++) out[i] ^= 0x80000000u;
+    return 0;
 }
 
 /* The span's values as the row reads them; `have` bit k: key k given (and read). */
@@ -476,7 +505,7 @@ static int span_pages(Out *o, const Vals *v, size_t *np) {
     }
     int32_t *a = (int32_t *)(void *)(pg->p + start);
     size_t n = (pg->len - start) / sizeof(int32_t);
-    if (!sorted) sort_i32(a, n);
+    if (!sorted && sort_i32(a, n, &o->tmp_sort)) return NOMEM;
     if (has_ids && has_ranges && n) { /* the union: each page once */
         size_t w = 1;
         for (size_t i = 1; i < n; i++)

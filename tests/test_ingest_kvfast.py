@@ -199,3 +199,20 @@ def test_a_batch_with_a_span_twice_takes_the_sql_on_the_first_copy() -> None:
         assert once == keyed(by_sql(spans))
     finally:
         deriver.close()
+
+
+def test_long_page_lists_in_any_order() -> None:
+    """Long lists sort by a radix sort in C: every byte of the ids in play (negative ids, ids past
+    2^16 and 2^24, duplicates), in order, reversed and shuffled, alone and with page ranges."""
+    rnd = random.Random(11)
+    attrs: list[tuple[str, str | None]] = []
+    for n, (lo, hi) in itertools.product((49, 64, 300, 5000), ((0, 200), (0, 70_000), (-2**31, 2**31 - 1),
+                                                               (2**24 - 50, 2**24 + 50))):
+        ids = [rnd.randint(lo, hi) for _ in range(n)]
+        for order in (sorted(ids), sorted(ids, reverse=True), rnd.sample(ids, len(ids))):
+            text = orjson.dumps(order).decode()
+            attrs.append(("kv.alloc", f'{{"kv.page_ids":{text}}}'))
+            if lo >= 0:
+                attrs.append(("kv.free", f'{{"kv.page_ids":{text},"kv.page_ranges":[{lo},{lo + 60}]}}'))
+    in_c, declined = assert_same_rows(spans_of(attrs))
+    assert (in_c, declined) == (len(attrs), 0)
