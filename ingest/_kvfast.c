@@ -1,5 +1,5 @@
-/* ingest._kvfast: kv_events rows of kv.alloc / kv.free / kv.transfer / hicache.load spans from
- * their attribute JSON, in C.
+/* ingest._kvfast: kv_events rows of kv.alloc / kv.free / kv.transfer / hicache.load spans, and
+ * spec_steps rows of request roots, from their attribute JSON, in C (spec_rows: see its section).
  *
  * ingest/sql/derive_kv_events.sql is the definition of these rows; this file computes the same
  * rows for the spans whose attributes have the plain shapes producers write, and declines every
@@ -646,6 +646,117 @@ static int all_rows(Out *o, const int32_t *offsets, Py_ssize_t n_offsets, const 
     return 0;
 }
 
+/* ------------------------------------------------------------------------------ spec_steps */
+
+/* derive_spec_steps.sql's rows of one request root: a row per element of
+ * spec.accepted_per_step when it is a JSON array (none when it is absent or any other value),
+ * step_end_ns = start_ns + spec.step_end_offsets_ns[step] (NULL past its end, when it is absent
+ * or start_ns is NULL). Declines: a key of ours twice or escaped, accepted elements that are not
+ * JSON integers in int32 range, offsets that are not an array of JSON integers, a sum that
+ * overflows int64. */
+typedef struct {
+    Buf declined, root, step, accepted, end, end_valid;
+    Buf tmp_acc, tmp_off;
+} SpecOut;
+
+static void spec_free(SpecOut *o) {
+    Buf *bufs[] = {&o->declined, &o->root, &o->step, &o->accepted, &o->end, &o->end_valid, &o->tmp_acc, &o->tmp_off};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) buf_free(bufs[i]);
+}
+
+static int spec_parse(SpecOut *o, const uint8_t *p, size_t n, int *has_acc, size_t *n_acc, int *has_off,
+                      size_t *n_off) {
+    J j = {p, p + n};
+    *has_acc = *has_off = 0;
+    *n_acc = *n_off = 0;
+    o->tmp_acc.len = o->tmp_off.len = 0;
+    int seen_acc = 0, seen_off = 0;
+    j_ws(&j);
+    if (j.p >= j.end || *j.p != '{') return DECLINE;
+    j.p++;
+    j_ws(&j);
+    if (j.p < j.end && *j.p == '}') {
+        j.p++;
+    } else {
+        for (;;) {
+            Slice key;
+            int esc, rc;
+            j_ws(&j);
+            if (j_string(&j, &key, &esc) || esc) return DECLINE;
+            j_ws(&j);
+            if (j.p >= j.end || *j.p++ != ':') return DECLINE;
+            j_ws(&j);
+            if (key.n == 22 && memcmp(key.p, "spec.accepted_per_step", 22) == 0) {
+                if (seen_acc++) return DECLINE;
+                if (j.p < j.end && *j.p == '[') {
+                    *has_acc = 1;
+                    if ((rc = j_int_array(&j, &o->tmp_acc, INT32_MIN, INT32_MAX, 0, n_acc))) return rc;
+                } else if (j_skip(&j, 1)) {
+                    return DECLINE;
+                }
+            } else if (key.n == 24 && memcmp(key.p, "spec.step_end_offsets_ns", 24) == 0) {
+                if (seen_off++) return DECLINE;
+                *has_off = 1;
+                if ((rc = j_int_array(&j, &o->tmp_off, INT64_MIN, INT64_MAX, 1, n_off))) return rc;
+            } else if (j_skip(&j, 1)) {
+                return DECLINE;
+            }
+            j_ws(&j);
+            if (j.p >= j.end) return DECLINE;
+            if (*j.p == ',') {
+                j.p++;
+                continue;
+            }
+            if (*j.p++ != '}') return DECLINE;
+            break;
+        }
+    }
+    j_ws(&j);
+    return j.p == j.end ? 0 : DECLINE;
+}
+
+static int spec_root(SpecOut *o, int64_t root, const uint8_t *p, size_t n, int64_t start, int start_valid) {
+    int has_acc, has_off;
+    size_t n_acc, n_off;
+    int rc = spec_parse(o, p, n, &has_acc, &n_acc, &has_off, &n_off);
+    if (rc == NOMEM) return rc;
+    const int32_t *acc = (const int32_t *)(const void *)o->tmp_acc.p;
+    const int64_t *off = (const int64_t *)(const void *)o->tmp_off.p;
+    if (!rc && has_acc && start_valid) { /* the sums first: one that overflows declines the root */
+        for (size_t i = 0; i < n_acc && i < n_off; i++) {
+            int64_t sum;
+            if (__builtin_add_overflow(start, off[i], &sum)) rc = DECLINE;
+        }
+    }
+    if (rc || !has_acc) {
+        PUT_VAL(&o->declined, uint8_t, (uint8_t)(rc != 0));
+        return 0;
+    }
+    PUT_VAL(&o->declined, uint8_t, 0);
+    if (n_acc > INT32_MAX) return NOMEM;
+    for (size_t i = 0; i < n_acc; i++) {
+        int valid = start_valid && i < n_off;
+        PUT_VAL(&o->root, int64_t, root);
+        PUT_VAL(&o->step, int32_t, (int32_t)i);
+        PUT_VAL(&o->accepted, int32_t, acc[i]);
+        PUT_VAL(&o->end, int64_t, valid ? start + off[i] : 0);
+        PUT_VAL(&o->end_valid, uint8_t, (uint8_t)valid);
+    }
+    return 0;
+}
+
+static int spec_all(SpecOut *o, const int32_t *offsets, Py_ssize_t n_offsets, const uint8_t *data, Py_ssize_t n_data,
+                    const int64_t *start, const uint8_t *start_valid, Py_ssize_t n) {
+    if (n_offsets < n + 1) return DECLINE;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int32_t a = offsets[i], b = offsets[i + 1];
+        if (a < 0 || b < a || b > n_data) return DECLINE;
+        int rc = spec_root(o, i, data + a, (size_t)(b - a), start[i], start_valid[i]);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------ Python */
 
 static PyObject *bytes_of(Buf *b) { return PyBytes_FromStringAndSize(b->p ? b->p : "", (Py_ssize_t)b->len); }
@@ -699,7 +810,46 @@ end:
     return result;
 }
 
+static PyObject *spec_rows(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer off, data, start, valid;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*", &off, &data, &start, &valid)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = start.len / (Py_ssize_t)sizeof(int64_t);
+    if (valid.len != n) {
+        PyErr_SetString(PyExc_ValueError, "spec_rows: start (int64) and start_valid (uint8) differ in length");
+        goto end;
+    }
+    SpecOut o;
+    memset(&o, 0, sizeof o);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = spec_all(&o, (const int32_t *)off.buf, off.len / (Py_ssize_t)sizeof(int32_t), (const uint8_t *)data.buf,
+                  data.len, (const int64_t *)start.buf, (const uint8_t *)valid.buf, n);
+    Py_END_ALLOW_THREADS
+    if (rc == NOMEM) {
+        PyErr_NoMemory();
+    } else if (rc) {
+        result = Py_NewRef(Py_None);
+    } else {
+        result = Py_BuildValue("{s:N,s:N,s:N,s:N,s:N,s:N}", "declined", bytes_of(&o.declined),
+                               "root", bytes_of(&o.root), "step", bytes_of(&o.step),
+                               "accepted", bytes_of(&o.accepted), "end", bytes_of(&o.end),
+                               "end_valid", bytes_of(&o.end_valid));
+    }
+    spec_free(&o);
+end:
+    PyBuffer_Release(&off);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&start);
+    PyBuffer_Release(&valid);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"spec_rows", spec_rows, METH_VARARGS,
+     "spec_rows(offsets, data, start_ns, start_valid) -> dict of spec_steps column buffers (see "
+     "ingest/kvfast.py), or None when the input buffers do not hold what they should."},
     {"kv_rows", kv_rows, METH_VARARGS,
      "kv_rows(offsets, data, rows, ops) -> dict of kv_events column buffers (see ingest/kvfast.py), or None "
      "when the input buffers do not hold what they should."},

@@ -161,18 +161,40 @@ def as_json(table: pa.Table) -> pa.Table:
     return table
 
 
-def derive_rows(con: duckdb.DuckDBPyConnection, given: dict[str, pa.Table] | None = None) -> dict[str, pa.Table]:
+def derive_rows(
+    con: duckdb.DuckDBPyConnection, given: dict[str, pa.Table] | None = None, spec_in_c: bool = False
+) -> dict[str, pa.Table]:
     """The span-local SQL run on `con`, whose view new_spans holds the batch's spans: the
     batch_<name> projections of LOCAL_TABLES (each left registered on `con` under that name for
     the files after it; the caller unregisters them) and the rows of each DERIVED_TABLES table
-    (those in `given` already derived another way), as Arrow tables by those names."""
+    (those in `given` already derived another way; spec_steps by ingest/kvfast.py with
+    `spec_in_c`), as Arrow tables by those names."""
     out: dict[str, pa.Table] = {}
     for name in LOCAL_TABLES:
         out[f"batch_{name}"] = rows = con.sql(_sql(f"local_{name}")).to_arrow_table()
         con.register(f"batch_{name}", rows)
+    if spec_in_c:
+        given = {**(given or {}), "spec_steps": _spec_steps(con, out["batch_roots"])}
     for table in DERIVED_TABLES:
         out[table] = given[table] if given and table in given else con.sql(_sql(f"derive_{table}")).to_arrow_table()
     return out
+
+
+def _spec_steps(con: duckdb.DuckDBPyConnection, roots: pa.Table) -> pa.Table:
+    """spec_steps rows of `roots` (batch_roots, registered on `con` under that name) by
+    ingest/kvfast.py (C), the roots it declines through derive_spec_steps.sql."""
+    got = kvfast.spec_steps(roots)
+    if got is None:
+        return con.sql(_sql("derive_spec_steps")).to_arrow_table()
+    rows, declined = got
+    if declined.num_rows:
+        con.register("batch_roots", declined)
+        try:
+            by_sql = con.sql(_sql("derive_spec_steps")).to_arrow_table().cast(kvfast.SPEC_SCHEMA)
+        finally:
+            con.register("batch_roots", roots)
+        rows = pa.concat_tables([rows, by_sql])
+    return rows
 
 
 class Deriver:
@@ -180,9 +202,9 @@ class Deriver:
     alloc/free/transfer/load, aborts, feedback) and the batch projections the store's
     normalisation reads (LOCAL_TABLES), by the very SQL files the store runs for live payloads
     (derive_rows), in a private in-memory DuckDB: so this work runs in the decode workers, beside
-    the store's merge. Each query goes straight to Arrow. kv_events rows come from ingest/kvfast.py
-    (C, the same rows; the spans it declines through derive_kv_events.sql) when no span is twice in
-    the batch. The rows of a span seen twice in the batch come from its first occurrence, as the
+    the store's merge. Each query goes straight to Arrow. kv_events and spec_steps rows come from
+    ingest/kvfast.py (C, the same rows; what it declines through derive_kv_events.sql and
+    derive_spec_steps.sql) when no span is twice in the batch. The rows of a span seen twice in the batch come from its first occurrence, as the
     merge keeps it; the merge stores the rows of the spans it adds."""
 
     def __init__(self, memory_limit: str = DERIVER_MEMORY_LIMIT) -> None:
@@ -204,7 +226,7 @@ class Deriver:
                 "CREATE OR REPLACE TEMP VIEW new_spans AS SELECT * EXCLUDE (res_idx) FROM stage_spans"
                 + (" QUALIFY row_number() OVER (PARTITION BY trace_id, span_id ORDER BY seq) = 1" if doubles else "")
             )
-            return derive_rows(con, given)
+            return derive_rows(con, given, spec_in_c=not doubles)
         finally:
             for name in ("stage_spans", "kv_declined", *(f"batch_{n}" for n in LOCAL_TABLES)):
                 _unregister(con, name)

@@ -1,7 +1,8 @@
 """The C derivation of kv_events rows (ingest/kvfast.py over ingest/_kvfast.c) gives, span by span,
 the rows ingest/sql/derive_kv_events.sql gives: it takes the plain value shapes producers write
 (simulator output in both page formats takes no other path) and hands every other span back to
-the SQL, so that the rows a file ingest stores are the SQL's on every input, page_error included."""
+the SQL, so that the rows a file ingest stores are the SQL's on every input, page_error included.
+The same holds for spec_steps rows of request roots against derive_spec_steps.sql."""
 
 from __future__ import annotations
 
@@ -216,3 +217,96 @@ def test_long_page_lists_in_any_order() -> None:
                 attrs.append(("kv.free", f'{{"kv.page_ids":{text},"kv.page_ranges":[{lo},{lo + 60}]}}'))
     in_c, declined = assert_same_rows(spans_of(attrs))
     assert (in_c, declined) == (len(attrs), 0)
+
+
+# ------------------------------------------------------------------ spec_steps (request roots)
+
+ROOTS_SCHEMA = pa.schema([("trace_id", pa.string()), ("span_id", pa.string()), ("rid", pa.string()),
+                          ("role", pa.string()), ("instance_id", pa.string()), ("host_name", pa.string()),
+                          ("service_version", pa.string()), ("start_ns", pa.int64()), ("end_ns", pa.int64()),
+                          ("attributes", pa.string())])
+
+
+def spec_by_sql(roots: pa.Table) -> pa.Table:
+    con = duckdb.connect(config={"threads": 1})
+    con.register("batch_roots", roots)
+    return con.sql(_sql("derive_spec_steps")).to_arrow_table()
+
+
+def steps_in_order(table: pa.Table) -> pa.Table:
+    return table.sort_by([("trace_id", "ascending"), ("span_id", "ascending"), ("step", "ascending")])
+
+
+def assert_same_steps(roots: pa.Table) -> tuple[int, int]:
+    """As assert_same_rows, for derive_spec_steps.sql: (rows derived in C, roots declined)."""
+    got = kvfast.spec_steps(roots)
+    assert got is not None
+    rows, declined = got
+    ref = spec_by_sql(roots)
+    assert rows.schema == ref.schema == kvfast.SPEC_SCHEMA
+    combined = steps_in_order(pa.concat_tables([rows, spec_by_sql(declined)]))
+    expected = steps_in_order(ref)
+    assert combined.num_rows == expected.num_rows
+    if not combined.equals(expected):
+        for i in range(expected.num_rows):
+            assert combined.slice(i, 1).to_pylist() == expected.slice(i, 1).to_pylist(), i
+    return rows.num_rows, declined.num_rows
+
+
+def roots_of(attrs: list[str | None], starts: list[int | None] | None = None) -> pa.Table:
+    n = len(attrs)
+    return pa.table({
+        "trace_id": [f"{i:032x}" for i in range(n)], "span_id": [f"{i + 1:016x}" for i in range(n)],
+        "rid": [f"r{i}" for i in range(n)], "role": ["decode"] * n, "instance_id": [f"decode-{i % 3}" for i in range(n)],
+        "host_name": ["h"] * n, "service_version": [None if i % 4 == 0 else "v2" for i in range(n)],
+        "start_ns": starts if starts is not None else [1_000_000 + i for i in range(n)], "end_ns": [None] * n,
+        "attributes": attrs,
+    }, schema=ROOTS_SCHEMA)
+
+
+def test_simulator_spec_steps_are_derived_in_c_row_for_row() -> None:
+    from kvtrace.simulator.fastpath import write_spans
+
+    with tempfile.TemporaryDirectory() as d:
+        write_spans(Path(d), 6000, seed=9)
+        chunk = b"".join(f.read_bytes() for f in sorted(Path(d).glob("*.otlp.jsonl")))
+    tables = decode_json_chunk(chunk)
+    assert tables is not None
+    con = duckdb.connect(config={"threads": 1})
+    con.register("new_spans", Staged.from_columnar(tables).spans)
+    roots = con.sql(_sql("local_roots")).to_arrow_table()
+    in_c, declined = assert_same_steps(roots)
+    assert declined == 0 and in_c > 1000
+
+
+ACCEPTED = ["[]", "[1]", "[0,2,3]", "[2147483647,-2147483648]", "[2147483648]", "[1.5]", '["1"]', "[1,null]",
+            "null", '"[1,2]"', "3", "{}", "[[1]]"]
+OFFSETS = ["[]", "[10]", "[10,20,30]", "[10,20,30,40,50]", "[-5,-9223372036854775000]", "[1.5]", '["10"]', "null",
+           '"x"', "7", "[-1,9223372036854775807]"]
+
+
+def test_every_spec_shape() -> None:
+    attrs: list[str | None] = [None, "{}", '{"spec.accepted_per_step":[1],"spec.accepted_per_step":[2]}',
+                               '{"spec.accepted_per_st\\u0065p":[1]}', '{"other":{"spec.accepted_per_step":[9]}}']
+    starts: list[int | None] = [5] * len(attrs)
+    for acc, off in itertools.product(ACCEPTED, OFFSETS):
+        for start in (0, None, -1_000) if "9223372036854775807" in off else (0, 1_000, None, 700):
+            attrs.append(f'{{"spec.accepted_per_step":{acc},"x":"y","spec.step_end_offsets_ns":{off}}}')
+            starts.append(start)
+        attrs.append(f'{{"spec.accepted_per_step":{acc}}}')
+        starts.append(7)
+    in_c, declined = assert_same_steps(roots_of(attrs, starts))
+    assert in_c > 150 and declined > 100
+
+
+def test_a_step_end_past_int64_is_left_to_the_sql() -> None:
+    """start_ns + offset past int64: the SQL raises (as it did before this path), so C declines."""
+    roots = roots_of(['{"spec.accepted_per_step":[1,2],"spec.step_end_offsets_ns":[1,9223372036854775807]}',
+                      '{"spec.accepted_per_step":[1],"spec.step_end_offsets_ns":[1,9223372036854775807]}'], [10, 10])
+    got = kvfast.spec_steps(roots)
+    assert got is not None
+    rows, declined = got
+    assert declined.column("span_id").to_pylist() == [roots.column("span_id")[0].as_py()]
+    assert rows.column("step_end_ns").to_pylist() == [11]  # the second root: offsets past its steps are not read
+    with pytest.raises(duckdb.OutOfRangeException):
+        spec_by_sql(declined)
