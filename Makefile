@@ -7,7 +7,7 @@ DB     := $(DEMO)/kvtrace.duckdb
 
 .PHONY: demo test venv lint typecheck pytest clean
 
-$(BIN)/kvtrace: pyproject.toml setup.py ingest/_otlpfast.c ingest/_kvfast.c
+$(BIN)/kvtrace: pyproject.toml setup.py ingest/_otlpfast.c ingest/_kvfast.c ingest/_cbuf.h
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

@@ -10,7 +10,9 @@ FLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-missing-field-initializers
 
 setup(
     ext_modules=[
-        Extension("kvtrace.ingest._otlpfast", ["ingest/_otlpfast.c"], optional=True, extra_compile_args=FLAGS),
-        Extension("kvtrace.ingest._kvfast", ["ingest/_kvfast.c"], optional=True, extra_compile_args=FLAGS),
+        Extension("kvtrace.ingest._otlpfast", ["ingest/_otlpfast.c"], depends=["ingest/_cbuf.h"], optional=True,
+                  extra_compile_args=FLAGS),
+        Extension("kvtrace.ingest._kvfast", ["ingest/_kvfast.c"], depends=["ingest/_cbuf.h"], optional=True,
+                  extra_compile_args=FLAGS),
     ]
 )

@@ -38,41 +38,7 @@ enum { OP_ALLOC = 1, OP_FREE = 2, OP_TRANSFER = 3, OP_LOAD = 4 };
 
 /* ------------------------------------------------------------------------------ buffers */
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-} Buf;
-
-static int buf_grow(Buf *b, size_t extra) {
-    size_t need = b->len + extra;
-    if (need <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < need) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) return NOMEM;
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-static inline int buf_put(Buf *b, const void *src, size_t n) {
-    if (b->len + n > b->cap && buf_grow(b, n)) return NOMEM;
-    memcpy(b->p + b->len, src, n);
-    b->len += n;
-    return 0;
-}
-
-#define PUT_VAL(buf, type, v)                             \
-    do {                                                  \
-        type _v = (v);                                    \
-        if (buf_put((buf), &_v, sizeof _v)) return NOMEM; \
-    } while (0)
-
-static void buf_free(Buf *b) {
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
+#include "_cbuf.h"
 
 /* A string column: int32 offsets (n + 1), data, one validity byte a row. */
 typedef struct {
@@ -234,6 +200,15 @@ static int j_skip(J *j, int depth) {
         }
     }
     return j_number(j);
+}
+
+/* After an object member: a ',' (*more = 1) or the closing '}' (*more = 0). */
+static int j_member_end(J *j, int *more) {
+    j_ws(j);
+    if (j->p >= j->end) return DECLINE;
+    uint8_t c = *j->p++;
+    *more = c == ',';
+    return c == ',' || c == '}' ? 0 : DECLINE;
 }
 
 /* An array of integers each in [lo, hi], appended to `out` as int32 or int64 (`wide`). */
@@ -447,14 +422,9 @@ static int parse_span(Out *o, const uint8_t *p, size_t n, int op, Vals *v) {
                 break;
             }
         }
-        j_ws(&j);
-        if (j.p >= j.end) return DECLINE;
-        if (*j.p == ',') {
-            j.p++;
-            continue;
-        }
-        if (*j.p++ != '}') return DECLINE;
-        break;
+        int more;
+        if (j_member_end(&j, &more)) return DECLINE;
+        if (!more) break;
     }
 done:
     j_ws(&j);
@@ -701,14 +671,9 @@ static int spec_parse(SpecOut *o, const uint8_t *p, size_t n, int *has_acc, size
             } else if (j_skip(&j, 1)) {
                 return DECLINE;
             }
-            j_ws(&j);
-            if (j.p >= j.end) return DECLINE;
-            if (*j.p == ',') {
-                j.p++;
-                continue;
-            }
-            if (*j.p++ != '}') return DECLINE;
-            break;
+            int more;
+            if (j_member_end(&j, &more)) return DECLINE;
+            if (!more) break;
         }
     }
     j_ws(&j);
@@ -767,83 +732,92 @@ static PyObject *strcol_tuple(StrCol *c) {
 
 static PyObject *intcol_tuple(IntCol *c) { return Py_BuildValue("(NN)", bytes_of(&c->v), bytes_of(&c->valid)); }
 
+/* The four buffer arguments of kv_rows / spec_rows: 0, or -1 with the exception set. */
+static int four_buffers(PyObject *args, Py_buffer b[4]) {
+    return PyArg_ParseTuple(args, "y*y*y*y*", &b[0], &b[1], &b[2], &b[3]) ? 0 : -1;
+}
+
+static void release(Py_buffer b[4]) {
+    for (int i = 0; i < 4; i++) PyBuffer_Release(&b[i]);
+}
+
+/* A parse's result: MemoryError, None (declined), or `cols` (a new reference, NULL on error). */
+static PyObject *outcome(int rc, PyObject *(*cols)(void *), void *o) {
+    if (rc == NOMEM) return PyErr_NoMemory();
+    if (rc) return Py_NewRef(Py_None); /* the input is not what the caller said: the SQL decides */
+    return cols(o);
+}
+
+static PyObject *kv_cols(void *p) {
+    Out *o = p;
+    return Py_BuildValue(
+        "{s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N}",
+        "declined", bytes_of(&o->declined), "pages_off", bytes_of(&o->pages_off), "pages", bytes_of(&o->pages),
+        "lo", bytes_of(&o->lo), "hi", bytes_of(&o->hi), "n_pages", bytes_of(&o->n_pages),
+        "layers_off", bytes_of(&o->layers_off), "layers", bytes_of(&o->layers),
+        "layers_valid", bytes_of(&o->layers_valid), "tp_rank", intcol_tuple(&o->tp),
+        "page_size", intcol_tuple(&o->page_size), "transfer_bytes", intcol_tuple(&o->bytes),
+        "hicache_num_tokens", intcol_tuple(&o->num_tokens), "instance_id", strcol_tuple(&o->instance),
+        "kv_pool", strcol_tuple(&o->pool), "free_mode", strcol_tuple(&o->free_mode),
+        "free_reason", strcol_tuple(&o->free_reason), "bootstrap_room", strcol_tuple(&o->room),
+        "transfer_backend", strcol_tuple(&o->backend));
+}
+
+static PyObject *spec_cols(void *p) {
+    SpecOut *o = p;
+    return Py_BuildValue("{s:N,s:N,s:N,s:N,s:N,s:N}", "declined", bytes_of(&o->declined), "root", bytes_of(&o->root),
+                         "step", bytes_of(&o->step), "accepted", bytes_of(&o->accepted), "end", bytes_of(&o->end),
+                         "end_valid", bytes_of(&o->end_valid));
+}
+
+/* kv_rows / spec_rows: four buffers (offsets, data, then two arrays of one entry a row: int64,
+ * and one byte), `run` over them with the GIL released, its columns (`cols`) or None. */
+static PyObject *call(PyObject *args, const char *mismatch, int (*run)(void *, const Py_buffer *, Py_ssize_t),
+                      PyObject *(*cols)(void *), void (*done)(void *), void *o) {
+    Py_buffer b[4];
+    if (four_buffers(args, b)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = b[2].len / (Py_ssize_t)sizeof(int64_t);
+    if (b[3].len != n) {
+        PyErr_SetString(PyExc_ValueError, mismatch);
+    } else {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = run(o, b, n);
+        Py_END_ALLOW_THREADS
+        result = outcome(rc, cols, o);
+        done(o);
+    }
+    release(b);
+    return result;
+}
+
+static int kv_run(void *o, const Py_buffer *b, Py_ssize_t n) {
+    return all_rows(o, (const int32_t *)b[0].buf, b[0].len / (Py_ssize_t)sizeof(int32_t), (const uint8_t *)b[1].buf,
+                    b[1].len, (const int64_t *)b[2].buf, (const int8_t *)b[3].buf, n);
+}
+
+static int spec_run(void *o, const Py_buffer *b, Py_ssize_t n) {
+    return spec_all(o, (const int32_t *)b[0].buf, b[0].len / (Py_ssize_t)sizeof(int32_t), (const uint8_t *)b[1].buf,
+                    b[1].len, (const int64_t *)b[2].buf, (const uint8_t *)b[3].buf, n);
+}
+
+static void kv_done(void *o) { out_free(o); }
+static void spec_done(void *o) { spec_free(o); }
+
 static PyObject *kv_rows(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer off, data, rows, ops;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*", &off, &data, &rows, &ops)) return NULL;
-    PyObject *result = NULL;
-    Py_ssize_t n = rows.len / (Py_ssize_t)sizeof(int64_t);
-    if (ops.len != n) {
-        PyErr_SetString(PyExc_ValueError, "kv_rows: rows (int64) and ops (int8) differ in length");
-        goto end;
-    }
     Out o;
     memset(&o, 0, sizeof o);
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = all_rows(&o, (const int32_t *)off.buf, off.len / (Py_ssize_t)sizeof(int32_t), (const uint8_t *)data.buf,
-                  data.len, (const int64_t *)rows.buf, (const int8_t *)ops.buf, n);
-    Py_END_ALLOW_THREADS
-    if (rc == NOMEM) {
-        PyErr_NoMemory();
-    } else if (rc) {
-        result = Py_NewRef(Py_None); /* the input is not what the caller said: the SQL decides */
-    } else {
-        result = Py_BuildValue(
-            "{s:n,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N}", "n", n,
-            "declined", bytes_of(&o.declined), "pages_off", bytes_of(&o.pages_off), "pages", bytes_of(&o.pages),
-            "lo", bytes_of(&o.lo), "hi", bytes_of(&o.hi), "n_pages", bytes_of(&o.n_pages),
-            "layers_off", bytes_of(&o.layers_off), "layers", bytes_of(&o.layers),
-            "layers_valid", bytes_of(&o.layers_valid), "tp_rank", intcol_tuple(&o.tp),
-            "page_size", intcol_tuple(&o.page_size), "transfer_bytes", intcol_tuple(&o.bytes),
-            "hicache_num_tokens", intcol_tuple(&o.num_tokens), "instance_id", strcol_tuple(&o.instance),
-            "kv_pool", strcol_tuple(&o.pool), "free_mode", strcol_tuple(&o.free_mode),
-            "free_reason", strcol_tuple(&o.free_reason), "bootstrap_room", strcol_tuple(&o.room),
-            "transfer_backend", strcol_tuple(&o.backend));
-    }
-    out_free(&o);
-end:
-    PyBuffer_Release(&off);
-    PyBuffer_Release(&data);
-    PyBuffer_Release(&rows);
-    PyBuffer_Release(&ops);
-    return result;
+    return call(args, "kv_rows: rows (int64) and ops (int8) differ in length", kv_run, kv_cols, kv_done, &o);
 }
 
 static PyObject *spec_rows(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer off, data, start, valid;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*", &off, &data, &start, &valid)) return NULL;
-    PyObject *result = NULL;
-    Py_ssize_t n = start.len / (Py_ssize_t)sizeof(int64_t);
-    if (valid.len != n) {
-        PyErr_SetString(PyExc_ValueError, "spec_rows: start (int64) and start_valid (uint8) differ in length");
-        goto end;
-    }
     SpecOut o;
     memset(&o, 0, sizeof o);
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = spec_all(&o, (const int32_t *)off.buf, off.len / (Py_ssize_t)sizeof(int32_t), (const uint8_t *)data.buf,
-                  data.len, (const int64_t *)start.buf, (const uint8_t *)valid.buf, n);
-    Py_END_ALLOW_THREADS
-    if (rc == NOMEM) {
-        PyErr_NoMemory();
-    } else if (rc) {
-        result = Py_NewRef(Py_None);
-    } else {
-        result = Py_BuildValue("{s:N,s:N,s:N,s:N,s:N,s:N}", "declined", bytes_of(&o.declined),
-                               "root", bytes_of(&o.root), "step", bytes_of(&o.step),
-                               "accepted", bytes_of(&o.accepted), "end", bytes_of(&o.end),
-                               "end_valid", bytes_of(&o.end_valid));
-    }
-    spec_free(&o);
-end:
-    PyBuffer_Release(&off);
-    PyBuffer_Release(&data);
-    PyBuffer_Release(&start);
-    PyBuffer_Release(&valid);
-    return result;
+    return call(args, "spec_rows: start (int64) and start_valid (uint8) differ in length", spec_run, spec_cols,
+                spec_done, &o);
 }
 
 static PyMethodDef methods[] = {

@@ -41,41 +41,13 @@
 
 /* ------------------------------------------------------------------------------ buffers */
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-} Buf;
-
-static int buf_grow(Buf *b, size_t extra) {
-    size_t need = b->len + extra;
-    if (need <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < need) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) return NOMEM;
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-static inline int buf_put(Buf *b, const void *src, size_t n) {
-    if (b->len + n > b->cap && buf_grow(b, n)) return NOMEM;
-    memcpy(b->p + b->len, src, n);
-    b->len += n;
-    return 0;
-}
+#include "_cbuf.h"
 
 static inline int buf_byte(Buf *b, char c) {
     if (b->len + 1 > b->cap && buf_grow(b, 1)) return NOMEM;
     b->p[b->len++] = c;
     return 0;
 }
-
-#define PUT_VAL(buf, type, v)            \
-    do {                                 \
-        type _v = (v);                   \
-        if (buf_put((buf), &_v, sizeof _v)) return NOMEM; \
-    } while (0)
 
 /* A string column: int32 offsets (n + 1), data, one validity byte a row. */
 typedef struct {
@@ -91,7 +63,6 @@ static int strcol_end_row(StrCol *c, int valid) {
     return 0;
 }
 
-static void buf_free(Buf *b) { free(b->p); b->p = NULL; b->len = b->cap = 0; }
 static void strcol_free(StrCol *c) { buf_free(&c->off); buf_free(&c->data); buf_free(&c->valid); }
 
 /* ------------------------------------------------------------------------------ wire reading */
