@@ -11,7 +11,9 @@ order (each file's header names what it reads and writes):
   merge_store.sql                        raw rows: span_keys, resources, spans, span_events, span_links
   (derive_rows' results)                 requests, spec_steps, kv_events, aborts, feedback
   read_targets.sql ... normalise_reads.sql         kv_events 'read' rows (need the parent forward)
-  stage_targets.sql ... normalise_stages.sql       request_stages (need the request root)
+  stage_targets.sql ... normalise_stages.sql       request_stages (need the request root; the walk
+                                                   up the batch's own spans is span-local:
+                                                   batch_stage_walk, by stage_walk.sql)
 
 The last two may need spans stored by earlier batches or files, and leave what they cannot
 resolve yet in ingest_pending."""
@@ -166,18 +168,31 @@ def derive_rows(
 ) -> dict[str, pa.Table]:
     """The span-local SQL run on `con`, whose view new_spans holds the batch's spans: the
     batch_<name> projections of LOCAL_TABLES (each left registered on `con` under that name for
-    the files after it; the caller unregisters them) and the rows of each DERIVED_TABLES table
+    the files after it; the caller unregisters them), batch_stage_walk (the first stage walk: the
+    batch's slices up through the batch's own spans) and the rows of each DERIVED_TABLES table
     (those in `given` already derived another way; spec_steps by ingest/kvfast.py with
     `spec_in_c`), as Arrow tables by those names."""
     out: dict[str, pa.Table] = {}
     for name in LOCAL_TABLES:
         out[f"batch_{name}"] = rows = con.sql(_sql(f"local_{name}")).to_arrow_table()
         con.register(f"batch_{name}", rows)
+    out["batch_stage_walk"] = walk_stages(con, "batch_stage_targets", "batch_stage_universe")
     if spec_in_c:
         given = {**(given or {}), "spec_steps": _spec_steps(con, out["batch_roots"])}
     for table in DERIVED_TABLES:
         out[table] = given[table] if given and table in given else con.sql(_sql(f"derive_{table}")).to_arrow_table()
     return out
+
+
+def walk_stages(con: duckdb.DuckDBPyConnection, slices: str, steps: str) -> pa.Table:
+    """stage_walk.sql: each stage slice of table `slices` walked up its parents through the spans
+    of table `steps` (views walk_in and walk_steps point at them while it runs)."""
+    con.execute(f"CREATE OR REPLACE TEMP VIEW walk_in AS SELECT * FROM {slices}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW walk_steps AS SELECT * FROM {steps}")
+    try:
+        return con.sql(_sql("stage_walk")).to_arrow_table()
+    finally:
+        con.execute("DROP VIEW walk_in; DROP VIEW walk_steps")
 
 
 def _spec_steps(con: duckdb.DuckDBPyConnection, roots: pa.Table) -> pa.Table:
@@ -311,7 +326,7 @@ def _merge(
                 _store_derived(con, derive_rows(con), only_new=False)
             _normalise(con)
     finally:
-        for name in ("stage_spans", "stage_resources", "stage_events", "stage_links",
+        for name in ("stage_spans", "stage_resources", "stage_events", "stage_links", "batch_stage_walk",
                      *(f"batch_{n}" for n in LOCAL_TABLES)):
             _unregister(con, name)
     return result, new_by_file
@@ -319,8 +334,9 @@ def _merge(
 
 def _store_derived(con: duckdb.DuckDBPyConnection, derived: dict[str, pa.Table], only_new: bool) -> None:
     """Insert the span-local rows (derive_rows) into their tables and register the batch
-    projections for _normalise: all of them when every span of the batch is new, else those of
-    the spans this batch adds (view new_spans)."""
+    projections and the first stage walk for _normalise: all of them when every span of the batch
+    is new, else those of the spans this batch adds (view new_spans), walked again through those
+    spans alone (a slice's ancestor that was stored before is the stored span, not the batch's copy)."""
     for name in LOCAL_TABLES:
         rows = derived[f"batch_{name}"]
         if only_new:
@@ -331,6 +347,8 @@ def _store_derived(con: duckdb.DuckDBPyConnection, derived: dict[str, pa.Table],
             finally:
                 _unregister(con, "derived_rows")
         con.register(f"batch_{name}", rows)
+    walked = walk_stages(con, "batch_stage_targets", "batch_stage_universe") if only_new else derived["batch_stage_walk"]
+    con.register("batch_stage_walk", walked)
     for table in DERIVED_TABLES:
         rows = derived[table]
         if not rows.num_rows:
@@ -366,13 +384,16 @@ def _normalise(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(_sql("stage_targets_pending"))
     if not _scalar(con, "SELECT count(*) FROM stage_targets"):
         return
-    con.execute(_sql("stage_universe_batch"))
-    con.execute(_sql("stage_walk"))
+    con.execute(_sql("stage_walk_batch"))
     if _scalar(con, "SELECT count(*) FROM stage_targets WHERE was_pending") or _scalar(
         con, "SELECT count(*) FROM stage_walk_out WHERE NOT resolved"
     ):
         con.execute(_sql("stage_universe_stored"))
-        con.execute(_sql("stage_walk"))
+        con.register("stage_walk_more", walk_stages(con, "stage_walk_in", "stage_universe"))
+        try:
+            con.execute(_sql("stage_walk_stored"))
+        finally:
+            _unregister(con, "stage_walk_more")
     con.execute(_sql("normalise_stages"))
 
 

@@ -1,8 +1,9 @@
--- stage_universe_stored: second walk, over every stored span of the traces whose stage slices
--- the first walk left unresolved (their ancestors came in earlier batches or files) and of the
--- pending slices. Reads: spans, stage_targets, stage_walk_out. Writes: temp tables
--- stage_universe and stage_walk_in (replaced). Run only when there is something to resolve
--- (a pending slice in stage_targets, or an unresolved one in stage_walk_out).
+-- stage_universe_stored: what the second stage walk (stage_walk.sql) walks: the slices the first
+-- walk left unresolved (their ancestors came in earlier batches or files) and the pending ones,
+-- through every stored span of their traces. Reads: spans, stage_targets, stage_walk_out.
+-- Writes: temp tables stage_walk_in (the slices) and stage_universe (the spans), replaced. Run
+-- only when there is something to resolve (a pending slice in stage_targets, or an unresolved
+-- one in stage_walk_out).
 CREATE OR REPLACE TEMP TABLE stage_walk_in AS
 SELECT t.*
 FROM stage_targets AS t
