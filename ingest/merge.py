@@ -169,7 +169,9 @@ def derive_rows(
     """The span-local SQL run on `con`, whose view new_spans holds the batch's spans: the
     batch_<name> projections of LOCAL_TABLES (each left registered on `con` under that name for
     the files after it; the caller unregisters them), batch_stage_walk (the first stage walk: the
-    batch's slices up through the batch's own spans) and the rows of each DERIVED_TABLES table
+    batch's slices up through the batch's own spans), batch_reads (the kv_events 'read' rows of the
+    batch's read targets whose parent forward is in the batch) with batch_read_waiting (the other
+    targets), and the rows of each DERIVED_TABLES table
     (those in `given` already derived another way; spec_steps by ingest/kvfast.py with
     `spec_in_c`), as Arrow tables by those names."""
     out: dict[str, pa.Table] = {}
@@ -177,6 +179,11 @@ def derive_rows(
         out[f"batch_{name}"] = rows = con.sql(_sql(f"local_{name}")).to_arrow_table()
         con.register(f"batch_{name}", rows)
     out["batch_stage_walk"] = walk_stages(con, "batch_stage_targets", "batch_stage_universe")
+    out["batch_reads"] = read_rows(con, "batch_read_targets", "batch_forwards")
+    out["batch_read_waiting"] = con.sql(
+        "SELECT t.* FROM batch_read_targets AS t "
+        "ANTI JOIN batch_forwards AS f ON f.trace_id = t.trace_id AND f.span_id = t.parent_span_id"
+    ).to_arrow_table()
     if spec_in_c:
         given = {**(given or {}), "spec_steps": _spec_steps(con, out["batch_roots"])}
     for table in DERIVED_TABLES:
@@ -184,15 +191,27 @@ def derive_rows(
     return out
 
 
+def _select_over(con: duckdb.DuckDBPyConnection, name: str, **views: str) -> pa.Table:
+    """ingest/sql/<name>.sql, one SELECT over the views its header names, with each view pointed
+    at a table (view=table) while it runs."""
+    for view, table in views.items():
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {table}")
+    try:
+        return con.sql(_sql(name)).to_arrow_table()
+    finally:
+        con.execute("; ".join(f"DROP VIEW {view}" for view in views))
+
+
 def walk_stages(con: duckdb.DuckDBPyConnection, slices: str, steps: str) -> pa.Table:
     """stage_walk.sql: each stage slice of table `slices` walked up its parents through the spans
-    of table `steps` (views walk_in and walk_steps point at them while it runs)."""
-    con.execute(f"CREATE OR REPLACE TEMP VIEW walk_in AS SELECT * FROM {slices}")
-    con.execute(f"CREATE OR REPLACE TEMP VIEW walk_steps AS SELECT * FROM {steps}")
-    try:
-        return con.sql(_sql("stage_walk")).to_arrow_table()
-    finally:
-        con.execute("DROP VIEW walk_in; DROP VIEW walk_steps")
+    of table `steps`."""
+    return _select_over(con, "stage_walk", walk_in=slices, walk_steps=steps)
+
+
+def read_rows(con: duckdb.DuckDBPyConnection, targets: str, forwards: str) -> pa.Table:
+    """read_rows.sql: the kv_events 'read' rows of the read targets of table `targets` whose
+    parent forward is in table `forwards`."""
+    return _select_over(con, "read_rows", reads_of=targets, reads_from=forwards)
 
 
 def _spec_steps(con: duckdb.DuckDBPyConnection, roots: pa.Table) -> pa.Table:
@@ -334,9 +353,11 @@ def _merge(
 
 def _store_derived(con: duckdb.DuckDBPyConnection, derived: dict[str, pa.Table], only_new: bool) -> None:
     """Insert the span-local rows (derive_rows) into their tables and register the batch
-    projections and the first stage walk for _normalise: all of them when every span of the batch
-    is new, else those of the spans this batch adds (view new_spans), walked again through those
-    spans alone (a slice's ancestor that was stored before is the stored span, not the batch's copy)."""
+    projections and the first stage walk for _normalise. When every span of the batch is new: all
+    of them, the reads resolved in the batch stored (batch_reads) and the other read targets left
+    to _normalise (batch_read_targets := batch_read_waiting). Else those of the spans this batch
+    adds (view new_spans), walked again and every read target left to _normalise: a relative
+    stored before is the stored span, not the batch's copy."""
     for name in LOCAL_TABLES:
         rows = derived[f"batch_{name}"]
         if only_new:
@@ -346,11 +367,16 @@ def _store_derived(con: duckdb.DuckDBPyConnection, derived: dict[str, pa.Table],
                                "USING (trace_id, span_id)").to_arrow_table()
             finally:
                 _unregister(con, "derived_rows")
+        elif name == "read_targets":
+            rows = derived["batch_read_waiting"]
         con.register(f"batch_{name}", rows)
-    walked = walk_stages(con, "batch_stage_targets", "batch_stage_universe") if only_new else derived["batch_stage_walk"]
-    con.register("batch_stage_walk", walked)
-    for table in DERIVED_TABLES:
-        rows = derived[table]
+    inserts = [(table, derived[table]) for table in DERIVED_TABLES]
+    if only_new:
+        con.register("batch_stage_walk", walk_stages(con, "batch_stage_targets", "batch_stage_universe"))
+    else:
+        con.register("batch_stage_walk", derived["batch_stage_walk"])
+        inserts.append(("kv_events", derived["batch_reads"]))
+    for table, rows in inserts:
         if not rows.num_rows:
             continue
         con.register("derived_rows", rows)
@@ -377,7 +403,11 @@ def _normalise(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(_sql("read_parents"))
         if _scalar(con, "SELECT count(*) FROM read_orphans"):
             con.execute(_sql("read_parents_stored"))
-        con.execute(_sql("normalise_reads"))
+        con.register("read_rows_now", read_rows(con, "read_targets", "read_parents"))
+        try:
+            con.execute(_sql("normalise_reads"))
+        finally:
+            _unregister(con, "read_rows_now")
 
     con.execute(_sql("stage_targets"))
     if _scalar(con, "SELECT count(*) FROM stage_pending_now"):
