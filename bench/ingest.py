@@ -372,8 +372,9 @@ def one(method: str, n_spans: int) -> None:
 # realistic --fast --requests R --seed 1 --page-format ranges|ids`).
 
 BEFORE_REV = "5100d25"
-BEFORE_TREE = Path(os.environ.get("KVTRACE_BEFORE_TREE", "/tmp/kvtrace-before"))
-BENCH_DIR = Path(os.environ.get("KVTRACE_BENCH_DIR", "/tmp/kvtrace-bench"))
+# absolute: the measured children run with cwd=/, where a relative path would find no inputs
+BEFORE_TREE = Path(os.environ.get("KVTRACE_BEFORE_TREE", "/tmp/kvtrace-before")).resolve()
+BENCH_DIR = Path(os.environ.get("KVTRACE_BENCH_DIR", "/tmp/kvtrace-bench")).resolve()
 TARGETS = {
     "cpu_per_m": "CPU-s per 1M sim spans (<= 10)",
     "sps_1": "sim spans/s, 1 core",
@@ -434,6 +435,8 @@ def run_ingest_child(root: str, src: str, db: str) -> None:
 
     assert Path(kvtrace.ingest.__file__).resolve().is_relative_to(Path(root).resolve()), kvtrace.ingest.__file__
     files = sorted(Path(src).glob("*.otlp.jsonl"))
+    if not files:
+        raise SystemExit(f"{src}: no *.otlp.jsonl files to ingest")
     t0, store0 = time.perf_counter(), time.thread_time()
     summary = ingest_paths(files, db, progress=False)
     seconds, store_cpu = time.perf_counter() - t0, time.thread_time() - store0
